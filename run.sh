@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# emoserve in two commands:
+#   ./run.sh              set up (once), pull the default model (once), start the service
+#   ./run.sh --api-only   the same, without the web UI
+#   ./run.sh test [ARGS]  set up (once), then the full test suite (ARGS go to pytest)
+# Idempotent: a second run skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${EMOSERVE_VENV:-.venv}"
+PY="$VENV/bin/python"
+TORCH_PIN="torch==2.13.0"       # installed first: an unpinned torch pulls a multi-GB CUDA build
+FUNASR_PIN="funasr==1.4.16"     # the reference implementation, for parity tests and benchmarks only
+
+mode="serve"
+if [[ "${1:-}" == "test" ]]; then mode="test"; shift; fi
+
+extras="ui"
+[[ "$mode" == "test" ]] && extras="ui,dev"
+
+if [[ ! -x "$PY" ]]; then
+    python3 -m venv "$VENV"
+    "$PY" -m pip install --quiet --upgrade pip
+fi
+
+stamp="$VENV/.emoserve-installed-$extras"
+fingerprint="$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]]; then
+    "$PY" -m pip install --quiet "$TORCH_PIN"
+    "$PY" -m pip install --quiet -e ".[$extras]"
+    if [[ "$mode" == "test" ]]; then
+        # FunASR declares no torch dependency but a heavy list of others; emotion2vec needs none of them
+        "$PY" -m pip install --quiet --no-deps "$FUNASR_PIN" lazy_loader
+    fi
+    echo "$fingerprint" > "$stamp"
+fi
+
+if [[ "$mode" == "test" ]]; then
+    exec "$PY" -m pytest "$@"
+fi
+
+model="${EMOSERVE_MODEL:-emotion2vec_plus_large}"
+if [[ "$model" != random:* && ! -d "$model" ]]; then
+    "$VENV/bin/emoserve" models pull "$model"
+fi
+exec "$VENV/bin/emoserve" serve "$@"

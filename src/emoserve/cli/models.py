@@ -1,0 +1,42 @@
+"""`emoserve models list | pull`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..model import hub
+from ..settings import get_settings
+from .common import clean_errors, console
+
+app = typer.Typer(help="List and download emotion2vec models.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_models() -> None:
+    """Known models, where they come from, and whether they are in the cache."""
+    settings = get_settings()
+    table = Table(title=f"models (cache: {settings.cache})")
+    table.add_column("name", no_wrap=True)
+    for column in ("cached", "hugging face", "modelscope", "about"):
+        table.add_column(column)
+    for spec in hub.MODELS.values():
+        cached = "yes" if hub.is_cached(spec.name, settings.cache) else "no"
+        table.add_row(spec.name, cached, spec.hf_repo or "-", spec.modelscope_repo or "-", spec.description)
+    table.add_row("random:tiny|base|large", "built in", "-", "-", "random weights, for tests and benchmarks")
+    console.print(table)
+
+
+@app.command("pull")
+def pull(
+    name: Annotated[str, typer.Argument(help="model name, e.g. emotion2vec_plus_large")],
+    source: Annotated[str | None, typer.Option(help="hf (Hugging Face) or modelscope")] = None,
+    force: Annotated[bool, typer.Option(help="download again even if cached")] = False,
+) -> None:
+    """Download a model into the cache (EMOSERVE_CACHE, default ~/.cache/emoserve)."""
+    settings = get_settings(source=source)
+    with clean_errors():
+        path = hub.pull(name, settings.cache, settings.source, force=force)
+    console.print(f"{name} is ready at {path}")

@@ -1,0 +1,220 @@
+"""`EmotionModel`: the one public class that loads a model and answers "how does this sound?".
+
+    m = EmotionModel.from_pretrained("emotion2vec_plus_large")   # name, local dir, or "random:large"
+    r = m.analyze("clip.wav", granularity="frame", return_embedding=True)
+    r.emotion, r.confidence, r.scores, r.timestamps, r.embedding
+
+`predict` is the batched forward pass the engine calls; `analyze*` add decoding and results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import AudioSource, decode_audio
+from .batching import plan_batches
+from .errors import AudioError, InvalidParameterError
+from .labels import LABELS, UNUSED_PREFIX
+from .model import hub
+from .model.checkpoint import load_model_dir, random_state_dict
+from .model.emotion2vec import (
+    BASE,
+    FRAME_RATE,
+    PLUS_BASE,
+    PLUS_LARGE,
+    SAMPLE_RATE,
+    TINY,
+    Emotion2vec,
+    Emotion2vecConfig,
+)
+from .results import ClipOutput, EmotionResult, check_granularity, make_result
+from .settings import get_settings
+
+log = logging.getLogger(__name__)
+
+RANDOM_CONFIGS = {"tiny": TINY, "base": PLUS_BASE, "large": PLUS_LARGE, "base-nohead": BASE}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError(f"device {device} asked for, but CUDA is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InvalidParameterError(f"dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if DTYPES[dtype] != torch.float32 and device.type == "cpu":
+        log.warning("%s on CPU is emulated and many times slower than float32", dtype)
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    labels: tuple[str, ...]
+    sample_rate: int
+    frame_rate: int
+    embedding_dim: int
+    device: str
+    dtype: str
+    weights: str  # "pretrained", or "random" for the random:* test models
+    parameters: int
+    min_samples: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        return d
+
+
+class EmotionModel:
+    """A loaded emotion2vec network on a device, with its labels."""
+
+    def __init__(self, network: Emotion2vec, labels: Sequence[str], name: str, *, weights: str = "pretrained",
+                 device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.network = network.eval().requires_grad_(False).to(self.device)
+        self.config: Emotion2vecConfig = network.config
+        active = [i for i, label in enumerate(labels) if not label.startswith(UNUSED_PREFIX)]
+        self.labels: tuple[str, ...] = tuple(labels[i] for i in active)
+        self.label_index = torch.tensor(active, dtype=torch.long, device=self.device)
+        if network.proj is not None and len(labels) != network.proj.out_features:
+            raise InvalidParameterError(f"{len(labels)} labels for a head of {network.proj.out_features} outputs")
+        self.name = name
+        self.weights = weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "emotion2vec_plus_large", *, device: str = "auto",
+                        dtype: str = "auto", cache_dir: str | Path | None = None, source: str | None = None,
+                        download: bool = True, seed: int = 0) -> EmotionModel:
+        """Load a model by name (downloading it once), from a local directory, or `random:tiny|base|large`."""
+        started = time.perf_counter()
+        settings = get_settings()
+        cache = Path(cache_dir) if cache_dir else settings.cache
+        name = str(name_or_path)
+        if name.startswith("random:"):
+            size = name.split(":", 1)[1]
+            if size not in RANDOM_CONFIGS:
+                raise InvalidParameterError(f"random models are {', '.join('random:' + s for s in RANDOM_CONFIGS)}")
+            config = RANDOM_CONFIGS[size]
+            state, labels, weights = random_state_dict(config, seed), LABELS[: config.num_labels], "random"
+        else:
+            directory = hub.resolve(name, cache, source or settings.source, download=download)
+            loaded = load_model_dir(directory, cache)
+            config, state, labels, weights = loaded.config, loaded.state_dict, loaded.labels, "pretrained"
+            name = name if name in hub.MODELS else directory.name
+        with torch.device("meta"):
+            network = Emotion2vec(config)
+        network.load_state_dict(state, strict=True, assign=True)
+        model = cls(network, labels, name, weights=weights, device=device, dtype=dtype)
+        log.info("loaded %s (%s weights) on %s/%s in %.2fs", name, weights, model.device, model.dtype,
+                 time.perf_counter() - started)
+        return model
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name, labels=self.labels, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
+            embedding_dim=self.config.embed_dim, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
+            weights=self.weights, parameters=sum(p.numel() for p in self.network.parameters()),
+            min_samples=self.config.min_samples,
+        )
+
+    # ---- the forward pass ----
+
+    def check_length(self, num_samples: int) -> None:
+        minimum = self.config.min_samples
+        if num_samples < minimum:
+            raise AudioError(
+                f"the audio is too short: {num_samples} samples ({num_samples / SAMPLE_RATE * 1000:.1f} ms) at 16 kHz; "
+                f"the model needs at least {minimum} samples ({minimum / SAMPLE_RATE * 1000:.0f} ms)",
+                code="too_short", details={"min_samples": minimum})
+
+    @torch.inference_mode()
+    def predict(self, waveforms: Sequence[np.ndarray], frames: bool = False) -> list[ClipOutput]:
+        """One padded forward pass over 16 kHz mono float32 clips; `frames` adds per-frame outputs."""
+        if not waveforms:
+            return []
+        lengths = [len(w) for w in waveforms]
+        for n in lengths:
+            self.check_length(n)
+        batch = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32)
+        for row, wav in enumerate(waveforms):
+            batch[row, : len(wav)] = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+        num_samples = torch.tensor(lengths, dtype=torch.long)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            num_samples = num_samples.to(self.device, non_blocking=True)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 \
+            else nullcontext()
+        with autocast:
+            out = self.network(batch, num_samples)
+        out.features = out.features.float()
+        embeddings = self.network.pool(out)
+        probs = self.classify(embeddings)
+        frame_probs = self.classify(out.features) if frames else None
+
+        embeddings = embeddings.cpu().numpy()
+        probs = probs.cpu().numpy() if probs is not None else None
+        features = out.features.cpu().numpy() if frames else None
+        frame_probs = frame_probs.cpu().numpy() if frame_probs is not None else None
+        frame_lengths = out.frame_lengths.tolist()
+        results = []
+        for i, n in enumerate(lengths):
+            t = frame_lengths[i]
+            results.append(ClipOutput(
+                num_samples=n, embedding=embeddings[i], probs=probs[i] if probs is not None else None,
+                frame_features=features[i, :t] if features is not None else None,
+                frame_probs=frame_probs[i, :t] if frame_probs is not None else None))
+        return results
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor | None:
+        """softmax(proj(x)) in float32 over the labels in use (labels named "unuse*" are masked)."""
+        head = self.network.proj
+        if head is None:
+            return None
+        logits = torch.nn.functional.linear(x.float(), head.weight.float(), head.bias.float())
+        return torch.softmax(logits.index_select(-1, self.label_index), dim=-1)
+
+    # ---- the public API ----
+
+    def analyze(self, audio: AudioSource, granularity: str = "utterance", return_embedding: bool = False,
+                sample_rate: int | None = None) -> EmotionResult:
+        """One clip: a path, bytes, a file object, or a float32 array (16 kHz unless `sample_rate`)."""
+        check_granularity(granularity)
+        wav = decode_audio(audio, sample_rate=sample_rate)
+        out = self.predict([wav], frames=granularity == "frame")[0]
+        return make_result(out, self.labels, self.name, granularity, return_embedding)
+
+    def analyze_batch(self, inputs: Sequence[AudioSource], granularity: str = "utterance",
+                      return_embedding: bool = False, sample_rate: int | None = None, max_batch_size: int = 16,
+                      max_batch_samples: int = 16 * SAMPLE_RATE * 10) -> list[EmotionResult]:
+        """Many clips, batched by similar length; results in input order."""
+        check_granularity(granularity)
+        waveforms = [decode_audio(a, sample_rate=sample_rate) for a in inputs]
+        for wav in waveforms:
+            self.check_length(len(wav))
+        outputs: list[ClipOutput | None] = [None] * len(waveforms)
+        for group in plan_batches([len(w) for w in waveforms], max_batch_size, max_batch_samples):
+            for index, out in zip(group, self.predict([waveforms[i] for i in group], frames=granularity == "frame")):
+                outputs[index] = out
+        return [make_result(out, self.labels, self.name, granularity, return_embedding) for out in outputs]

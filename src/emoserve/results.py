@@ -1,0 +1,96 @@
+"""Model outputs → the results users see (utterance or frame), in one place.
+
+The library, the CLI, the API and the UI all build their answers from `EmotionResult`, so an
+answer means the same thing wherever it comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidParameterError
+from .model.emotion2vec import FRAME_RATE, SAMPLE_RATE
+
+GRANULARITIES = ("utterance", "frame")
+
+
+@dataclass
+class ClipOutput:
+    """What one forward pass computed for one clip (numpy, float32, on the host)."""
+
+    num_samples: int
+    embedding: np.ndarray  # (D,) mean of the clip's frame features
+    probs: np.ndarray | None  # (L,) softmax(proj(embedding)); None without an emotion head
+    frame_features: np.ndarray | None = None  # (T, D), when frames were asked for
+    frame_probs: np.ndarray | None = None  # (T, L) softmax(proj(frame)), when frames were asked for
+
+
+@dataclass(frozen=True)
+class EmotionResult:
+    """The emotion of one clip.
+
+    `scores` maps label → probability for the clip (utterance), or is a (T, L) array with one
+    row per 20 ms frame (frame, label order = `labels`). `emotion`/`confidence` always describe
+    the whole clip; they are None for a model without an emotion head (emotion2vec_base).
+    """
+
+    emotion: str | None
+    confidence: float | None
+    scores: dict[str, float] | np.ndarray
+    labels: tuple[str, ...]
+    duration_s: float
+    model: str
+    granularity: str
+    utterance_scores: dict[str, float]
+    timestamps: np.ndarray | None = None  # (T,) start of each frame in seconds, for frame results
+    embedding: np.ndarray | None = None  # (D,) utterance or (T, D) frame embedding, when asked for
+
+    def to_dict(self) -> dict:
+        """The JSON body of the API (docs/API.md), without the binary embedding."""
+        body: dict = {"emotion": self.emotion, "confidence": self.confidence}
+        if self.granularity == "frame":
+            body["scores"] = np.asarray(self.scores).tolist()
+            body["timestamps"] = np.asarray(self.timestamps).tolist()
+            body["labels"] = list(self.labels)
+            body["utterance_scores"] = self.utterance_scores
+        else:
+            body["scores"] = self.utterance_scores
+        body["duration_s"] = self.duration_s
+        body["model"] = self.model
+        body["granularity"] = self.granularity
+        return body
+
+
+def check_granularity(granularity: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise InvalidParameterError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    return granularity
+
+
+def frame_timestamps(num_frames: int) -> np.ndarray:
+    """Start of each 20 ms frame, in seconds: t × 0.02."""
+    return np.arange(num_frames, dtype=np.float64) / FRAME_RATE
+
+
+def make_result(out: ClipOutput, labels: tuple[str, ...], model: str, granularity: str,
+                return_embedding: bool) -> EmotionResult:
+    check_granularity(granularity)
+    if out.probs is not None:
+        utterance_scores = {label: float(p) for label, p in zip(labels, out.probs)}
+        best = int(np.argmax(out.probs))
+        emotion, confidence = labels[best], float(out.probs[best])
+    else:
+        utterance_scores, emotion, confidence = {}, None, None
+    duration_s = round(out.num_samples / SAMPLE_RATE, 6)
+    if granularity == "frame":
+        if out.frame_features is None:
+            raise ValueError("frame granularity needs the frame outputs of the forward pass")
+        num_frames = out.frame_features.shape[0]
+        scores = out.frame_probs if out.frame_probs is not None else np.zeros((num_frames, 0), np.float32)
+        return EmotionResult(emotion, confidence, scores, labels, duration_s, model, granularity,
+                             utterance_scores, frame_timestamps(num_frames),
+                             out.frame_features if return_embedding else None)
+    return EmotionResult(emotion, confidence, utterance_scores, labels, duration_s, model, granularity,
+                         utterance_scores, None, out.embedding if return_embedding else None)
