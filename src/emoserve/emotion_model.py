@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -75,6 +76,7 @@ class ModelInfo:
     embedding_dim: int
     device: str
     dtype: str
+    quantization: str | None  # "int8-dynamic" on the fast CPU path, else None (exact)
     weights: str  # "pretrained", or "random" for the random:* test models
     parameters: int
     min_samples: int
@@ -101,12 +103,19 @@ class EmotionModel:
             raise InvalidParameterError(f"{len(labels)} labels for a head of {network.proj.out_features} outputs")
         self.name = name
         self.weights = weights
+        self.num_parameters = sum(p.numel() for p in self.network.parameters())  # before quantization hides some
+        self.quantization: str | None = None
+        self.compiled = False
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "emotion2vec_plus_large", *, device: str = "auto",
                         dtype: str = "auto", cache_dir: str | Path | None = None, source: str | None = None,
-                        download: bool = True, seed: int = 0) -> EmotionModel:
-        """Load a model by name (downloading it once), from a local directory, or `random:tiny|base|large`."""
+                        download: bool = True, seed: int = 0, quantize: bool = False,
+                        compile: bool = False) -> EmotionModel:
+        """Load a model by name (downloading it once), from a local directory, or `random:tiny|base|large`.
+
+        `quantize` and `compile` apply `quantize_int8` and `compile` below (opt-in speed paths).
+        """
         started = time.perf_counter()
         settings = get_settings()
         cache = Path(cache_dir) if cache_dir else settings.cache
@@ -126,6 +135,10 @@ class EmotionModel:
             network = Emotion2vec(config)
         network.load_state_dict(state, strict=True, assign=True)
         model = cls(network, labels, name, weights=weights, device=device, dtype=dtype)
+        if quantize:
+            model.quantize_int8()
+        if compile:
+            model.compile()
         log.info("loaded %s (%s weights) on %s/%s in %.2fs", name, weights, model.device, model.dtype,
                  time.perf_counter() - started)
         return model
@@ -135,9 +148,40 @@ class EmotionModel:
         return ModelInfo(
             name=self.name, labels=self.labels, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
             embedding_dim=self.config.embed_dim, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
-            weights=self.weights, parameters=sum(p.numel() for p in self.network.parameters()),
+            quantization=self.quantization, weights=self.weights, parameters=self.num_parameters,
             min_samples=self.config.min_samples,
         )
+
+    # ---- opt-in speed paths ----
+
+    def quantize_int8(self) -> EmotionModel:
+        """The fast CPU path: int8 dynamic quantization of the transformer's Linear layers.
+
+        Weights are int8 per output channel, activations are quantized per batch on the fly (fbgemm,
+        VNNI where the CPU has it). About 70% of the fp32 time is in these matmuls; the conv
+        extractor, norms, attention and the emotion head stay fp32. Results are no longer exact:
+        benchmarks/engine_bench.py reports label agreement and score error against fp32.
+        """
+        if self.device.type != "cpu":
+            raise InvalidParameterError("int8 dynamic quantization runs on CPU only; on GPU use dtype bf16")
+        if self.quantization is None:
+            linears = {name for name, module in self.network.named_modules()
+                       if isinstance(module, torch.nn.Linear) and name.startswith("blocks.")}
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+            with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated, not yet replaced on CPU
+                warnings.simplefilter("ignore")
+                torch.ao.quantization.quantize_dynamic(self.network, dict.fromkeys(linears, qconfig),
+                                                       dtype=torch.qint8, inplace=True)
+            self.quantization = "int8-dynamic"
+        return self
+
+    def compile(self) -> EmotionModel:
+        """torch.compile the transformer blocks (dynamic shapes: every clip length differs)."""
+        if not self.compiled:
+            for block in self.network.blocks:
+                block.compile(dynamic=True)
+            self.compiled = True
+        return self
 
     # ---- the forward pass ----
 
@@ -215,6 +259,6 @@ class EmotionModel:
             self.check_length(len(wav))
         outputs: list[ClipOutput | None] = [None] * len(waveforms)
         for group in plan_batches([len(w) for w in waveforms], max_batch_size, max_batch_samples):
-            for index, out in zip(group, self.predict([waveforms[i] for i in group], frames=granularity == "frame")):
+            for index, out in zip(group, self.predict([waveforms[i] for i in group], frames=granularity == "frame"), strict=True):
                 outputs[index] = out
         return [make_result(out, self.labels, self.name, granularity, return_embedding) for out in outputs]

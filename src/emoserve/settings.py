@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(30.0, gt=0, description="longest clip for one request, in seconds")
     max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest upload for one request, in bytes")
 
+    # ---- engine: dynamic batching and the CPU/GPU execution paths (src/emoserve/engine.py) ----
+    max_batch_size: int | None = Field(None, ge=1, description="clips per batch; default 4 on CPU, 64 on GPU")
+    max_batch_samples: int | None = Field(
+        None, ge=1, description="padded 16 kHz samples per batch (count × longest); default 40 s of audio on CPU, "
+                                "640 s on GPU. A longer clip runs alone")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the oldest queued clip waits for others to batch with")
+    max_queue: int = Field(256, ge=1, description="clips waiting for the model; more get 503 overloaded")
+    decode_workers: int = Field(2, ge=1, description="threads that decode and resample audio beside the model")
+    threads: int | None = Field(None, ge=1, description="torch compute threads; default: the CPUs this process has")
+    quantize: bool = Field(False, description="CPU fast path: int8 dynamic quantization of the transformer's "
+                                              "linear layers (faster, not exact; see docs/engine.md)")
+    compile: bool = Field(False, description="torch.compile the transformer blocks (slow first calls)")
+
 
 def get_settings(**overrides) -> Settings:
     """Settings from the environment, with explicit (e.g. CLI) values on top; None means "not given"."""
