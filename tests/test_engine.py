@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from emoserve import AudioError, EmotionModel
+from emoserve import AudioError, EmotionModel, InvalidParameterError
 from emoserve.engine import (
     BatchStats,
     ClipTooLarge,
@@ -269,3 +269,39 @@ def test_out_of_memory_is_recognised_on_cpu_and_cuda():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_bench_quick_mode_measures_both_systems_and_writes_json_and_markdown(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from emoserve.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--quick", "--clips", "3", "--modes", "fp32,int8",
+                                      "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    [report_file] = tmp_path.glob("*.json")
+    report = json.loads(report_file.read_text())
+    systems = {(r["system"], r["mode"], r["concurrency"]) for r in report["runs"]}
+    assert {("engine", "fp32", 1), ("engine", "fp32", 8), ("engine", "int8", 8)} <= systems
+    assert all(r["x_realtime"] > 0 and r["p50_ms"] > 0 and r["peak_rss_mib"] > 0 for r in report["runs"])
+    assert report["accuracy"]["int8"]["clips"] == 6
+    if any(r["system"] == "funasr" for r in report["runs"]):  # FunASR is a dev dependency
+        assert report["funasr_agreement"]["max_score_diff"] < 1e-5
+    assert "| engine | fp32 |" in next(tmp_path.glob("*.md")).read_text()
+
+
+@pytest.mark.slow
+def test_the_fast_paths_stay_close_to_the_exact_model():
+    """torch.compile keeps fp32 results; int8 moves them a little and refuses to combine with compile."""
+    waveforms = clips(seed=3, count=3, low=8_000, high=40_000)
+    exact = EmotionModel.from_pretrained("random:tiny", device="cpu").predict(waveforms)
+    compiled = EmotionModel.from_pretrained("random:tiny", device="cpu", compile=True)
+    quantized = EmotionModel.from_pretrained("random:tiny", device="cpu", quantize=True)
+    assert quantized.info.quantization == "int8-dynamic" and compiled.info.quantization is None
+    for fast, tolerance in ((compiled.predict(waveforms), 1e-5), (quantized.predict(waveforms), 0.05)):
+        for a, b in zip(exact, fast, strict=True):
+            assert np.abs(a.probs - b.probs).max() <= tolerance
+    with pytest.raises(InvalidParameterError):
+        compiled.quantize_int8()

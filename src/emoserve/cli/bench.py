@@ -201,7 +201,7 @@ def bench_engine(model_dir: Path, mode: str, device: str, cache: Path, workloads
     runs: list[Run] = []
     results: dict[str, dict] = {}
 
-    async def measure() -> dict:
+    async def measure(model) -> dict:
         async with Engine(model, threads=threads) as engine:  # start() warms up the common shapes
             for workload in workloads:
                 outputs: dict[int, object] = {}
@@ -223,7 +223,7 @@ def bench_engine(model_dir: Path, mode: str, device: str, cache: Path, workloads
 
     started = time.perf_counter()
     model = load_mode(model_dir, mode, device, cache)
-    engine_info = asyncio.run(measure())
+    engine_info = asyncio.run(measure(model))
     engine_info.update(model.info.to_dict(), load_and_warmup_s=time.perf_counter() - started)
     engine_info.pop("labels")
     del model
