@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import importlib.util
 import io
 import json
 import logging
@@ -390,12 +391,9 @@ def run_bench(model: str, device: str, modes: list[str], clips: int, concurrenci
             report["weights"] = "pretrained"
         cache = Path(tmp) / "cache"
         funasr_scores: dict[str, dict] = {}
-        if baseline:
-            try:
-                import funasr  # noqa: F401
-            except ImportError:
-                console.print("FunASR is not installed (pip install funasr==1.4.16 --no-deps): no baseline")
-                baseline = False
+        if baseline and importlib.util.find_spec("funasr") is None:
+            console.print("FunASR is not installed (pip install funasr==1.4.16 --no-deps): no baseline")
+            baseline = False
         if baseline:
             for ncpu in baseline_ncpu:
                 console.print(f"FunASR AutoModel.generate (ncpu={ncpu or 'default'}) ...")
