@@ -92,7 +92,7 @@ def main() -> None:
     info = machine_info("cpu") | {"load_average_after": os.getloadavg(), "load_average_before": load_before}
     report = {"machine": info, "model": args.model, "clip_seconds": args.seconds, "clips": args.clips,
               "rounds": args.rounds, "threads": args.threads, "rows": rows}
-    title = f"# Paired: FunASR vs emoserve, {args.model}, {args.clips} × {args.seconds:g} s clips × {args.rounds} rounds"
+    title = f"# Paired: FunASR vs emoserve, {args.model}, {args.clips} × {args.seconds:g} s × {args.rounds} rounds"
     lines = [title,
              "", f"{info['date']} · {info['cpu']} · {info['cpus']} CPUs ({info['cpu_capability']}) · torch "
              f"{info['torch']} · load average before/after {load_before[0]:.2f} / {info['load_average_after'][0]:.2f}",
