@@ -189,8 +189,8 @@ async def closed_loop(engine, clips: list[np.ndarray], concurrency: int, request
 def load_mode(model_dir: Path, mode: str, device: str, cache: Path):
     from ..emotion_model import EmotionModel
 
-    dtype = "bfloat16" if mode == "bf16" else ("auto" if device.startswith("cuda") else "float32")
-    return EmotionModel.from_pretrained(str(model_dir), device=device, dtype=dtype, cache_dir=cache,
+    return EmotionModel.from_pretrained(str(model_dir), device=device,
+                                        dtype="bfloat16" if mode == "bf16" else "float32", cache_dir=cache,
                                         quantize=mode == "int8", compile=mode == "compile")
 
 
