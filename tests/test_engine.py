@@ -305,3 +305,19 @@ def test_the_fast_paths_stay_close_to_the_exact_model():
             assert np.abs(a.probs - b.probs).max() <= tolerance
     with pytest.raises(InvalidParameterError):
         compiled.quantize_int8()
+
+
+@pytest.mark.gpu
+def test_gpu_engine_batches_in_bf16_close_to_cpu_fp32():
+    waveforms = clips(seed=4, count=6, low=8_000, high=80_000)
+    reference = EmotionModel.from_pretrained("random:tiny", device="cpu").predict(waveforms)
+    gpu = EmotionModel.from_pretrained("random:tiny", device="cuda")
+
+    async def run():
+        async with Engine(gpu, max_wait_ms=20) as engine:
+            return await asyncio.gather(*(engine.submit(w) for w in waveforms)), engine.stats
+
+    results, stats = asyncio.run(run())
+    assert max(stats.batch_sizes) > 1
+    for expected, result in zip(reference, results, strict=True):
+        assert np.abs(np.array(list(result.utterance_scores.values())) - expected.probs).max() < 0.05
