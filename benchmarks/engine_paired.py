@@ -1,7 +1,9 @@
 """Paired speed comparison for busy machines: FunASR and each execution mode, back to back, clip by clip.
 
 `engine_bench.py` measures each system in turn, so on a machine shared with other work a
-burst of load can land on one system and not the other. Here every clip runs through every
+burst of load can land on one system and not the other. (On a busy machine a system with more
+threads also takes a larger share of the cores: FunASR's 4 threads on 2 cores, slower when the
+machine is quiet, win under load. Take figures on a quiet machine.) Here every clip runs through every
 system in immediate succession, rounds are repeated, and the speed-up is the median of the
 per-clip ratios, which drifts in the background load cancel out of. It times the model call
 alone (one clip, no queue): the forward pass and whatever each system does around it.
@@ -54,16 +56,16 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             from funasr import AutoModel
 
-            funasr = AutoModel(model=str(model_dir), disable_update=True, device="cpu", disable_pbar=True,
-                               log_level="ERROR")
+            # generate() resets torch's thread count to the model's ncpu on every call: one model per setting
+            funasr = {ncpu: AutoModel(model=str(model_dir), disable_update=True, device="cpu", disable_pbar=True,
+                                      log_level="ERROR", ncpu=ncpu) for ncpu in (4, args.threads)}
 
-        def run_funasr(clip, threads=4):  # FunASR's own setting (ncpu=4), then the same at our thread count
-            torch.set_num_threads(threads)
+        def run_funasr(clip, ncpu):
             with contextlib.redirect_stdout(io.StringIO()):
-                funasr.generate(clip, granularity="utterance", extract_embedding=False, disable_pbar=True)
+                funasr[ncpu].generate(clip, granularity="utterance", extract_embedding=False, disable_pbar=True)
 
-        systems["funasr (ncpu=4)"] = run_funasr
-        systems[f"funasr (ncpu={args.threads})"] = lambda clip: run_funasr(clip, args.threads)
+        for ncpu in funasr:  # FunASR's own setting (ncpu=4), then ours
+            systems[f"funasr (ncpu={ncpu})"] = lambda clip, ncpu=ncpu: run_funasr(clip, ncpu)
         for mode in args.modes.split(","):
             model = EmotionModel.from_pretrained(str(model_dir), device="cpu", cache_dir=Path(tmp) / "cache",
                                                  dtype="bfloat16" if mode == "bf16" else "float32",
