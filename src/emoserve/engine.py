@@ -45,8 +45,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# On a CPU the matmuls of a single 5 s clip (259 × 1024 × 4096) already run near the fp32 peak, so a
-# batch adds little throughput and makes each of its callers wait for all of it: keep CPU batches small.
+# On a CPU a batch adds little throughput (plus_large, 2 cores, s per 5 s clip at batch 1/2/4/8: fp32
+# 0.37/0.34/0.33/0.34, int8 0.19/0.21/0.21/0.22) and makes each of its callers wait for all of it.
 CPU_LIMITS = {"max_batch_size": 4, "max_batch_samples": 4 * 10 * SAMPLE_RATE}
 GPU_LIMITS = {"max_batch_size": 64, "max_batch_samples": 64 * 10 * SAMPLE_RATE}
 MAX_PADDING = 0.25  # a batch where more than a quarter is padding wastes more than batching saves
@@ -265,6 +265,11 @@ class Engine:
             batch = max(1, min(self.max_batch_size, self.max_batch_samples // samples)) \
                 if self._model.device.type == "cuda" else 1
             self._model.predict([(0.1 * rng.standard_normal(samples)).astype(np.float32)] * batch, frames=True)
+        if self._model.compiled and self.max_batch_size > 1:
+            # torch.compile specializes batch size 1 and the unpadded case: compile the batched graphs now
+            clip = (0.1 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32)
+            self._model.predict([clip, clip])
+            self._model.predict([clip, clip[: SAMPLE_RATE // 2]])
         log.info("engine warmed up in %.2fs", time.perf_counter() - started)
 
     # ---- the public calls ----
