@@ -47,9 +47,10 @@ T = TypeVar("T")
 
 # On a CPU a batch adds little throughput (plus_large, 2 cores, s per 5 s clip at batch 1/2/4/8: fp32
 # 0.37/0.34/0.33/0.34, int8 0.19/0.21/0.21/0.22) and makes each of its callers wait for all of it.
-CPU_LIMITS = {"max_batch_size": 4, "max_batch_samples": 4 * 10 * SAMPLE_RATE}
-GPU_LIMITS = {"max_batch_size": 64, "max_batch_samples": 64 * 10 * SAMPLE_RATE}
-MAX_PADDING = 0.25  # a batch where more than a quarter is padding wastes more than batching saves
+# `max_padding`: the padded share of a batch beyond which padding costs more than batching saves
+# (on a CPU padding is computed like audio and batching saves ≤ ~10%).
+CPU_LIMITS = {"max_batch_size": 4, "max_batch_samples": 4 * 10 * SAMPLE_RATE, "max_padding": 0.1}
+GPU_LIMITS = {"max_batch_size": 64, "max_batch_samples": 64 * 10 * SAMPLE_RATE, "max_padding": 0.25}
 WARMUP_SECONDS = (1.0, 5.0, 10.0)
 
 
@@ -165,6 +166,7 @@ class Engine:
         if self.max_batch_size < 1 or self.max_batch_samples < 1 or max_queue < 1 or max_wait_ms < 0:
             raise InvalidParameterError("max_batch_size, max_batch_samples and max_queue must be ≥ 1, "
                                         "max_wait_ms ≥ 0")
+        self.max_padding = defaults["max_padding"]
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue = max_queue
         self.threads = threads or default_threads()
@@ -396,7 +398,7 @@ class Engine:
             self._pending.clear()
             return []
         chosen = select_batch([r.samples for r in live], 0, self.max_batch_size, self.max_batch_samples,
-                              MAX_PADDING)
+                              self.max_padding)
         taken = {id(live[i]) for i in chosen}
         self._pending = deque(r for r in live if id(r) not in taken)
         return [live[i] for i in chosen]
