@@ -332,6 +332,12 @@ def markdown(report: dict) -> str:
              f"{m['date']} · {m.get('gpu') or m['cpu']} · {m['cpus']} CPUs ({m['cpu_capability']}) · "
              f"torch {m['torch']} · device {m['device']} · load average before/after "
              f"{fmt_load(m['load_average_before'])} / {fmt_load(m.get('load_average_after'))}", ""]
+    engines = report.get("engines", {})
+    if engines:
+        lines += ["Engine modes: " + "; ".join(
+            f"{mode} = {e['dtype']}{' + ' + e['quantization'] if e.get('quantization') else ''}"
+            f"{' + torch.compile' if mode == 'compile' else ''}, {e['threads']} threads, batches ≤ "
+            f"{e['max_batch_size']}" for mode, e in engines.items()), ""]
     baseline = {r["workload"]: r["x_realtime"] for r in report["runs"]
                 if r["system"] == "funasr" and r["mode"] == report.get("baseline_mode")}
     peak = gpu_peak_tflops(m.get("gpu"))
