@@ -149,10 +149,7 @@ class FeatureExtractor(nn.Module):
         layers = []
         in_channels = 1
         for i, (channels, kernel, stride) in enumerate(config.feature_encoder_spec):
-            if config.extractor_mode == "layer_norm":
-                norm = "layer"
-            else:
-                norm = "group" if i == 0 else None
+            norm = "layer" if config.extractor_mode == "layer_norm" else "group" if i == 0 else None
             layers.append(ConvLayer(in_channels, channels, kernel, stride, norm))
             in_channels = channels
         self.layers = nn.ModuleList(layers)
