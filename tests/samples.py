@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import subprocess
@@ -52,6 +53,12 @@ PHRASES = (
 )
 
 
+@functools.cache
+def phrase(index: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """One of PHRASES spoken by espeak-ng (cached: long recordings repeat them)."""
+    return speech(PHRASES[index % len(PHRASES)], rate)
+
+
 def conversation(gaps_s: list[float], seed: int = 0, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, list[tuple]]:
     """espeak-ng phrases separated by silences of `gaps_s` (before each phrase, and one after the last).
 
@@ -65,7 +72,7 @@ def conversation(gaps_s: list[float], seed: int = 0, rate: int = SAMPLE_RATE) ->
         position += len(silence)
         if i == len(gaps_s) - 1:
             break
-        voiced = speech(PHRASES[int(rng.integers(len(PHRASES)))], rate)
+        voiced = phrase(int(rng.integers(len(PHRASES))), rate)
         parts.append(voiced)
         regions.append((position / rate, (position + len(voiced)) / rate))
         position += len(voiced)
@@ -81,7 +88,7 @@ def long_recording(seconds: float, seed: int = 0, rate: int = SAMPLE_RATE) -> np
     while position < total:
         position += int(rng.uniform(0.3, 2.0) * rate)
         if espeak_available():
-            voiced = speech(PHRASES[int(rng.integers(len(PHRASES)))], rate)
+            voiced = phrase(int(rng.integers(len(PHRASES))), rate)
         else:
             voiced = noise(int(rng.uniform(1.0, 4.0) * rate), seed=int(rng.integers(1 << 30)), amplitude=0.2)
         take = min(len(voiced), total - position)
