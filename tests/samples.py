@@ -85,8 +85,7 @@ def long_recording(seconds: float, seed: int = 0, rate: int = SAMPLE_RATE) -> np
     total = int(seconds * rate)
     out = np.zeros(total, np.float32)
     position = 0
-    while position < total:
-        position += int(rng.uniform(0.3, 2.0) * rate)
+    while (position := position + int(rng.uniform(0.3, 2.0) * rate)) < total:
         if espeak_available():
             voiced = phrase(int(rng.integers(len(PHRASES))), rate)
         else:

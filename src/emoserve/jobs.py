@@ -81,6 +81,8 @@ class JobRunner:
 
     def start(self) -> None:
         """Re-queue what a crash left running, resume undelivered callbacks, start workers and the sweeper."""
+        if any(t.is_alive() for t in self.threads):
+            raise RuntimeError("the job runner is already running")
         requeued, failed = self.store.requeue_running(self.config.max_attempts)
         if requeued or failed:
             log.warning("restart: re-queued %d interrupted job(s), failed %d that kept crashing", len(requeued),

@@ -28,7 +28,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -463,11 +463,15 @@ class Store:
         return self.get_upload(upload_id)
 
     def mark_complete(self, upload_id: str, sha256: str) -> None:
+        """Only an upload still uploading completes: one the sweep expired meanwhile stays expired."""
         now = self.clock()
         with self.transaction() as db:
-            db.execute("UPDATE uploads SET state = ?, sha256 = ?, received_bytes = total_size, updated_at = ?,"
-                       " expires_at = ? WHERE id = ?",
-                       (COMPLETE, sha256, now, now + self.limits.keep_completed_s, upload_id))
+            changed = db.execute(
+                "UPDATE uploads SET state = ?, sha256 = ?, received_bytes = total_size, updated_at = ?, expires_at = ?"
+                " WHERE id = ? AND state = ?",
+                (COMPLETE, sha256, now, now + self.limits.keep_completed_s, upload_id, UPLOADING)).rowcount
+        if not changed:
+            raise UploadExpiredError(f"upload {upload_id} expired before it was complete: start a new upload")
 
     def append(self, upload_id: str, offset: int, data: bytes, *, checksum: tuple[str, str] | None = None) -> int:
         """tus PATCH: write `data` at `offset` (which must be the current one); returns the new offset.
@@ -500,8 +504,11 @@ class Store:
             new_offset = offset + len(data)
             now = self.clock()
             with self.transaction() as db:
-                db.execute("UPDATE uploads SET received_bytes = ?, updated_at = ?, expires_at = ? WHERE id = ?",
-                           (new_offset, now, now + self.limits.expiry_s, upload_id))
+                changed = db.execute("UPDATE uploads SET received_bytes = ?, updated_at = ?, expires_at = ?"
+                                     " WHERE id = ? AND state = ?",
+                                     (new_offset, now, now + self.limits.expiry_s, upload_id, UPLOADING)).rowcount
+            if not changed:
+                raise UploadExpiredError(f"upload {upload_id} expired while bytes arrived: start a new upload")
             if new_offset == upload.total_size:
                 os.replace(partial, self.data_path(upload_id))
                 fsync_dir(partial.parent)
@@ -645,7 +652,8 @@ class Store:
         for entry in (self.root / "uploads").iterdir():
             state = self.upload_state(entry.name)
             if state in (None, EXPIRED):
-                removed += remove_path(entry)
+                with self.upload_lock(entry.name) if state else nullcontext():  # not while it is being joined
+                    removed += remove_path(entry)
             elif state == COMPLETE and (entry / "chunks").exists():
                 removed += remove_path(entry / "chunks")
             else:
