@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -84,6 +85,15 @@ def print_row(row: dict) -> None:
           f"{row['x_realtime']:>10.1f} {segments:>9} {speech:>9}", flush=True)
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["random:tiny", "random:large"])
@@ -96,7 +106,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "recording.wav"
         sf.write(path, long_recording(args.seconds, seed=11), 16_000, subtype="PCM_16")
-        print(f"{args.seconds:.0f} s recording ({'espeak-ng phrases' if espeak_available() else 'noise bursts'}), "
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+              f"{args.seconds:.0f} s recording ({'espeak-ng phrases' if espeak_available() else 'noise bursts'}), "
               f"16 kHz PCM16 WAV, device {args.device}, torch threads {torch.get_num_threads()}")
         print(f"{'model':<14} {'mode':<10} {'audio s':>7} {'wall s':>8} {'× realtime':>10} {'segments':>9} "
               f"{'speech s':>9}")
@@ -107,7 +118,8 @@ def main() -> None:
     report = {
         "benchmark": "longform end-to-end", "recording_s": args.seconds, "speech_source":
             "espeak-ng" if espeak_available() else "noise", "device": args.device,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": platform.processor(),
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rows": rows,
     }
     out = args.out / f"longform_{device}.json"

@@ -284,6 +284,16 @@ def test_tus_appends_at_the_offset_and_completes_when_full(store):
         store.put_chunk(upload.upload_id, 0, b"x")
 
 
+def test_a_tus_upload_whose_last_append_was_cut_short_by_a_crash_completes(store):
+    upload = store.create_tus_upload(10)
+    store.append(upload.upload_id, 0, b"0123456789")
+    store.db.execute("UPDATE uploads SET state = 'uploading' WHERE id = ?", (upload.upload_id,))
+    data = store.data_path(upload.upload_id)
+    data.rename(data.with_name("data.part"))  # as if killed after the offset commit, before the rename
+    assert store.complete_upload(upload.upload_id).state == "complete"
+    assert store.upload_file(upload.upload_id).read_bytes() == b"0123456789"
+
+
 def test_deleting_an_upload_removes_its_files(store):
     upload = store.create_tus_upload(100)
     store.append(upload.upload_id, 0, b"x" * 10)

@@ -106,7 +106,7 @@ class JobRunner:
     def spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
-        self.threads.append(thread)
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
 
     # ---- what the API calls ----
 

@@ -430,9 +430,12 @@ class Store:
             return upload
         if upload.state == EXPIRED:
             raise UploadExpiredError(f"upload {upload_id} expired and its data was removed: start a new upload")
-        if upload.kind != "chunked":
-            raise UploadIncompleteError(f"upload {upload_id} has {upload.received_bytes} of {upload.total_size} bytes",
-                                        details={"offset": upload.received_bytes})
+        if upload.kind == "tus":
+            if upload.received_bytes < upload.total_size:
+                raise UploadIncompleteError(
+                    f"upload {upload_id} has {upload.received_bytes} of {upload.total_size} bytes",
+                    details={"offset": upload.received_bytes})
+            return self.finish_tus(upload_id)  # every byte arrived, a crash came before the rename
         missing = upload.missing
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
@@ -510,10 +513,16 @@ class Store:
             if not changed:
                 raise UploadExpiredError(f"upload {upload_id} expired while bytes arrived: start a new upload")
             if new_offset == upload.total_size:
-                os.replace(partial, self.data_path(upload_id))
-                fsync_dir(partial.parent)
-                self.mark_complete(upload_id, file_sha256(self.data_path(upload_id)))
+                self.finish_tus(upload_id)
             return new_offset
+
+    def finish_tus(self, upload_id: str) -> Upload:
+        partial, target = self.upload_dir(upload_id) / "data.part", self.data_path(upload_id)
+        if partial.exists():
+            os.replace(partial, target)
+            fsync_dir(target.parent)
+        self.mark_complete(upload_id, file_sha256(target))
+        return self.get_upload(upload_id)
 
     def delete_upload(self, upload_id: str) -> None:
         """tus termination, or a client giving up: the row and every byte go."""
