@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import subprocess
@@ -42,3 +43,70 @@ def speech(text: str = "I am so happy to see you today", rate: int = SAMPLE_RATE
     wav = subprocess.run(["espeak-ng", "--stdout", text], check=True, capture_output=True).stdout
     samples, source_rate = sf.read(io.BytesIO(wav), dtype="float32")
     return soxr.resample(samples, source_rate, rate).astype(np.float32)
+
+
+PHRASES = (
+    "I am so happy to see you today",
+    "Why would you ever do that to me",
+    "Well, maybe tomorrow we can walk to the park",
+    "That is the most ridiculous thing I have heard",
+)
+
+
+@functools.cache
+def phrase(index: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """One of PHRASES spoken by espeak-ng (cached: long recordings repeat them)."""
+    return speech(PHRASES[index % len(PHRASES)], rate)
+
+
+def conversation(gaps_s: list[float], seed: int = 0, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, list[tuple]]:
+    """espeak-ng phrases separated by silences of `gaps_s` (before each phrase, and one after the last).
+
+    Returns the samples and the (start, end) seconds of each phrase: the voiced regions a VAD should find.
+    """
+    rng = np.random.default_rng(seed)
+    parts, regions, position = [], [], 0
+    for i, gap in enumerate(gaps_s):
+        silence = np.zeros(int(gap * rate), np.float32)
+        parts.append(silence)
+        position += len(silence)
+        if i == len(gaps_s) - 1:
+            break
+        voiced = phrase(int(rng.integers(len(PHRASES))), rate)
+        parts.append(voiced)
+        regions.append((position / rate, (position + len(voiced)) / rate))
+        position += len(voiced)
+    return np.concatenate(parts), regions
+
+
+def long_recording(seconds: float, seed: int = 0, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A call-like recording: espeak-ng phrases with 0.3–2 s pauses, or, without espeak-ng, noise bursts."""
+    rng = np.random.default_rng(seed)
+    total = int(seconds * rate)
+    out = np.zeros(total, np.float32)
+    position = 0
+    while (position := position + int(rng.uniform(0.3, 2.0) * rate)) < total:
+        if espeak_available():
+            voiced = phrase(int(rng.integers(len(PHRASES))), rate)
+        else:
+            voiced = noise(int(rng.uniform(1.0, 4.0) * rate), seed=int(rng.integers(1 << 30)), amplitude=0.2)
+        take = min(len(voiced), total - position)
+        out[position: position + take] = voiced[:take]
+        position += take
+    return out
+
+
+def encoded(samples: np.ndarray, rate: int = SAMPLE_RATE, container: str = "mp4", codec: str = "aac") -> bytes:
+    """Audio in a container soundfile cannot read (AAC in MP4 by default), encoded with PyAV."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
