@@ -59,10 +59,7 @@ def to_layout(samples: np.ndarray, rate: int, channels: int) -> np.ndarray:
     import soxr
 
     resampled = soxr.resample(samples, SAMPLE_RATE, rate).astype(np.float32) if rate != SAMPLE_RATE else samples
-    if channels == 1:
-        return resampled
-    delayed = np.concatenate([np.zeros(7, np.float32), resampled[:-7]])  # a slightly different right channel
-    return np.stack([resampled, 0.8 * delayed], axis=1)
+    return resampled if channels == 1 else np.stack([resampled, 0.6 * resampled], axis=1)
 
 
 def cpu_seconds(call, repeats: int) -> list[float]:

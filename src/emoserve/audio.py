@@ -169,9 +169,9 @@ def array_channels(samples: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def to_mono(samples: np.ndarray, channel_axis: int) -> np.ndarray:
-    """Float32 mean of the channels; integers scaled to [-1, 1); NaN/Inf refused."""
+    """Float32 mean of the channels of a 2-D array; integers scaled to [-1, 1); NaN/Inf refused."""
     check_channels(samples.shape[channel_axis])
-    return mix(np.moveaxis(samples, channel_axis, 0), samples.dtype)
+    return mix(samples.T if channel_axis == 1 else samples, samples.dtype)
 
 
 def mix(rows: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
@@ -245,9 +245,14 @@ class Resampler:
             self.flush(last=False)
 
     def flush(self, last: bool) -> None:
+        """Resample what is pending; `last` also drains soxr's delay line, which needs a call even when empty."""
+        if not self.pending and (self.stream is None or not last):
+            return
         block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending or [np.zeros(0, np.float32)])
         self.pending, self.pending_frames = [], 0
-        self.out.append(block if self.stream is None else self.stream.resample_chunk(block, last=last))
+        resampled = block if self.stream is None else self.stream.resample_chunk(block, last=last)
+        if len(resampled):
+            self.out.append(resampled)
 
     def end_run(self) -> None:
         if self.rate:
