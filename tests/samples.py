@@ -62,7 +62,10 @@ ENCODINGS = {
     "mp3": ("mp3", "libmp3lame", None),
     "m4a_aac": ("ipod", "aac", None),
     "adts_aac": ("adts", "aac", None),
+    "wma": ("asf", "wmav2", None),
+    "amr_nb": ("amr", "libopencore_amrnb", 8_000),
 }
+DEFAULT_BIT_RATES = {"wmav2": 128_000, "libopencore_amrnb": 12_200}  # encoders that need one
 
 
 def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None = None) -> bytes:
@@ -73,12 +76,14 @@ def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None =
     planar = samples[None] if samples.ndim == 1 else samples.T
     if codec == "vorbis" and len(planar) == 1:
         planar = np.concatenate([planar, planar])  # FFmpeg's own Vorbis encoder is stereo only
+    if codec == "libopencore_amrnb":
+        planar = planar.mean(axis=0, keepdims=True)  # AMR is mono only
     layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}[len(planar)]
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=codec_rate or rate, layout=layout)
-        if bit_rate:
-            stream.bit_rate = bit_rate
+        if bit_rate or codec in DEFAULT_BIT_RATES:
+            stream.bit_rate = bit_rate or DEFAULT_BIT_RATES[codec]
         if codec == "vorbis":
             stream.codec_context.options = {"strict": "experimental"}
         resampler = av.AudioResampler(format=stream.format, layout=layout, rate=stream.rate,
@@ -93,6 +98,15 @@ def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None =
             out.mux(stream.encode(resampled))
         out.mux(stream.encode(None))
     return buffer.getvalue()
+
+
+def audio_file(kind: str, samples: np.ndarray, rate: int, bit_rate: int | None = None) -> bytes:
+    """A file of `kind`: "pcm16_wav", "float_wav" or one of `ENCODINGS`."""
+    if kind == "pcm16_wav":
+        return wav_bytes(samples, rate)
+    if kind == "float_wav":
+        return wav_bytes(samples, rate, "FLOAT")
+    return encode(samples, rate, kind, bit_rate)
 
 
 def soundfile_bytes(samples: np.ndarray, rate: int, file_format: str, subtype: str | None = None) -> bytes:

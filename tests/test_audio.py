@@ -21,7 +21,17 @@ from emoserve.audio import (
     decode_audio_async,
     processed_wav,
 )
-from tests.samples import ENCODINGS, encode, espeak_available, noise, soundfile_bytes, speech, tone, wav_bytes
+from tests.samples import (
+    ENCODINGS,
+    audio_file,
+    encode,
+    espeak_available,
+    noise,
+    soundfile_bytes,
+    speech,
+    tone,
+    wav_bytes,
+)
 
 REFUSALS = {"empty_audio", "corrupt_audio", "unsupported_format", "audio_too_long", "payload_too_large", "too_short"}
 STEREO_PEAK = 0.375  # tone(channels=2): left at 0.5, right at 0.25, mixed to mono
@@ -118,8 +128,8 @@ def stereo_tone() -> np.ndarray:
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_every_compressed_format_decodes_to_16khz_mono(encoding, stereo_tone):
     samples = decode_audio(encode(stereo_tone, 44_100, encoding))
-    # lossy codecs pad (AAC priming, Vorbis blocks) and shift the level a little
-    assert_tone(samples, 1.0, STEREO_PEAK, length_tolerance=0.06, level_tolerance=0.1)
+    # lossy codecs pad (AAC priming, Vorbis blocks) and shift the level a little; AMR, a speech codec, more
+    assert_tone(samples, 1.0, STEREO_PEAK, length_tolerance=0.06, level_tolerance=0.25 if encoding == "amr_nb" else 0.1)
 
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ALAW", "ULAW"])
@@ -217,8 +227,9 @@ def test_speech_survives_each_codec(encoding, voice):
 
 # ---- inputs ----
 
-def test_every_kind_of_input_gives_the_same_samples(tmp_path, stereo_tone):
-    data = encode(stereo_tone, 44_100, "flac")
+@pytest.mark.parametrize("encoding", ["pcm16_wav", "float_wav", "flac", "mp3"])
+def test_every_kind_of_input_gives_the_same_samples(tmp_path, stereo_tone, encoding):
+    data = audio_file(encoding, stereo_tone, 44_100)
     path = tmp_path / "clip"
     path.write_bytes(data)
     expected = decode_audio(data)
@@ -371,9 +382,7 @@ def test_a_stream_is_read_only_up_to_the_byte_limit():
 @pytest.mark.parametrize("source_kind", ["pcm16_wav", "float_wav", "flac", "mp3", "ogg_opus", "m4a_aac", "array"])
 def test_duration_limit(source_kind):
     wave = tone(3.0, 44_100)
-    sources = {"pcm16_wav": lambda: wav_bytes(wave, 44_100), "float_wav": lambda: wav_bytes(wave, 44_100, "FLOAT"),
-               "array": lambda: wave}
-    source = sources.get(source_kind, lambda: encode(wave, 44_100, source_kind))()
+    source = wave if source_kind == "array" else audio_file(source_kind, wave, 44_100)
     rate = {"sample_rate": 44_100} if source_kind == "array" else {}
     error = refusal(source, max_seconds=2.0, **rate)
     assert error.code == "audio_too_long"
@@ -392,7 +401,7 @@ def test_decoding_stops_at_the_duration_limit(encoding):
     (FFmpeg reads some fixed amount more: its 32 KB buffer, the last 64 KB of an Ogg file for its length.)
     """
     wave = tone(60.0, 8_000)
-    data = wav_bytes(wave, 8_000) if encoding == "pcm16_wav" else encode(wave, 8_000, encoding, bit_rate=64_000)
+    data = audio_file(encoding, wave, 8_000, bit_rate=64_000)
     reader = CountingReader(data)
     assert refusal(reader, max_seconds=2.0).code == "audio_too_long"
     assert reader.bytes_read < 0.25 * len(data)
@@ -407,7 +416,7 @@ def test_an_hour_that_compresses_to_kilobytes_is_refused_in_bounded_memory():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 30e6  # the whole hour at 16 kHz float32 would be 230 MB
+    assert peak < 10e6  # the whole hour at 16 kHz float32 would be 230 MB
 
 
 # ---- output and async ----
