@@ -20,7 +20,7 @@ from emoserve.longform import (
 )
 from emoserve.results import ClipOutput, Segment, overall_of
 
-from .samples import SAMPLE_RATE, conversation, encoded, espeak_available, noise, speech, sweep
+from .samples import SAMPLE_RATE, conversation, encode, espeak_available, noise, speech, sweep
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 LABELS3 = ("a", "b", "c")
@@ -186,7 +186,7 @@ def test_a_resampled_file_is_close_to_decoding_it_whole(tiny_model, tmp_path):
 
 def test_formats_soundfile_cannot_read_decode_with_pyav(tiny_model, tmp_path):
     path = tmp_path / "clip.m4a"
-    path.write_bytes(encoded(sweep(4.0)))
+    path.write_bytes(encode(sweep(4.0), SAMPLE_RATE, "m4a_aac"))
     result = tiny_model.analyze_long(path, regions=[(0.5, 3.5)])
     assert result.duration_s == pytest.approx(4.0, abs=0.1)
     assert len(result.segments) == 1
