@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .audio import SAMPLE_RATE, AudioSource, from_array
+from .audio import SAMPLE_RATE, AudioSource, decode_audio
 from .batching import plan_batches
 from .errors import AudioError, InvalidParameterError
 from .results import ClipOutput, LongformResult, Segment, check_granularity, frame_timestamps, make_segment, overall_of
@@ -163,7 +163,7 @@ def first_pass(source: AudioSource, scratch_file: Path, sample_rate: int | None,
     max_samples = int(options.max_duration_s * SAMPLE_RATE)
     detector = SpeechDetector() if detect_speech else None
     if isinstance(source, np.ndarray):
-        audio = from_array(source, sample_rate or SAMPLE_RATE)
+        audio = decode_audio(source, sample_rate=sample_rate)
         check_duration(len(audio), max_samples)
         if detector is not None:
             detector.feed(audio)
