@@ -17,9 +17,14 @@ from emoserve import AudioError
 from emoserve.audio import (
     MAX_CHANNELS,
     SAMPLE_RATE,
+    Resampler,
+    StreamedAudio,
     decode_audio,
     decode_audio_async,
+    open_input,
     processed_wav,
+    read_with_pyav,
+    stream_audio,
 )
 from tests.samples import (
     ENCODINGS,
@@ -35,6 +40,7 @@ from tests.samples import (
 
 REFUSALS = {"empty_audio", "corrupt_audio", "unsupported_format", "audio_too_long", "payload_too_large", "too_short"}
 STEREO_PEAK = 0.375  # tone(channels=2): left at 0.5, right at 0.25, mixed to mono
+WAV_SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ALAW", "ULAW"]
 
 
 def assert_model_input(samples: np.ndarray) -> None:
@@ -132,7 +138,7 @@ def test_every_compressed_format_decodes_to_16khz_mono(encoding, stereo_tone):
     assert_tone(samples, 1.0, STEREO_PEAK, length_tolerance=0.06, level_tolerance=0.25 if encoding == "amr_nb" else 0.1)
 
 
-@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ALAW", "ULAW"])
+@pytest.mark.parametrize("subtype", WAV_SUBTYPES)
 def test_every_wav_encoding_decodes(subtype, stereo_tone):
     samples = decode_audio(wav_bytes(stereo_tone, 44_100, subtype))
     assert_tone(samples, 1.0, STEREO_PEAK, level_tolerance=0.03)
@@ -438,6 +444,99 @@ def test_async_decoding_runs_on_the_decode_pool():
     with pytest.raises(AudioError) as caught:
         asyncio.run(decode_audio_async(data, max_seconds=0.1))
     assert caught.value.code == "audio_too_long"
+
+
+# ---- streaming ----
+
+def stream_blocks(source, **limits) -> tuple[list[np.ndarray], list[int | None], StreamedAudio]:
+    """The blocks `stream_audio` hands out, the expected totals that came with them, and its summary."""
+    blocks, expected = [], []
+
+    def take(block: np.ndarray, expected_samples: int | None) -> None:
+        blocks.append(block)
+        expected.append(expected_samples)
+
+    return blocks, expected, stream_audio(source, take, **limits)
+
+
+@pytest.mark.parametrize("kind", [*ENCODINGS, *(f"wav_{subtype}" for subtype in WAV_SUBTYPES)])
+def test_streamed_blocks_join_to_what_decode_audio_returns(kind, stereo_tone):
+    if kind.startswith("wav_"):
+        data = wav_bytes(stereo_tone, 44_100, kind.removeprefix("wav_"))
+    else:
+        data = encode(stereo_tone, 44_100, kind)
+    blocks, expected, streamed = stream_blocks(data)
+    joined = np.concatenate(blocks)
+    np.testing.assert_array_equal(joined, decode_audio(data))
+    assert streamed == StreamedAudio(len(joined), 1.0)
+    for block in blocks:
+        assert_model_input(block)
+    assert len(set(expected)) == 1  # what the container announced, with every block
+    if "vorbis" not in kind:  # FFmpeg's own Vorbis encoder writes wrong timestamps: its files announce nonsense
+        assert abs(expected[0] - len(joined)) < 0.1 * SAMPLE_RATE
+
+
+def test_streamed_blocks_are_not_rescaled_and_the_gain_says_how_decode_audio_scales_them():
+    data = wav_bytes(tone(0.5, 44_100, amplitude=4.0), 44_100, "FLOAT")
+    blocks, _, streamed = stream_blocks(data)
+    joined = np.concatenate(blocks)
+    assert np.abs(joined).max() == pytest.approx(4.0, rel=1e-2)
+    assert streamed.gain == pytest.approx(1 / np.abs(joined).max())
+    np.testing.assert_array_equal(decode_audio(data), np.clip(joined * np.float32(streamed.gain), -1, 1))
+
+
+@pytest.mark.parametrize(("kind", "rate"), [("pcm16_wav", 16_000), ("flac", 8_000), ("mp3", 8_000)])
+def test_streaming_ten_minutes_holds_a_few_blocks_not_the_file(tmp_path, kind, rate):
+    """10 minutes are 38.4 MB at 16 kHz float32; streamed, memory stays at a few blocks (a path: nothing in memory)."""
+    path = tmp_path / "long"
+    path.write_bytes(audio_file(kind, np.tile(tone(1.0, rate), 600), rate))
+    seen = []
+    tracemalloc.start()
+    try:
+        streamed = stream_audio(path, lambda block, expected: seen.append(len(block)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert abs(streamed.num_samples - 600 * SAMPLE_RATE) < 0.1 * SAMPLE_RATE
+    assert sum(seen) == streamed.num_samples and len(seen) > 5
+    assert peak < 10e6
+
+
+@pytest.mark.parametrize("encoding", ["pcm16_wav", "float_wav", "flac", "mp3", "ogg_opus", "m4a_aac"])
+def test_an_exception_of_the_consumer_comes_out_unchanged(encoding):
+    """A full disk under the caller is not a cut in the audio: decoders never take it for one of theirs."""
+    full_disk = OSError(28, "No space left on device")
+    calls = []
+
+    def write(block: np.ndarray, expected: int | None) -> None:
+        calls.append(len(block))
+        if len(calls) == 1:  # once only: a decoder that swallowed it could not be rescued by the next block
+            raise full_disk
+
+    with pytest.raises(OSError) as caught:
+        stream_audio(audio_file(encoding, tone(3.0, 44_100), 44_100), write)
+    assert caught.value is full_disk
+
+
+def test_a_flac_that_libsndfile_gives_up_on_midway_is_finished_by_ffmpeg():
+    """libsndfile passes its first block on, then loses sync at a damaged frame: FFmpeg takes over where it stopped,
+    skipping the damaged frame, and the whole comes out as FFmpeg alone decodes it."""
+    data = bytearray(soundfile_bytes(np.tile(tone(1.0, 44_100, channels=2), (20, 1)), 44_100, "FLAC"))
+    data[len(data) * 4 // 5] ^= 0xFF
+    data = bytes(data)
+    with sf.SoundFile(io.BytesIO(data)) as sound:
+        assert len(sound.read(524_288)) == 524_288  # stream_audio's first block of 44.1 kHz stereo
+        with pytest.raises(sf.LibsndfileError):
+            sound.read()
+    alone = []
+    sink = Resampler(None, lambda block, expected: alone.append(block))
+    with open_input(data, None) as source:
+        read_with_pyav(source, sink, known=True)
+    sink.finish()
+    blocks, _, _ = stream_blocks(data)
+    assert len(blocks) > 1
+    np.testing.assert_array_equal(np.concatenate(blocks), np.concatenate(alone))
+    assert 19.0 * SAMPLE_RATE < len(np.concatenate(blocks)) < 20.0 * SAMPLE_RATE
 
 
 # ---- never a crash, a hang or an unexpected exception ----

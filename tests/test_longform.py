@@ -1,4 +1,6 @@
 import json
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,10 +10,12 @@ import torch
 from emoserve.audio import decode_audio
 from emoserve.errors import AudioError, InvalidParameterError
 from emoserve.longform import (
+    DECODE_SHARE,
     HOP,
     LongformOptions,
     SpeechDetector,
     analyze_long,
+    first_pass,
     frame_count,
     owned_frames,
     plan_windows,
@@ -20,7 +24,7 @@ from emoserve.longform import (
 )
 from emoserve.results import ClipOutput, Segment, overall_of
 
-from .samples import SAMPLE_RATE, conversation, encode, espeak_available, noise, speech, sweep
+from .samples import SAMPLE_RATE, conversation, encode, espeak_available, noise, speech, sweep, tone, wav_bytes
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 LABELS3 = ("a", "b", "c")
@@ -121,11 +125,12 @@ def test_no_segments_means_no_overall_emotion(tiny_model):
     assert result.to_dict()["overall"] == {"emotion": None, "confidence": None, "scores": {}, "speech_s": 0.0}
 
 
-def test_speech_detector_fed_in_blocks_equals_silero_in_one_pass():
+@pytest.mark.parametrize("block", [7_919, 100])  # not multiples of 512; and shorter than a frame
+def test_speech_detector_fed_in_blocks_equals_silero_in_one_pass(block):
     wav = np.concatenate([sweep(2.3), noise(20_011, seed=1), sweep(1.7, f0=300)])
     detector = SpeechDetector()
-    for start in range(0, len(wav), 7_919):  # blocks that are not multiples of 512
-        detector.feed(wav[start: start + 7_919])
+    for start in range(0, len(wav), block):
+        detector.feed(wav[start: start + block])
     ours = detector.finish()
     reference = silero_sequence_model().audio_forward(wav)
     assert len(ours) == -(-len(wav) // 512)
@@ -192,6 +197,35 @@ def test_formats_soundfile_cannot_read_decode_with_pyav(tiny_model, tmp_path):
     assert len(result.segments) == 1
 
 
+def test_eight_channel_aac_is_decoded_as_a_request_decodes_it(tiny_model, tmp_path):
+    """7.1 AAC: planar frames whose ninth, garbage plane crashed the process when read."""
+    path = tmp_path / "surround.m4a"
+    path.write_bytes(encode(tone(4.0, 48_000, channels=8), 48_000, "m4a_aac"))
+    result = tiny_model.analyze_long(path, regions=[(0.5, 3.5)])
+    whole = tiny_model.analyze_long(decode_audio(path), regions=[(0.5, 3.5)])
+    assert result.duration_s == pytest.approx(4.0, abs=0.1)
+    assert result.to_dict() == whole.to_dict()
+
+
+def test_the_first_pass_of_a_long_call_holds_a_few_blocks_not_the_file(tmp_path):
+    """10 minutes at 8 kHz, 38.4 MB at 16 kHz float32: decoded to the scratch file and scored for speech in blocks."""
+    path = tmp_path / "call.wav"
+    path.write_bytes(wav_bytes(np.tile(tone(1.0, 8_000), 600), 8_000))
+    seen = []
+    tracemalloc.start()
+    try:
+        audio, speech_probs = first_pass(path, tmp_path / "audio.f32", None, LongformOptions(), detect_speech=True,
+                                         progress=seen.append, min_samples=400)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12e6
+    assert isinstance(audio, np.memmap) and len(audio) == 600 * SAMPLE_RATE
+    assert len(speech_probs) == 600 * SAMPLE_RATE // 512
+    assert len(seen) > 5 and seen == sorted(seen) and seen[-1] == DECODE_SHARE
+    np.testing.assert_array_equal(audio, decode_audio(path))
+
+
 def test_progress_rises_to_one(tiny_model, tmp_path):
     path = tmp_path / "clip.wav"
     sf.write(path, noise(SAMPLE_RATE * 20, seed=9), SAMPLE_RATE)
@@ -240,6 +274,7 @@ def test_the_result_json_matches_the_api_contract(tiny_model):
     (np.zeros(300, np.float32), "too_short"),
     (np.array([0.0, np.nan] * 400, np.float32), "corrupt_audio"),
     (b"not audio at all" * 50, "unsupported_format"),
+    (Path("/no/such/recording.wav"), "not_found"),
 ])
 def test_bad_audio_is_a_typed_error(tiny_model, audio, code):
     with pytest.raises(AudioError) as info:
@@ -253,6 +288,7 @@ def test_files_over_the_duration_limit_are_refused_while_decoding(tiny_model, tm
     with pytest.raises(AudioError) as info:
         tiny_model.analyze_long(path, options=LongformOptions(max_duration_s=10))
     assert info.value.code == "audio_too_long"
+    assert info.value.details == {"max_duration_s": 10} and "10 s for long files" in info.value.message
 
 
 def test_bad_options_and_regions_are_refused(tiny_model):

@@ -7,8 +7,11 @@ The first bytes pick the decoder, never the file name or the client's MIME type:
   to PyAV (FFmpeg), which may only use audio demuxers: no playlists, no network, no images.
   (libsndfile stops early in some valid Ogg Vorbis files and decodes Opus at half FFmpeg's speed.)
 Every decoder hands blocks to `Resampler`, which mixes them to mono, enforces the duration limit
-as they arrive (a tiny file that expands to hours stops at the limit, in time and memory) and
-resamples with soxr HQ as a stream. Every refusal is an `AudioError` whose `code` is the API's.
+as they arrive (a tiny file that expands to hours stops at the limit, in time and memory),
+resamples with soxr HQ as a stream and passes the 16 kHz blocks on as they are ready:
+`stream_audio` hands them to its caller (memory bounded by the block size, whatever the length),
+and `decode_audio` is `stream_audio` with a caller that joins them. Every refusal is an
+`AudioError` whose `code` is the API's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import io
 import math
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,10 +42,11 @@ MAX_RATE = 192_000
 MAX_CHANNELS = 64
 
 AudioSource = bytes | bytearray | memoryview | str | Path | BinaryIO | np.ndarray
+BlockConsumer = Callable[[np.ndarray, int | None], None]  # (16 kHz block, samples expected in all or None)
 
 HEAD_BYTES = 4096  # read once up front: the format's magic, and usually every WAV chunk header
 READ_BYTES = 1 << 20  # chunk size when reading a stream that cannot seek
-BLOCK_SAMPLES = 1 << 20  # samples (all channels) decoded per block: bounds memory per step
+BLOCK_SAMPLES = 1 << 20  # samples read per block (all channels), and most a block makes at 16 kHz: bounds memory
 RESAMPLE_FRAMES = 1 << 16  # mono frames gathered before each soxr call: fewer calls, same output
 MAX_WAV_CHUNKS = 64  # RIFF chunks walked to find "data" before handing the file to soundfile
 
@@ -66,15 +70,51 @@ def decode_audio(source: AudioSource, *, sample_rate: int | None = None, max_sec
     `max_bytes` is checked before decoding, `max_seconds` while decoding, `min_samples` (at 16 kHz)
     at the end. Arrays are (samples,), (samples, channels) or (channels, samples).
     """
+    blocks: list[np.ndarray] = []
+    streamed = stream_audio(source, lambda block, expected: blocks.append(block), sample_rate=sample_rate,
+                            max_seconds=max_seconds, max_bytes=max_bytes, min_samples=min_samples)
+    samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)  # one block: no copy
+    if streamed.gain != 1.0:
+        samples *= np.float32(streamed.gain)
+        np.clip(samples, -1.0, 1.0, out=samples)  # the float32 rounding of the gain
+    return samples
+
+
+@dataclass(frozen=True)
+class StreamedAudio:
+    """What `stream_audio` handed out, once it is all out."""
+
+    num_samples: int  # at 16 kHz, in all blocks
+    gain: float  # below 1.0 where the audio went louder than full scale (float sources, resampling overshoot):
+    # the factor that brings its peak to 1.0, which `decode_audio` applies; 1.0 for all other audio
+
+
+def stream_audio(source: AudioSource, on_block: BlockConsumer, *, sample_rate: int | None = None,
+                 max_seconds: float | None = None, max_bytes: int | None = None,
+                 min_samples: int | None = None) -> StreamedAudio:
+    """`decode_audio` as a stream: 16 kHz mono float32 blocks go to `on_block` as they are decoded.
+
+    Memory holds a few blocks of about a million samples at most (a second of frames for
+    compressed audio; a numpy array is one block), whatever the length: hours of audio can be
+    written out or analysed as they decode. `on_block(block, expected)` gets each new C-contiguous
+    block, which it may keep, and the number of samples the container announces for the whole
+    audio (for progress; None when unknown; not a promise). An exception it raises stops decoding
+    and comes out unchanged. Refusals may come after some blocks were handed out (a limit passed
+    or a NaN midway, too short at the end). Blocks are not rescaled: float audio louder than full
+    scale goes past [-1, 1] (see `StreamedAudio.gain`).
+    """
+    sink = Resampler(max_seconds, on_block)
     if isinstance(source, np.ndarray):
-        sink = Resampler(max_seconds)
-        sink.add(to_mono(*array_channels(source)), sample_rate or SAMPLE_RATE, source.dtype.kind != "f")
-        samples = sink.result()
+        rate = sample_rate or SAMPLE_RATE
+        mono = to_mono(*array_channels(source))
+        sink.expect(len(mono) / rate)
+        sink.add(mono, rate, source.dtype.kind != "f")
     else:
         with open_input(source, max_bytes) as data:
-            samples = decode_encoded(data, max_seconds)
-    check_length(len(samples), min_samples)
-    return samples
+            decode_encoded(data, sink)
+    sink.finish()
+    check_length(sink.num_samples, min_samples)
+    return StreamedAudio(sink.num_samples, sink.gain)
 
 
 async def decode_audio_async(source: AudioSource, *, sample_rate: int | None = None,
@@ -196,22 +236,30 @@ def mix(rows: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
 
 
 class Resampler:
-    """Mono blocks at their source rate in, 16 kHz out; the duration limit is checked as blocks arrive.
+    """Mono blocks at their source rate in, 16 kHz blocks out to a consumer; the duration limit is checked as
+    blocks arrive.
 
     A source rate may change mid-stream (chained Ogg, odd MP3s): each run of one rate is resampled
-    on its own and the runs are joined.
+    on its own and the runs follow each other.
     """
 
-    def __init__(self, max_seconds: float | None):
+    def __init__(self, max_seconds: float | None, on_block: BlockConsumer):
         self.max_seconds = max_seconds
+        self.on_block = on_block
         self.done_seconds = 0.0  # of the runs already finished
         self.rate = 0
         self.frames = 0  # in the current run
         self.stream: soxr.ResampleStream | None = None
         self.pending: list[np.ndarray] = []
         self.pending_frames = 0
-        self.out: list[np.ndarray] = []
         self.in_range = True  # integer samples, not resampled: within [-1, 1) by construction
+        self.peak = 0.0  # of the blocks handed out since the audio may pass full scale
+        self.num_samples = 0  # handed out
+        self.expected_samples: int | None = None
+
+    def expect(self, seconds: float) -> None:
+        """The length the container announces, passed on with every block for progress."""
+        self.expected_samples = round(seconds * SAMPLE_RATE) if seconds > 0 else None
 
     @property
     def seconds(self) -> float:
@@ -252,7 +300,17 @@ class Resampler:
         self.pending, self.pending_frames = [], 0
         resampled = block if self.stream is None else self.stream.resample_chunk(block, last=last)
         if len(resampled):
-            self.out.append(resampled)
+            self.emit(resampled)
+
+    def emit(self, block: np.ndarray) -> None:
+        if not self.in_range:
+            peak = max(float(block.max()), -float(block.min()))
+            if not math.isfinite(peak):  # finite float samples near 3e38 that resampling pushed over
+                raise AudioError("the audio's sample values are far out of range: send normal audio",
+                                 code="corrupt_audio")
+            self.peak = max(self.peak, peak)
+        self.num_samples += len(block)
+        self.on_block(block, self.expected_samples)
 
     def end_run(self) -> None:
         if self.rate:
@@ -264,20 +322,14 @@ class Resampler:
     def has_audio(self) -> bool:
         return self.frames > 0 or self.done_seconds > 0
 
-    def result(self) -> np.ndarray:
-        """Contiguous float32; louder than full scale (float sources, resampling overshoot) is scaled down."""
+    def finish(self) -> None:
         self.end_run()
-        samples = self.out[0] if len(self.out) == 1 else np.concatenate(self.out or [np.zeros(0, np.float32)])
-        samples = np.ascontiguousarray(samples, dtype=np.float32)
-        if samples.size and not self.in_range:
-            peak = max(float(samples.max()), -float(samples.min()))
-            if not math.isfinite(peak):  # finite float samples near 3e38 that resampling pushed over
-                raise AudioError("the audio's sample values are far out of range: send normal audio",
-                                 code="corrupt_audio")
-            if peak > 1.0:
-                samples *= np.float32(1 / peak)
-                np.clip(samples, -1.0, 1.0, out=samples)  # the float32 rounding of 1 / peak
-        return samples
+
+    @property
+    def gain(self) -> float:
+        """What brings audio louder than full scale down to a peak of 1.0: scaled, not clipped, since clipping
+        distorts and the model normalises each clip anyway."""
+        return 1 / self.peak if self.peak > 1.0 else 1.0
 
 
 # ---- encoded input: bytes, paths, file objects ----
@@ -362,26 +414,30 @@ def sniff(head: bytes) -> str | None:
     return next((kind for prefix, kind in magic.items() if head.startswith(prefix)), None)
 
 
-def decode_encoded(data: EncodedInput, max_seconds: float | None) -> np.ndarray:
+def decode_encoded(data: EncodedInput, sink: Resampler) -> None:
     kind = sniff(data.head)
     if kind == "wav" and (layout := pcm16_wav_layout(data)) is not None:
-        return read_pcm16_wav(data, layout, Resampler(max_seconds))
-    if kind in SOUNDFILE_KINDS:
-        samples = read_with_soundfile(data, Resampler(max_seconds))
-        if samples is not None:
-            return samples
-    data.file.seek(0)
-    return read_with_pyav(data, Resampler(max_seconds), known=kind is not None)
+        read_pcm16_wav(data, layout, sink)
+    elif kind not in SOUNDFILE_KINDS or not read_with_soundfile(data, sink):
+        data.file.seek(0)
+        # where libsndfile failed midway (a damaged FLAC frame), what it decoded has been passed on: FFmpeg resumes
+        read_with_pyav(data, sink, known=kind is not None, skip_frames=sink.frames)
+
+
+def block_frames(channels: int, rate: int) -> int:
+    """Frames per read: at most BLOCK_SAMPLES values in, and (8 kHz doubles) at most BLOCK_SAMPLES out."""
+    return max(1, min(BLOCK_SAMPLES // channels, BLOCK_SAMPLES * rate // SAMPLE_RATE))
 
 
 # ---- 16-bit PCM WAV: header parsed here, samples read with numpy ----
 
-def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: Resampler) -> np.ndarray:
+def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: Resampler) -> None:
     offset, frames, channels, rate = layout
     check_channels(channels)
     check_rate(rate)
     sink.check_room(frames, rate)
-    block = max(1, BLOCK_SAMPLES // channels)
+    sink.expect(frames / rate)
+    block = block_frames(channels, rate)
     for start in range(0, frames, block):
         count = min(block, frames - start) * channels
         position = offset + start * channels * 2
@@ -392,7 +448,6 @@ def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: 
             data.file.seek(position)
             samples = samples[:data.file.readinto(samples) // (2 * channels) * channels]
         sink.add(to_mono(samples.reshape(-1, channels), channel_axis=1), rate, from_integers=True)
-    return sink.result()
 
 
 def pcm16_wav_layout(data: EncodedInput) -> tuple[int, int, int, int] | None:
@@ -433,28 +488,29 @@ def read_at(data: EncodedInput, position: int, count: int) -> bytes:
 
 # ---- soundfile (libsndfile) ----
 
-def read_with_soundfile(data: EncodedInput, sink: Resampler) -> np.ndarray | None:
-    """Decode with libsndfile; None when it cannot open the file, fails midway or finds nothing, so PyAV gets a try."""
+def read_with_soundfile(data: EncodedInput, sink: Resampler) -> bool:
+    """Decode with libsndfile; False when it cannot open the file, fails midway or finds nothing, so PyAV gets a try."""
     data.file.seek(0)
     try:
         sound = sf.SoundFile(data.path or CallbackSafeFile(data.file))
     except SOUNDFILE_ERRORS:
-        return None
+        return False
     with sound:
         check_channels(sound.channels)
         check_rate(sound.samplerate)
-        block = max(1, BLOCK_SAMPLES // sound.channels)
+        sink.expect(sound.frames / sound.samplerate)
+        block = block_frames(sound.channels, sound.samplerate)
         while True:
             left = sink.frames_left(sound.samplerate)
             try:
                 samples = sound.read(block if left is None else min(block, left + 1), dtype="float32",
                                      always_2d=True)
             except SOUNDFILE_ERRORS:
-                return None
+                return False
             if not len(samples):
                 break
             sink.add(to_mono(samples, channel_axis=1), sound.samplerate, from_integers=False)
-    return sink.result() if sink.has_audio else None
+    return sink.has_audio
 
 
 class CallbackSafeFile:
@@ -480,8 +536,11 @@ class CallbackSafeFile:
 
 # ---- PyAV (FFmpeg) ----
 
-def read_with_pyav(data: EncodedInput, sink: Resampler, known: bool) -> np.ndarray:
-    """Decode the first audio stream, skipping damaged packets and keeping what precedes a cut, as players do."""
+def read_with_pyav(data: EncodedInput, sink: Resampler, known: bool, skip_frames: int = 0) -> None:
+    """Decode the first audio stream, skipping damaged packets and keeping what precedes a cut, as players do.
+
+    `skip_frames`: leading frames that were decoded and passed on already (by libsndfile).
+    """
     try:
         container = av.open(CallbackSafeFile(data.file), mode="r", options={"format_whitelist": ACCEPTED_DEMUXERS},
                             metadata_errors="ignore")
@@ -494,25 +553,36 @@ def read_with_pyav(data: EncodedInput, sink: Resampler, known: bool) -> np.ndarr
         if stream.codec_context is None:
             raise unsupported("its audio codec has no decoder here")
         check_channels(stream.codec_context.channels or 1)
-        batch = FrameBatch(sink)
-        failures = 0
-        try:
-            for packet in container.demux(stream):
-                try:
-                    frames = stream.codec_context.decode(packet)
-                except PYAV_ERRORS:
-                    failures += 1
-                    continue
-                for frame in frames:
-                    batch.add(frame)
-        except PYAV_ERRORS as e:
-            batch.flush()
-            if not sink.has_audio:
-                raise corrupt(describe_ffmpeg_error(e)) from e
+        sink.expect((container.duration or 0) / av.time_base)
+        batch = FrameBatch(sink, skip_frames)
+        frames = DecodedFrames(container, stream)
+        for frame in frames:  # outside the decoder's error handling: the consumer's exceptions pass unchanged
+            batch.add(frame)
         batch.flush()
-        if not sink.has_audio and failures:
-            raise corrupt(f"none of the {failures} {stream.codec_context.name} packets could be decoded")
-    return sink.result()
+        if not sink.has_audio and (frames.cut or frames.failures):
+            raise corrupt(frames.cut or f"none of the {frames.failures} {stream.codec_context.name} packets "
+                                        f"could be decoded")
+
+
+class DecodedFrames:
+    """The frames of one audio stream: damaged packets are counted and skipped, a cut ends it."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.audio.stream.AudioStream):
+        self.container, self.stream = container, stream
+        self.failures = 0
+        self.cut: str | None = None  # FFmpeg's reason, where reading stopped early
+
+    def __iter__(self) -> Iterator[av.AudioFrame]:
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    frames = self.stream.codec_context.decode(packet)
+                except PYAV_ERRORS:
+                    self.failures += 1
+                    continue
+                yield from frames
+        except PYAV_ERRORS as e:
+            self.cut = describe_ffmpeg_error(e)
 
 
 class FrameBatch:
@@ -524,8 +594,9 @@ class FrameBatch:
     read, and planar frames of more than 8 channels, where the array lives on the heap, are refused.
     """
 
-    def __init__(self, sink: Resampler):
+    def __init__(self, sink: Resampler, skip_frames: int = 0):
         self.sink = sink
+        self.skip_frames = skip_frames
         self.planes: list[list[np.ndarray]] = []  # per frame: one array per plane
         self.layout: tuple[int, str, int] = (0, "", 0)  # rate, sample format, channels
         self.frames = 0
@@ -542,9 +613,12 @@ class FrameBatch:
         if len(planes) < (channels if planar else 1):
             raise corrupt(f"a frame holds fewer planes than its {channels} channels")
         dtype = SAMPLE_TYPES[frame.format.name.rstrip("p")]
-        count = frame.samples if planar else frame.samples * channels
-        self.planes.append([np.frombuffer(plane, dtype, count) for plane in planes])
-        self.frames += frame.samples
+        width = 1 if planar else channels  # values of one frame in one plane
+        arrays = [np.frombuffer(plane, dtype, frame.samples * width) for plane in planes]
+        skip = min(self.skip_frames, frame.samples)  # frames libsndfile passed on already
+        self.skip_frames -= skip
+        self.planes.append([array[skip * width:] for array in arrays] if skip else arrays)
+        self.frames += frame.samples - skip
 
     def flush(self) -> None:
         if not self.planes:

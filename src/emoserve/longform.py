@@ -2,10 +2,10 @@
 
 Two passes, so hours of audio never sit in memory at once:
 
-1. decode in blocks (soundfile, else PyAV; soxr's streaming resampler) to 16 kHz float32, written
-   to a scratch file while silero-vad scores every 32 ms block. silero-vad runs its ONNX sequence
-   model through onnxruntime: no torchaudio, and the LSTM state carries over from block to block,
-   so the scores equal one pass over the whole file.
+1. decode in blocks (`emoserve.audio.stream_audio`: the decoder, checks and limits of every
+   request) to 16 kHz float32, written to a scratch file while silero-vad scores every 32 ms
+   block. silero-vad runs its ONNX sequence model through onnxruntime: no torchaudio, and the
+   LSTM state carries over from block to block, so the scores equal one pass over the whole file.
 2. the scratch file, memory-mapped, is cut into voiced segments (each ≤ 30 s) and, for
    granularity=frame, into overlapping windows of ≤ 30 s; both go through a batch-predict callable
    (`EmotionModel.predict`, or the engine's) in padded batches.
@@ -19,20 +19,17 @@ nearer its own centre, the frames with the most context on both sides.
 from __future__ import annotations
 
 import functools
-import io
 import math
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-from .audio import SAMPLE_RATE, AudioSource, decode_audio
+from .audio import SAMPLE_RATE, AudioSource, stream_audio
 from .batching import plan_batches
 from .errors import AudioError, InvalidParameterError
 from .results import ClipOutput, LongformResult, Segment, check_granularity, frame_timestamps, make_segment, overall_of
@@ -42,7 +39,6 @@ Progress = Callable[[float], None]
 
 HOP = 320  # samples per frame: the conv extractor's total stride
 RECEPTIVE_FIELD = 400  # samples one frame sees; also the shortest clip the emotion2vec models accept
-BLOCK_SAMPLES = 8 * SAMPLE_RATE  # decode and VAD block
 DECODE_SHARE = 0.1  # of the progress bar: the first pass (decode + VAD); the model takes the rest
 
 
@@ -110,11 +106,8 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
     report = progress or (lambda fraction: None)
     with tempfile.TemporaryDirectory(prefix="emoserve-longform-", dir=scratch_dir) as scratch:
         audio, speech_probs = first_pass(source, Path(scratch) / "audio.f32", sample_rate, options,
-                                         detect_speech=regions is None, progress=report)
+                                         detect_speech=regions is None, progress=report, min_samples=min_samples)
         num_samples = len(audio)
-        if num_samples < min_samples:
-            raise AudioError(f"the audio is too short: {num_samples} samples at 16 kHz, the model needs {min_samples}",
-                             code="too_short", details={"min_samples": min_samples})
         if regions is None:
             cuts = speech_regions(speech_probs, num_samples, options)
         else:
@@ -158,123 +151,36 @@ class Tally:
 
 
 def first_pass(source: AudioSource, scratch_file: Path, sample_rate: int | None, options: LongformOptions,
-               detect_speech: bool, progress: Progress) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the whole file at 16 kHz, memory-mapped or in memory; silero's speech probability per 512 samples)."""
-    max_samples = int(options.max_duration_s * SAMPLE_RATE)
+               detect_speech: bool, progress: Progress, min_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the whole file at 16 kHz, memory-mapped; silero's speech probability per 512 samples)."""
     detector = SpeechDetector() if detect_speech else None
-    if isinstance(source, np.ndarray):
-        audio = decode_audio(source, sample_rate=sample_rate)
-        check_duration(len(audio), max_samples)
-        if detector is not None:
-            detector.feed(audio)
-        return audio, detector.finish() if detector is not None else None
-    written = 0
-    with open_audio(source) as stream, open(scratch_file, "wb") as out:
-        for block in stream.blocks():
-            written += len(block)
-            check_duration(written, max_samples)
-            out.write(block.tobytes())
-            if detector is not None:
-                detector.feed(block)
-            if stream.expected_samples:
-                progress(DECODE_SHARE * min(written / stream.expected_samples, 1.0))
-    if written == 0:
-        raise AudioError("the audio has no samples", code="empty_audio")
+    with open(scratch_file, "wb") as out:
+        try:
+            stream_audio(source, ScratchWriter(out, detector, progress), sample_rate=sample_rate,
+                         max_seconds=options.max_duration_s, min_samples=min_samples)
+        except AudioError as e:
+            if e.code != "audio_too_long":
+                raise
+            raise AudioError(f"the audio is longer than the limit of {options.max_duration_s:g} s for long files",
+                             code="audio_too_long", details={"max_duration_s": options.max_duration_s}) from e
     audio = np.memmap(scratch_file, dtype=np.float32, mode="r")
     return audio, detector.finish() if detector is not None else None
 
 
-def check_duration(num_samples: int, max_samples: int) -> None:
-    if num_samples > max_samples:
-        raise AudioError(f"the audio is longer than the limit of {max_samples / SAMPLE_RATE:.0f} s for long files",
-                         code="audio_too_long", details={"max_duration_s": max_samples / SAMPLE_RATE})
+class ScratchWriter:
+    """Takes the decoded blocks: onto the scratch file, through the speech detector, and into the progress bar."""
 
+    def __init__(self, out: BinaryIO, detector: SpeechDetector | None, progress: Progress):
+        self.out, self.detector, self.progress = out, detector, progress
+        self.written = 0
 
-class DecodedStream:
-    """16 kHz mono float32 blocks of a file, and how many samples to expect (for progress; may be None)."""
-
-    def __init__(self, blocks: Iterator[tuple[np.ndarray, int]], expected_s: float | None):
-        self.native_blocks = blocks
-        self.expected_samples = int(expected_s * SAMPLE_RATE) if expected_s else None
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        resampler = None
-        for samples, rate in self.native_blocks:
-            if not 1_000 <= rate <= 384_000:
-                raise AudioError(f"sample rate {rate} Hz is out of range (1 kHz–384 kHz)", code="unsupported_format")
-            if not np.isfinite(samples).all():
-                raise AudioError("the audio contains NaN or infinite samples", code="corrupt_audio")
-            if rate != SAMPLE_RATE and resampler is None:
-                resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            block = resampler.resample_chunk(samples) if resampler is not None else samples
-            if len(block):
-                yield block
-        if resampler is not None:
-            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-            if len(tail):
-                yield tail
-
-
-@contextmanager
-def open_audio(source: AudioSource) -> Iterator[DecodedStream]:
-    """Open a path, bytes or file object for block-wise decoding: soundfile when it can, else PyAV."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise AudioError("the audio is empty (0 bytes)", code="empty_audio")
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, Path)):
-        source = Path(source)
-        if not source.is_file():
-            raise AudioError(f"no such audio file: {source}", code="empty_audio")
-        if source.stat().st_size == 0:
-            raise AudioError(f"{source} is empty (0 bytes)", code="empty_audio")
-    try:
-        sound = sf.SoundFile(source)
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        sound = None
-    if sound is not None:
-        with sound:
-            yield DecodedStream(soundfile_blocks(sound), sound.frames / sound.samplerate if sound.frames > 0 else None)
-        return
-    if hasattr(source, "seek"):
-        source.seek(0)
-    yield from pyav_stream(source)
-
-
-def soundfile_blocks(sound: sf.SoundFile) -> Iterator[tuple[np.ndarray, int]]:
-    try:
-        for block in sound.blocks(BLOCK_SAMPLES, dtype="float32", always_2d=True):
-            yield np.ascontiguousarray(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]), sound.samplerate
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"the audio is corrupt or truncated: {e}", code="corrupt_audio") from e
-
-
-def pyav_stream(source) -> Iterator[DecodedStream]:
-    import av
-
-    try:
-        with av.open(str(source) if isinstance(source, Path) else source, mode="r") as container:
-            if not container.streams.audio:
-                raise AudioError("the file has no audio stream", code="unsupported_format")
-            expected_s = container.duration / av.time_base if container.duration else None
-            yield DecodedStream(pyav_blocks(container), expected_s)
-    except AudioError:
-        raise
-    except av.error.InvalidDataError as e:
-        raise AudioError(f"the audio could not be decoded: {e}", code="unsupported_format") from e
-    except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise AudioError(f"the audio is corrupt or truncated: {e}", code="corrupt_audio") from e
-
-
-def pyav_blocks(container) -> Iterator[tuple[np.ndarray, int]]:
-    import av
-
-    resampler = av.AudioResampler(format="flt", layout="mono")
-    for frame in container.decode(container.streams.audio[0]):
-        for out in resampler.resample(frame):
-            yield out.to_ndarray().reshape(-1), out.sample_rate
-    for out in resampler.resample(None):
-        yield out.to_ndarray().reshape(-1), out.sample_rate
+    def __call__(self, block: np.ndarray, expected_samples: int | None) -> None:
+        self.out.write(block.data)
+        self.written += len(block)
+        if self.detector is not None:
+            self.detector.feed(block)
+        if expected_samples:
+            self.progress(DECODE_SHARE * min(self.written / expected_samples, 1.0))
 
 
 # ---- voice activity: silero-vad ----
@@ -320,11 +226,22 @@ class SpeechDetector:
         self.probs: list[np.ndarray] = []
 
     def feed(self, samples: np.ndarray) -> None:
-        self.pending = np.concatenate([self.pending, np.asarray(samples, np.float32)])
-        usable = len(self.pending) // self.FRAME * self.FRAME
+        """Score every whole 512-sample frame; the part of a frame at the end waits for the next block.
+
+        Only that part is copied, so a long block costs no more memory than it holds.
+        """
+        samples = np.asarray(samples, np.float32)
+        if len(self.pending):
+            fill = self.FRAME - len(self.pending)
+            self.pending = np.concatenate([self.pending, samples[:fill]])
+            samples = samples[fill:]
+            if len(self.pending) < self.FRAME:
+                return
+            self.score(self.pending)
+        usable = len(samples) // self.FRAME * self.FRAME
         if usable:
-            self.score(self.pending[:usable])
-            self.pending = self.pending[usable:]
+            self.score(samples[:usable])
+        self.pending = samples[usable:].copy()
 
     def finish(self) -> np.ndarray:
         if len(self.pending):
