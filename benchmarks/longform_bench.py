@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from tests.samples import espeak_available, long_recording  # noqa: E402
 
 from emoserve import EmotionModel  # noqa: E402
-from emoserve.longform import LongformOptions, SpeechDetector, open_audio  # noqa: E402
+from emoserve.audio import stream_audio  # noqa: E402
+from emoserve.longform import LongformOptions, SpeechDetector  # noqa: E402
 
 
 def timed(fn, budget_s: float = 30.0, max_runs: int = 3):
@@ -50,9 +51,7 @@ def timed(fn, budget_s: float = 30.0, max_runs: int = 3):
 
 def vad_only(path: Path) -> int:
     detector = SpeechDetector()
-    with open_audio(path) as stream:
-        for block in stream.blocks():
-            detector.feed(block)
+    stream_audio(path, lambda block, expected: detector.feed(block))
     return len(detector.finish())
 
 
