@@ -210,6 +210,13 @@ def test_analyze_decodes_beside_compute_and_keeps_each_result_with_its_audio(mod
         async with Engine(model, max_batch_size=4, max_wait_ms=10, decode_workers=3, warmup=False) as engine:
             return await asyncio.gather(*(engine.analyze(f, granularity="frame") for f in files))
 
+    async def too_long():
+        async with Engine(model, warmup=False) as engine:
+            with pytest.raises(AudioError) as refused:
+                await engine.analyze(files[2], max_seconds=1.0)
+            return refused.value.code
+
+    assert asyncio.run(too_long()) == "audio_too_long"  # decode limits reach the decoder
     outputs = asyncio.run(run())
     for data, s, (wav, result) in zip(files, seconds, outputs, strict=True):
         assert len(wav) == round(s * 16_000)

@@ -1,15 +1,35 @@
 """Any audio users send → the model's input: 16 kHz mono float32 in [-1, 1], or a typed refusal.
 
-soundfile (libsndfile) reads WAV/FLAC/OGG quickly; PyAV (FFmpeg) decodes the rest (MP3, AAC,
-Opus, WebM, ...). soxr resamples. Every refusal is an `AudioError` whose `code` is the API's.
+The first bytes pick the decoder, never the file name or the client's MIME type:
+- 16-bit PCM WAV is parsed here and read with numpy: no decoder, and no copy of in-memory bytes;
+- other WAV, FLAC, AIFF, CAF and AU go to soundfile (libsndfile);
+- Ogg (Vorbis, Opus), MP3, M4A/AAC, WebM/Matroska, AMR, WMA, and anything soundfile cannot open go
+  to PyAV (FFmpeg), which may only use audio demuxers: no playlists, no network, no images.
+  (libsndfile stops early in some valid Ogg Vorbis files and decodes Opus at half FFmpeg's speed.)
+Every decoder hands blocks to `Resampler`, which mixes them to mono, enforces the duration limit
+as they arrive (a tiny file that expands to hours stops at the limit, in time and memory),
+resamples with soxr HQ as a stream and passes the 16 kHz blocks on as they are ready:
+`stream_audio` hands them to its caller (memory bounded by the block size, whatever the length),
+and `decode_audio` is `stream_audio` with a caller that joins them. Every refusal is an
+`AudioError` whose `code` is the API's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
+import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -17,91 +37,102 @@ import soxr
 from .errors import AudioError
 
 SAMPLE_RATE = 16_000
+MIN_RATE = 8_000
+MAX_RATE = 192_000
+MAX_CHANNELS = 64
 
-AudioSource = Union[bytes, bytearray, memoryview, str, Path, BinaryIO, np.ndarray]
+AudioSource = bytes | bytearray | memoryview | str | Path | BinaryIO | np.ndarray
+BlockConsumer = Callable[[np.ndarray, int | None], None]  # (16 kHz block, samples expected in all or None)
+
+HEAD_BYTES = 4096  # read once up front: the format's magic, and usually every WAV chunk header
+READ_BYTES = 1 << 20  # chunk size when reading a stream that cannot seek
+BLOCK_SAMPLES = 1 << 20  # samples read per block (all channels), and most a block makes at 16 kHz: bounds memory
+RESAMPLE_FRAMES = 1 << 16  # mono frames gathered before each soxr call: fewer calls, same output
+MAX_WAV_CHUNKS = 64  # RIFF chunks walked to find "data" before handing the file to soundfile
+
+SUPPORTED = "WAV, FLAC, MP3, Ogg Vorbis/Opus, M4A/AAC, WebM, AIFF, CAF, AMR or WMA"
+ACCEPTED_DEMUXERS = "wav,w64,flac,ogg,aiff,caf,au,mp3,aac,mov,matroska,amr,asf"
+PCM_GUID = b"\x01\x00\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+SOUNDFILE_KINDS = {"wav", "w64", "flac", "aiff", "caf", "au"}
+FFMPEG_DATA_POINTERS = 8  # AV_NUM_DATA_POINTERS: planes an AVFrame holds inline
+SAMPLE_TYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32,
+                "dbl": np.float64}  # FFmpeg sample formats, "p" (planar) stripped
+
+PYAV_ERRORS = (av.error.FFmpegError, ValueError, OSError, EOFError, RuntimeError, UnicodeDecodeError, IndexError)
+SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError)
 
 
-def decode_audio(source: AudioSource, *, sample_rate: int | None = None) -> np.ndarray:
-    """Decode and resample to 16 kHz mono float32.
+def decode_audio(source: AudioSource, *, sample_rate: int | None = None, max_seconds: float | None = None,
+                 max_bytes: int | None = None, min_samples: int | None = None) -> np.ndarray:
+    """Decode, mix to mono and resample to 16 kHz float32 in [-1, 1], or raise `AudioError`.
 
-    `sample_rate` is the rate of a numpy array (default 16 kHz); files carry their own.
+    `sample_rate` is the rate of a numpy array (default 16 kHz); encoded audio carries its own.
+    `max_bytes` is checked before decoding, `max_seconds` while decoding, `min_samples` (at 16 kHz)
+    at the end. Arrays are (samples,), (samples, channels) or (channels, samples).
     """
+    blocks: list[np.ndarray] = []
+    streamed = stream_audio(source, lambda block, expected: blocks.append(block), sample_rate=sample_rate,
+                            max_seconds=max_seconds, max_bytes=max_bytes, min_samples=min_samples)
+    samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)  # one block: no copy
+    if streamed.gain != 1.0:
+        samples *= np.float32(streamed.gain)
+        np.clip(samples, -1.0, 1.0, out=samples)  # the float32 rounding of the gain
+    return samples
+
+
+@dataclass(frozen=True)
+class StreamedAudio:
+    """What `stream_audio` handed out, once it is all out."""
+
+    num_samples: int  # at 16 kHz, in all blocks
+    gain: float  # below 1.0 where the audio went louder than full scale (float sources, resampling overshoot):
+    # the factor that brings its peak to 1.0, which `decode_audio` applies; 1.0 for all other audio
+
+
+def stream_audio(source: AudioSource, on_block: BlockConsumer, *, sample_rate: int | None = None,
+                 max_seconds: float | None = None, max_bytes: int | None = None,
+                 min_samples: int | None = None) -> StreamedAudio:
+    """`decode_audio` as a stream: 16 kHz mono float32 blocks go to `on_block` as they are decoded.
+
+    Memory holds a few blocks of about a million samples at most (a second of frames for
+    compressed audio; a numpy array is one block), whatever the length: hours of audio can be
+    written out or analysed as they decode. `on_block(block, expected)` gets each new C-contiguous
+    block, which it may keep, and the number of samples the container announces for the whole
+    audio (for progress; None when unknown; not a promise). An exception it raises stops decoding
+    and comes out unchanged. Refusals may come after some blocks were handed out (a limit passed
+    or a NaN midway, too short at the end). Blocks are not rescaled: float audio louder than full
+    scale goes past [-1, 1] (see `StreamedAudio.gain`).
+    """
+    sink = Resampler(max_seconds, on_block)
     if isinstance(source, np.ndarray):
-        return from_array(source, sample_rate or SAMPLE_RATE)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise AudioError("the audio is empty (0 bytes)", code="empty_audio")
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise AudioError(f"no such audio file: {path}", code="empty_audio")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{path} is empty (0 bytes)", code="empty_audio")
-    samples, rate = read_any(source)
-    return from_array(samples, rate)
+        rate = sample_rate or SAMPLE_RATE
+        mono = to_mono(*array_channels(source))
+        sink.expect(len(mono) / rate)
+        sink.add(mono, rate, source.dtype.kind != "f")
+    else:
+        with open_input(source, max_bytes) as data:
+            decode_encoded(data, sink)
+    sink.finish()
+    check_length(sink.num_samples, min_samples)
+    return StreamedAudio(sink.num_samples, sink.gain)
 
 
-def read_any(source) -> tuple[np.ndarray, int]:
-    try:
-        samples, rate = sf.read(source, dtype="float32", always_2d=True)
-        return samples, rate
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        pass
-    if hasattr(source, "seek"):
-        source.seek(0)
-    return read_with_pyav(source)
+async def decode_audio_async(source: AudioSource, *, sample_rate: int | None = None,
+                             max_seconds: float | None = None, max_bytes: int | None = None,
+                             min_samples: int | None = None) -> np.ndarray:
+    """`decode_audio` on the decode thread pool, so the event loop keeps serving while it runs.
+
+    soundfile, PyAV and soxr release the GIL in their C code, so decodes run in parallel.
+    """
+    call = functools.partial(decode_audio, source, sample_rate=sample_rate, max_seconds=max_seconds,
+                             max_bytes=max_bytes, min_samples=min_samples)
+    return await asyncio.get_running_loop().run_in_executor(decode_pool(), call)
 
 
-def read_with_pyav(source) -> tuple[np.ndarray, int]:
-    import av
-
-    try:
-        with av.open(source if not isinstance(source, Path) else str(source), mode="r") as container:
-            if not container.streams.audio:
-                raise AudioError("the file has no audio stream", code="unsupported_format")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono")
-            chunks = []
-            rate = None
-            for frame in container.decode(stream):
-                rate = frame.sample_rate
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-    except AudioError:
-        raise
-    except av.error.InvalidDataError as e:
-        raise AudioError(f"the audio could not be decoded: {e}", code="unsupported_format") from e
-    except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise AudioError(f"the audio is corrupt or truncated: {e}", code="corrupt_audio") from e
-    if rate is None or not chunks:
-        raise AudioError("the audio has no samples", code="empty_audio")
-    return np.concatenate(chunks)[:, None], rate
-
-
-def from_array(samples: np.ndarray, rate: int) -> np.ndarray:
-    """Validate, mix to mono and resample an array of samples (N,) or (N, channels)."""
-    if not 1_000 <= rate <= 384_000:
-        raise AudioError(f"sample rate {rate} Hz is out of range (1 kHz–384 kHz)", code="unsupported_format")
-    samples = np.asarray(samples)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if samples.ndim != 1:
-        raise AudioError(f"audio array must be (samples,) or (samples, channels), got {samples.shape}",
-                         code="unsupported_format")
-    if samples.size == 0:
-        raise AudioError("the audio has no samples", code="empty_audio")
-    if samples.dtype.kind in "iu":
-        info = np.iinfo(samples.dtype)
-        samples = (samples.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
-    samples = samples.astype(np.float32, copy=False)
-    if not np.isfinite(samples).all():
-        raise AudioError("the audio contains NaN or infinite samples", code="corrupt_audio")
-    if rate != SAMPLE_RATE:
-        samples = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    return np.ascontiguousarray(samples)
+@functools.cache
+def decode_pool() -> ThreadPoolExecutor:
+    """One thread per core: decoding is CPU-bound, more threads would only queue inside the CPU."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="emoserve-decode")
 
 
 def processed_wav(samples: np.ndarray) -> bytes:
@@ -109,3 +140,500 @@ def processed_wav(samples: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(samples, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+# ---- checks and errors ----
+
+def check_rate(rate: int) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"the sample rate {rate} Hz is not supported: send audio sampled between "
+                         f"{MIN_RATE // 1000} kHz and {MAX_RATE // 1000} kHz (16 kHz is best)",
+                         code="unsupported_format")
+
+
+def check_channels(channels: int) -> None:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"the audio has {channels} channels: send 1 to {MAX_CHANNELS} channels (mono is best)",
+                         code="unsupported_format")
+
+
+def check_length(num_samples: int, min_samples: int | None) -> None:
+    if num_samples == 0:
+        raise AudioError("the audio contains no samples (is it cut short?): send a recording with sound in it",
+                         code="empty_audio")
+    if min_samples is not None and num_samples < min_samples:
+        raise AudioError(
+            f"the audio is too short: {num_samples / SAMPLE_RATE * 1000:.0f} ms; the model needs at least "
+            f"{min_samples / SAMPLE_RATE * 1000:.0f} ms ({min_samples} samples at 16 kHz): send a longer clip",
+            code="too_short", details={"min_samples": min_samples})
+
+
+def too_long(max_seconds: float) -> AudioError:
+    return AudioError(f"the audio is longer than the limit of {max_seconds:g} s: cut it into shorter clips, "
+                      f"or send it through the upload API (/v1/upload) for long audio",
+                      code="audio_too_long", details={"max_seconds": max_seconds})
+
+
+def too_large(size: int, max_bytes: int) -> AudioError:
+    return AudioError(f"the audio is {describe_size(size)}, more than the limit of {describe_size(max_bytes)}: "
+                      f"send a shorter or more compressed clip, or use the upload API (/v1/upload)",
+                      code="payload_too_large", details={"max_bytes": max_bytes})
+
+
+def describe_size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 100_000 else f"{num_bytes} bytes"
+
+
+def corrupt(what: str) -> AudioError:
+    return AudioError(f"the audio is corrupt or truncated ({what}): send the complete file", code="corrupt_audio")
+
+
+def unsupported(what: str) -> AudioError:
+    return AudioError(f"the audio format is not supported ({what}): send {SUPPORTED}", code="unsupported_format")
+
+
+# ---- samples: mixing, limits, resampling ----
+
+def array_channels(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """The array and its channel axis; the channel axis is the short one ((channels, samples) from torchaudio)."""
+    if samples.dtype.kind not in "fiu":
+        raise AudioError(f"audio arrays hold numbers; got dtype {samples.dtype}", code="unsupported_format")
+    if samples.ndim == 1:
+        return samples[:, None], 1
+    if samples.ndim != 2:
+        raise AudioError(f"audio arrays are (samples,), (samples, channels) or (channels, samples); "
+                         f"got shape {samples.shape}", code="unsupported_format")
+    if samples.shape[1] > MAX_CHANNELS >= samples.shape[0]:
+        return samples, 0
+    return samples, 1
+
+
+def to_mono(samples: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Float32 mean of the channels of a 2-D array; integers scaled to [-1, 1); NaN/Inf refused."""
+    check_channels(samples.shape[channel_axis])
+    return mix(samples.T if channel_axis == 1 else samples, samples.dtype)
+
+
+def mix(rows: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """The mean of equally long channel rows as new float32 samples; the rows are not modified."""
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are refused just below
+            mono = rows[0].astype(np.float32)
+            for row in rows[1:]:
+                mono += row
+        if not np.isfinite(mono).all():
+            raise AudioError("the audio contains NaN or infinite samples: send finite audio", code="corrupt_audio")
+        if len(rows) > 1:
+            mono *= np.float32(1 / len(rows))
+        return mono
+    scale = np.float32(1 / (len(rows) * 2.0 ** (dtype.itemsize * 8 - 1)))
+    mono = np.multiply(rows[0], scale, dtype=np.float32)  # one pass: integers in, scaled float32 out
+    for row in rows[1:]:
+        mono += np.multiply(row, scale, dtype=np.float32)
+    if dtype.kind == "u":
+        mono -= np.float32(1.0)  # unsigned samples centre on half their range
+    return mono
+
+
+class Resampler:
+    """Mono blocks at their source rate in, 16 kHz blocks out to a consumer; the duration limit is checked as
+    blocks arrive.
+
+    A source rate may change mid-stream (chained Ogg, odd MP3s): each run of one rate is resampled
+    on its own and the runs follow each other.
+    """
+
+    def __init__(self, max_seconds: float | None, on_block: BlockConsumer):
+        self.max_seconds = max_seconds
+        self.on_block = on_block
+        self.done_seconds = 0.0  # of the runs already finished
+        self.rate = 0
+        self.frames = 0  # in the current run
+        self.stream: soxr.ResampleStream | None = None
+        self.pending: list[np.ndarray] = []
+        self.pending_frames = 0
+        self.in_range = True  # integer samples, not resampled: within [-1, 1) by construction
+        self.peak = 0.0  # of the blocks handed out since the audio may pass full scale
+        self.num_samples = 0  # handed out
+        self.expected_samples: int | None = None
+
+    def expect(self, seconds: float) -> None:
+        """The length the container announces, passed on with every block for progress."""
+        self.expected_samples = round(seconds * SAMPLE_RATE) if seconds > 0 else None
+
+    @property
+    def seconds(self) -> float:
+        return self.done_seconds + (self.frames / self.rate if self.rate else 0.0)
+
+    def frames_left(self, rate: int) -> int | None:
+        """Frames at `rate` that still fit under the limit (None: no limit), so readers ask for no more."""
+        if self.max_seconds is None:
+            return None
+        return max(0, round((self.max_seconds - self.seconds) * rate))
+
+    def check_room(self, frames: int, rate: int) -> None:
+        """Refuse before decoding when the length is known up front (a WAV header)."""
+        if self.max_seconds is not None and self.seconds + frames / rate > self.max_seconds + 0.5 / rate:
+            raise too_long(self.max_seconds)
+
+    def add(self, mono: np.ndarray, rate: int, from_integers: bool) -> None:
+        """`from_integers`: mixed from integer samples, so within [-1, 1) until resampled."""
+        self.in_range &= from_integers and rate == SAMPLE_RATE
+        if rate != self.rate:
+            check_rate(rate)
+            self.end_run()
+            self.rate = rate
+            self.stream = None if rate == SAMPLE_RATE else \
+                soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        self.check_room(len(mono), rate)
+        self.frames += len(mono)
+        self.pending.append(mono)
+        self.pending_frames += len(mono)
+        if self.pending_frames >= RESAMPLE_FRAMES:
+            self.flush(last=False)
+
+    def flush(self, last: bool) -> None:
+        """Resample what is pending; `last` also drains soxr's delay line, which needs a call even when empty."""
+        if not self.pending and (self.stream is None or not last):
+            return
+        block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending or [np.zeros(0, np.float32)])
+        self.pending, self.pending_frames = [], 0
+        resampled = block if self.stream is None else self.stream.resample_chunk(block, last=last)
+        if len(resampled):
+            self.emit(resampled)
+
+    def emit(self, block: np.ndarray) -> None:
+        if not self.in_range:
+            peak = max(float(block.max()), -float(block.min()))
+            if not math.isfinite(peak):  # finite float samples near 3e38 that resampling pushed over
+                raise AudioError("the audio's sample values are far out of range: send normal audio",
+                                 code="corrupt_audio")
+            self.peak = max(self.peak, peak)
+        self.num_samples += len(block)
+        self.on_block(block, self.expected_samples)
+
+    def end_run(self) -> None:
+        if self.rate:
+            self.flush(last=True)
+            self.done_seconds += self.frames / self.rate
+        self.frames = 0
+
+    @property
+    def has_audio(self) -> bool:
+        return self.frames > 0 or self.done_seconds > 0
+
+    def finish(self) -> None:
+        self.end_run()
+
+    @property
+    def gain(self) -> float:
+        """What brings audio louder than full scale down to a peak of 1.0: scaled, not clipped, since clipping
+        distorts and the model normalises each clip anyway."""
+        return 1 / self.peak if self.peak > 1.0 else 1.0
+
+
+# ---- encoded input: bytes, paths, file objects ----
+
+@dataclass
+class EncodedInput:
+    file: BinaryIO  # seekable, starts at offset 0
+    size: int
+    head: bytes
+    buffer: memoryview | None  # the whole input when it is in memory
+    path: str | None  # when it is a file on disk (libsndfile reads it natively)
+
+
+@contextmanager
+def open_input(source: AudioSource, max_bytes: int | None) -> Iterator[EncodedInput]:
+    """A seekable view of the input whose size is checked before any decoding."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield in_memory(bytes(source) if not isinstance(source, bytes) else source, max_bytes)
+    elif isinstance(source, (str, Path)):
+        try:
+            file = open(source, "rb")  # noqa: SIM115 (closed by the with below, after the checks)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            raise AudioError(f"no such audio file: {source}", code="not_found") from e
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            check_size(size, max_bytes)
+            yield EncodedInput(file, size, file.read(HEAD_BYTES), None, str(source))
+    elif hasattr(source, "read"):
+        yield from_file_object(source, max_bytes)
+    else:
+        raise TypeError(f"audio must be bytes, a path, a binary file object or a numpy array, not {type(source)}")
+
+
+def check_size(size: int, max_bytes: int | None) -> None:
+    if size == 0:
+        raise AudioError("the audio is empty (0 bytes): send a recording", code="empty_audio")
+    if max_bytes is not None and size > max_bytes:
+        raise too_large(size, max_bytes)
+
+
+def in_memory(data: bytes, max_bytes: int | None) -> EncodedInput:
+    check_size(len(data), max_bytes)
+    return EncodedInput(io.BytesIO(data), len(data), data[:HEAD_BYTES], memoryview(data), None)
+
+
+def from_file_object(file: BinaryIO, max_bytes: int | None) -> EncodedInput:
+    """A seekable file at its start is decoded in place (streamed); anything else is read once, up to the limit.
+
+    A file object positioned past its start is decoded from where it stands.
+    """
+    seekable = getattr(file, "seekable", lambda: False)()
+    if seekable and file.tell() == 0:
+        size = file.seek(0, io.SEEK_END)
+        file.seek(0)
+        check_size(size, max_bytes)
+        head = file.read(HEAD_BYTES)
+        file.seek(0)
+        return EncodedInput(file, size, head, None, None)
+    chunks, size = [], 0
+    while chunk := file.read(READ_BYTES):
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise too_large(size, max_bytes)
+        chunks.append(chunk)
+    return in_memory(b"".join(chunks), max_bytes)
+
+
+def sniff(head: bytes) -> str | None:
+    """The container the first bytes announce, or None."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"riff" and head[24:28] == b"wave":
+        return "w64"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mp4"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "aac" if head[1] & 0x06 == 0 else "mp3"  # layer bits 00: ADTS AAC, else MPEG audio
+    magic = {b"fLaC": "flac", b"OggS": "ogg", b"caff": "caf", b".snd": "au", b"ID3": "id3",
+             b"\x1a\x45\xdf\xa3": "matroska", b"#!AMR": "amr", b"\x30\x26\xb2\x75": "asf"}
+    return next((kind for prefix, kind in magic.items() if head.startswith(prefix)), None)
+
+
+def decode_encoded(data: EncodedInput, sink: Resampler) -> None:
+    kind = sniff(data.head)
+    if kind == "wav" and (layout := pcm16_wav_layout(data)) is not None:
+        read_pcm16_wav(data, layout, sink)
+    elif kind not in SOUNDFILE_KINDS or not read_with_soundfile(data, sink):
+        data.file.seek(0)
+        # where libsndfile failed midway (a damaged FLAC frame), what it decoded has been passed on: FFmpeg resumes
+        read_with_pyav(data, sink, known=kind is not None, skip_frames=sink.frames)
+
+
+def block_frames(channels: int, rate: int) -> int:
+    """Frames per read: at most BLOCK_SAMPLES values in, and (8 kHz doubles) at most BLOCK_SAMPLES out."""
+    return max(1, min(BLOCK_SAMPLES // channels, BLOCK_SAMPLES * rate // SAMPLE_RATE))
+
+
+# ---- 16-bit PCM WAV: header parsed here, samples read with numpy ----
+
+def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: Resampler) -> None:
+    offset, frames, channels, rate = layout
+    check_channels(channels)
+    check_rate(rate)
+    sink.check_room(frames, rate)
+    sink.expect(frames / rate)
+    block = block_frames(channels, rate)
+    for start in range(0, frames, block):
+        count = min(block, frames - start) * channels
+        position = offset + start * channels * 2
+        if data.buffer is not None:
+            samples = np.frombuffer(data.buffer, dtype="<i2", count=count, offset=position)
+        else:
+            samples = np.empty(count, dtype="<i2")
+            data.file.seek(position)
+            samples = samples[:data.file.readinto(samples) // (2 * channels) * channels]
+        sink.add(to_mono(samples.reshape(-1, channels), channel_axis=1), rate, from_integers=True)
+
+
+def pcm16_wav_layout(data: EncodedInput) -> tuple[int, int, int, int] | None:
+    """(data offset, frames, channels, rate) when the RIFF chunks describe 16-bit PCM, else None."""
+    if data.head[:4] != b"RIFF":
+        return None
+    fmt = None
+    position = 12
+    for _ in range(MAX_WAV_CHUNKS):
+        header = read_at(data, position, 8)
+        if len(header) < 8:
+            return None
+        chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if chunk_id == b"fmt ":
+            fmt = read_at(data, position + 8, min(size, 40))
+        elif chunk_id == b"data":
+            if fmt is None or len(fmt) < 16:
+                return None
+            tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", fmt)
+            extensible_pcm = tag == 0xFFFE and len(fmt) >= 40 and fmt[24:40] == PCM_GUID
+            if not (tag == 1 or extensible_pcm) or bits != 16 or channels == 0 or block_align != 2 * channels:
+                return None
+            available = data.size - position - 8
+            size = available if size == 0 else min(size, available)
+            return position + 8, size // block_align, channels, rate
+        position += 8 + size + (size & 1)
+    return None
+
+
+def read_at(data: EncodedInput, position: int, count: int) -> bytes:
+    if position + count <= len(data.head):
+        return data.head[position:position + count]
+    if data.buffer is not None:
+        return bytes(data.buffer[position:position + count])
+    data.file.seek(position)
+    return data.file.read(count)
+
+
+# ---- soundfile (libsndfile) ----
+
+def read_with_soundfile(data: EncodedInput, sink: Resampler) -> bool:
+    """Decode with libsndfile; False when it cannot open the file, fails midway or finds nothing, so PyAV gets a try."""
+    data.file.seek(0)
+    try:
+        sound = sf.SoundFile(data.path or CallbackSafeFile(data.file))
+    except SOUNDFILE_ERRORS:
+        return False
+    with sound:
+        check_channels(sound.channels)
+        check_rate(sound.samplerate)
+        sink.expect(sound.frames / sound.samplerate)
+        block = block_frames(sound.channels, sound.samplerate)
+        while True:
+            left = sink.frames_left(sound.samplerate)
+            try:
+                samples = sound.read(block if left is None else min(block, left + 1), dtype="float32",
+                                     always_2d=True)
+            except SOUNDFILE_ERRORS:
+                return False
+            if not len(samples):
+                break
+            sink.add(to_mono(samples, channel_axis=1), sound.samplerate, from_integers=False)
+    return sink.has_audio
+
+
+class CallbackSafeFile:
+    """A file whose failed seeks return -1 rather than raise.
+
+    libsndfile and FFmpeg call back into Python from C, where a raised exception cannot propagate:
+    soundfile prints it, and PyAV stashes it and raises it later from an unrelated call on the same
+    thread. Damaged files do ask for impossible seeks (before the start), so report them as C does.
+    """
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return self.file.seek(offset, whence)
+        except (ValueError, OSError):
+            return -1
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
+# ---- PyAV (FFmpeg) ----
+
+def read_with_pyav(data: EncodedInput, sink: Resampler, known: bool, skip_frames: int = 0) -> None:
+    """Decode the first audio stream, skipping damaged packets and keeping what precedes a cut, as players do.
+
+    `skip_frames`: leading frames that were decoded and passed on already (by libsndfile).
+    """
+    try:
+        container = av.open(CallbackSafeFile(data.file), mode="r", options={"format_whitelist": ACCEPTED_DEMUXERS},
+                            metadata_errors="ignore")
+    except PYAV_ERRORS as e:
+        raise (corrupt(describe_ffmpeg_error(e)) if known else unsupported("unrecognised content")) from e
+    with container:
+        if not container.streams.audio:
+            raise unsupported("the file has no audio stream")
+        stream = container.streams.audio[0]
+        if stream.codec_context is None:
+            raise unsupported("its audio codec has no decoder here")
+        check_channels(stream.codec_context.channels or 1)
+        sink.expect((container.duration or 0) / av.time_base)
+        batch = FrameBatch(sink, skip_frames)
+        frames = DecodedFrames(container, stream)
+        for frame in frames:  # outside the decoder's error handling: the consumer's exceptions pass unchanged
+            batch.add(frame)
+        batch.flush()
+        if not sink.has_audio and (frames.cut or frames.failures):
+            raise corrupt(frames.cut or f"none of the {frames.failures} {stream.codec_context.name} packets "
+                                        f"could be decoded")
+
+
+class DecodedFrames:
+    """The frames of one audio stream: damaged packets are counted and skipped, a cut ends it."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.audio.stream.AudioStream):
+        self.container, self.stream = container, stream
+        self.failures = 0
+        self.cut: str | None = None  # FFmpeg's reason, where reading stopped early
+
+    def __iter__(self) -> Iterator[av.AudioFrame]:
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    frames = self.stream.codec_context.decode(packet)
+                except PYAV_ERRORS:
+                    self.failures += 1
+                    continue
+                yield from frames
+        except PYAV_ERRORS as e:
+            self.cut = describe_ffmpeg_error(e)
+
+
+class FrameBatch:
+    """Decoded frames (20-25 ms each) gathered up to a second, then mixed in one numpy call rather than one each.
+
+    Frames are viewed in place (np.frombuffer on FFmpeg's planes), not copied one by one. PyAV finds a
+    frame's planes by scanning FFmpeg's pointer array for a NULL, which runs past the channels (into
+    garbage, a crash when read) at 8 planar channels and beyond: only the first `channels` planes are
+    read, and planar frames of more than 8 channels, where the array lives on the heap, are refused.
+    """
+
+    def __init__(self, sink: Resampler, skip_frames: int = 0):
+        self.sink = sink
+        self.skip_frames = skip_frames
+        self.planes: list[list[np.ndarray]] = []  # per frame: one array per plane
+        self.layout: tuple[int, str, int] = (0, "", 0)  # rate, sample format, channels
+        self.frames = 0
+
+    def add(self, frame: av.AudioFrame) -> None:
+        layout = (frame.sample_rate, frame.format.name, frame.layout.nb_channels)
+        if layout != self.layout or self.frames >= frame.sample_rate:
+            self.flush()
+            self.layout = layout
+        channels, planar = frame.layout.nb_channels, frame.format.is_planar
+        if planar and channels > FFMPEG_DATA_POINTERS:
+            raise unsupported(f"compressed audio with {channels} channels: send at most {FFMPEG_DATA_POINTERS}")
+        planes = frame.planes[: channels if planar else 1]
+        if len(planes) < (channels if planar else 1):
+            raise corrupt(f"a frame holds fewer planes than its {channels} channels")
+        dtype = SAMPLE_TYPES[frame.format.name.rstrip("p")]
+        width = 1 if planar else channels  # values of one frame in one plane
+        arrays = [np.frombuffer(plane, dtype, frame.samples * width) for plane in planes]
+        skip = min(self.skip_frames, frame.samples)  # frames libsndfile passed on already
+        self.skip_frames -= skip
+        self.planes.append([array[skip * width:] for array in arrays] if skip else arrays)
+        self.frames += frame.samples - skip
+
+    def flush(self) -> None:
+        if not self.planes:
+            return
+        rate, sample_format, channels = self.layout
+        rows = [np.concatenate(arrays) for arrays in zip(*self.planes, strict=True)]
+        self.planes, self.frames = [], 0
+        if sample_format.endswith("p"):
+            check_channels(len(rows))
+            mono = mix(rows, rows[0].dtype)
+        else:
+            check_channels(channels)
+            mono = to_mono(rows[0].reshape(-1, channels), channel_axis=1)
+        self.sink.add(mono, rate, from_integers=rows[0].dtype.kind != "f")
+
+
+def describe_ffmpeg_error(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from .audio import AudioSource, decode_audio
 from .batching import plan_batches
 from .errors import AudioError, InvalidParameterError
 from .labels import LABELS, UNUSED_PREFIX
+from .longform import LongformOptions, analyze_long
 from .model import hub
 from .model.checkpoint import load_model_dir, random_state_dict
 from .model.emotion2vec import (
@@ -36,7 +37,7 @@ from .model.emotion2vec import (
     Emotion2vec,
     Emotion2vecConfig,
 )
-from .results import ClipOutput, EmotionResult, check_granularity, make_result
+from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
 from .settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -282,3 +283,14 @@ class EmotionModel:
             for index, out in zip(group, outs, strict=True):
                 outputs[index] = out
         return [make_result(out, self.labels, self.name, granularity, return_embedding) for out in outputs]
+
+    def analyze_long(self, audio: AudioSource, granularity: str = "utterance", return_embedding: bool = False,
+                     progress: Callable[[float], None] | None = None, *, sample_rate: int | None = None,
+                     regions: Sequence[tuple[float, float]] | None = None,
+                     options: LongformOptions | None = None) -> LongformResult:
+        """A file of any length: voiced segments with their emotion, the duration-weighted whole, and
+        (granularity="frame") scores for every 20 ms of the file. See `emoserve.longform`."""
+        return analyze_long(audio, self.predict, labels=self.labels, model_name=self.name, granularity=granularity,
+                            return_embedding=return_embedding, sample_rate=sample_rate, regions=regions,
+                            options=options or LongformOptions.from_settings(get_settings()), progress=progress,
+                            min_samples=self.config.min_samples)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import os
@@ -144,13 +145,6 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def decode(source: AudioSource, *, sample_rate: int | None = None, max_seconds: float | None = None,
-           max_bytes: int | None = None) -> np.ndarray:
-    """audio.decode_audio with only the limits that were given (the one place the engine decodes)."""
-    limits = {"max_seconds": max_seconds, "max_bytes": max_bytes}
-    return decode_audio(source, sample_rate=sample_rate, **{k: v for k, v in limits.items() if v is not None})
 
 
 class Engine:
@@ -281,9 +275,9 @@ class Engine:
         """Decode and resample on the decode pool, while the compute thread runs the model."""
         if self._decode_pool is None:
             raise EngineNotRunning("the engine is not started")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, lambda: decode(source, sample_rate=sample_rate, max_seconds=max_seconds,
-                                              max_bytes=max_bytes))
+        call = functools.partial(decode_audio, source, sample_rate=sample_rate, max_seconds=max_seconds,
+                                 max_bytes=max_bytes, min_samples=self._model.config.min_samples)
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
 
     async def submit(self, waveform: np.ndarray, *, granularity: str = "utterance",
                      return_embedding: bool = False) -> EmotionResult:

@@ -44,3 +44,48 @@ class ModelNotFoundError(EmoserveError):
     """A model name is unknown, or it is not cached and cannot be downloaded."""
 
     code = "model_not_found"
+
+
+# ---- long audio: uploads and jobs (emoserve.store, emoserve.jobs) ----
+
+
+class NotFoundError(EmoserveError):
+    """No upload or job has this id (or it was deleted)."""
+
+    code = "not_found"
+
+
+class ConflictError(EmoserveError):
+    """The request contradicts the upload's state: a chunk of the wrong size, a tus offset that moved."""
+
+    code = "conflict"
+
+
+class UploadIncompleteError(ConflictError):
+    """Completing an upload with chunks missing; `details["missing"]` lists them, so the client can resume."""
+
+    code = "upload_incomplete"
+
+
+class UploadExpiredError(EmoserveError):
+    """The upload sat idle past its expiry and its data was removed: start a new one."""
+
+    code = "upload_expired"
+
+
+class ChecksumMismatchError(EmoserveError):
+    """The bytes received do not match the checksum the client sent: re-send them."""
+
+    code = "checksum_mismatch"
+
+
+class PayloadTooLargeError(EmoserveError):
+    """More bytes than a chunk, an upload or a request may carry."""
+
+    code = "payload_too_large"
+
+
+class QuotaExceededError(EmoserveError):
+    """Too many uploads in flight, or too many bytes held for them: retry when some finish or expire."""
+
+    code = "quota_exceeded"

@@ -74,15 +74,18 @@ def frame_timestamps(num_frames: int) -> np.ndarray:
     return np.arange(num_frames, dtype=np.float64) / FRAME_RATE
 
 
+def summarize(probs: np.ndarray | None, labels: tuple[str, ...]) -> tuple[dict[str, float], str | None, float | None]:
+    """Probabilities → (label → score, top emotion, its confidence); empty and None without a head."""
+    if probs is None:
+        return {}, None, None
+    best = int(np.argmax(probs))
+    return {label: float(p) for label, p in zip(labels, probs)}, labels[best], float(probs[best])
+
+
 def make_result(out: ClipOutput, labels: tuple[str, ...], model: str, granularity: str,
                 return_embedding: bool) -> EmotionResult:
     check_granularity(granularity)
-    if out.probs is not None:
-        utterance_scores = {label: float(p) for label, p in zip(labels, out.probs)}
-        best = int(np.argmax(out.probs))
-        emotion, confidence = labels[best], float(out.probs[best])
-    else:
-        utterance_scores, emotion, confidence = {}, None, None
+    utterance_scores, emotion, confidence = summarize(out.probs, labels)
     duration_s = round(out.num_samples / SAMPLE_RATE, 6)
     if granularity == "frame":
         if out.frame_features is None:
@@ -94,3 +97,83 @@ def make_result(out: ClipOutput, labels: tuple[str, ...], model: str, granularit
                              out.frame_features if return_embedding else None)
     return EmotionResult(emotion, confidence, utterance_scores, labels, duration_s, model, granularity,
                          utterance_scores, None, out.embedding if return_embedding else None)
+
+
+# ---- long audio: voiced segments, their duration-weighted summary, frames over the whole file ----
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One voiced stretch of a long file (seconds from the file's start) and its emotion."""
+
+    start: float
+    end: float
+    emotion: str | None
+    confidence: float | None
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "emotion": self.emotion, "confidence": self.confidence,
+                "scores": self.scores}
+
+
+def make_segment(out: ClipOutput, start_sample: int, labels: tuple[str, ...]) -> Segment:
+    scores, emotion, confidence = summarize(out.probs, labels)
+    return Segment(round(start_sample / SAMPLE_RATE, 6), round((start_sample + out.num_samples) / SAMPLE_RATE, 6),
+                   emotion, confidence, scores)
+
+
+@dataclass(frozen=True)
+class Overall:
+    """The file's emotion: segment scores weighted by segment duration (silence has no say)."""
+
+    emotion: str | None
+    confidence: float | None
+    scores: dict[str, float]
+    speech_s: float  # total duration of the voiced segments
+
+    def to_dict(self) -> dict:
+        return {"emotion": self.emotion, "confidence": self.confidence, "scores": self.scores,
+                "speech_s": self.speech_s}
+
+
+def overall_of(segments: list[Segment], labels: tuple[str, ...]) -> Overall:
+    durations = np.array([s.end - s.start for s in segments], dtype=np.float64)
+    speech_s = round(float(durations.sum()), 6)
+    if not segments or not segments[0].scores:
+        return Overall(None, None, {}, speech_s)
+    matrix = np.array([[s.scores[label] for label in labels] for s in segments], dtype=np.float64)
+    scores, emotion, confidence = summarize(durations @ matrix / durations.sum(), labels)
+    return Overall(emotion, confidence, scores, speech_s)
+
+
+@dataclass(frozen=True)
+class LongformResult:
+    """The emotion timeline of a long file: voiced segments, their summary, and optionally every frame.
+
+    `frame_scores` (T, L) and `timestamps` (T,) cover the whole file on one 20 ms grid (frame t is
+    samples [320t, 320t + 400)), silence included. `embedding` is (S, D), one row per segment, for
+    utterance granularity, and (T, D) for frame granularity.
+    """
+
+    segments: list[Segment]
+    overall: Overall
+    labels: tuple[str, ...]
+    duration_s: float
+    model: str
+    granularity: str
+    frame_scores: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        """The `result` of a finished long-audio job (API.md), without the binary embedding."""
+        body: dict = {"segments": [s.to_dict() for s in self.segments], "overall": self.overall.to_dict()}
+        if self.granularity == "frame":
+            body["scores"] = np.asarray(self.frame_scores).tolist()
+            body["timestamps"] = np.asarray(self.timestamps).tolist()
+        body["labels"] = list(self.labels)
+        body["duration_s"] = self.duration_s
+        body["model"] = self.model
+        body["granularity"] = self.granularity
+        return body

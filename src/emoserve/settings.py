@@ -25,6 +25,32 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(30.0, gt=0, description="longest clip for one request, in seconds")
     max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest upload for one request, in bytes")
 
+    # ---- long audio: uploads, jobs, voice-activity segments, frame windows (store, jobs, longform) ----
+    data_dir: Path = Field(Path("data"), description="uploads, job results and their SQLite database")
+    upload_max_bytes: int = Field(2 * 1024**3, gt=0, description="largest file one upload may announce, in bytes")
+    upload_max_chunk_bytes: int = Field(5 * 1024**2, gt=0, description="largest chunk (and the default chunk size)")
+    upload_max_active: int = Field(64, gt=0, description="uploads in flight at once; more are refused")
+    upload_max_active_bytes: int = Field(20 * 1024**3, gt=0, description="bytes announced by uploads in flight")
+    upload_expiry_s: float = Field(24 * 3600, gt=0, description="an idle unfinished upload expires after this")
+    upload_keep_completed_s: float = Field(24 * 3600, gt=0, description="a completed upload's file is kept this long")
+    job_keep_s: float = Field(7 * 24 * 3600, gt=0, description="finished jobs and their results are kept this long")
+    sweep_interval_s: float = Field(300.0, gt=0, description="how often expired uploads and jobs are removed")
+    job_workers: int = Field(1, gt=0, description="jobs analysed at once")
+    job_max_attempts: int = Field(3, gt=0, description="a job that crashed the server this often fails for good")
+    callback_attempts: int = Field(5, gt=0, description="tries to POST a finished job to its callback_url")
+    callback_backoff_s: float = Field(2.0, gt=0, description="first retry delay of a callback; doubles each try")
+    callback_timeout_s: float = Field(10.0, gt=0, description="timeout of one callback POST")
+    longform_max_duration_s: float = Field(4 * 3600, gt=0, description="longest file a job may analyse")
+    longform_max_segment_s: float = Field(30.0, gt=0, le=30.0, description="voiced segments are split to this")
+    longform_window_s: float = Field(30.0, gt=0, le=30.0, description="window of granularity=frame over long files")
+    longform_window_overlap_s: float = Field(4.0, gt=0, description="overlap of frame windows; half each side dropped")
+    longform_batch_size: int = Field(8, gt=0, description="segments or windows per forward pass")
+    longform_batch_s: float = Field(120.0, gt=0, description="padded audio seconds per forward pass")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="silero-vad speech probability threshold")
+    vad_min_speech_ms: int = Field(250, ge=0, description="shorter voiced stretches are ignored")
+    vad_min_silence_ms: int = Field(300, ge=0, description="a pause this long ends a segment")
+    vad_speech_pad_ms: int = Field(100, ge=0, description="padding added to each side of a segment")
+
     # ---- engine: dynamic batching and the CPU/GPU execution paths (src/emoserve/engine.py) ----
     max_batch_size: int | None = Field(None, ge=1, description="clips per batch; default 4 on CPU, 64 on GPU")
     max_batch_samples: int | None = Field(
@@ -36,7 +62,8 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch compute threads; default: the CPUs this process has")
     quantize: bool = Field(False, description="CPU fast path: int8 dynamic quantization of the transformer's "
                                               "linear layers (faster, not exact; see docs/engine.md)")
-    compile: bool = Field(False, description="torch.compile the transformer blocks (slow first calls)")
+    compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
+                                             "measured slower than plain fp32 here: see docs/engine.md)")
 
 
 def get_settings(**overrides) -> Settings:

@@ -172,7 +172,7 @@ class FeatureExtractor(nn.Module):
         layers = []
         in_channels = 1
         for i, (channels, kernel, stride) in enumerate(config.feature_encoder_spec):
-            norm = "layer" if config.extractor_mode == "layer_norm" else ("group" if i == 0 else None)
+            norm = "layer" if config.extractor_mode == "layer_norm" else "group" if i == 0 else None
             layers.append(ConvLayer(in_channels, channels, kernel, stride, norm))
             in_channels = channels
         self.layers = nn.ModuleList(layers)

@@ -69,6 +69,21 @@ def spec_for(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def download_from_hf(repo: str, directory: Path) -> None:
+    from huggingface_hub import snapshot_download  # shows a tqdm progress bar per file
+
+    snapshot_download(repo_id=repo, local_dir=directory, allow_patterns=WANTED_FILES)
+
+
+def download_from_modelscope(repo: str, directory: Path) -> None:
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    snapshot_download(model_id=repo, local_dir=str(directory), allow_patterns=WANTED_FILES)
+
+
+DOWNLOADERS = {"hf": download_from_hf, "modelscope": download_from_modelscope}
+
+
 def pull(name: str, cache: Path, source: str = "hf", force: bool = False) -> Path:
     """Download a model directory into the cache (a no-op when it is already there)."""
     spec = spec_for(name)
@@ -84,14 +99,7 @@ def pull(name: str, cache: Path, source: str = "hf", force: bool = False) -> Pat
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     try:
-        if source == "hf":
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(repo_id=repo, local_dir=partial, allow_patterns=WANTED_FILES)
-        else:
-            from modelscope.hub.snapshot_download import snapshot_download as ms_snapshot_download
-
-            ms_snapshot_download(model_id=repo, local_dir=str(partial), allow_patterns=WANTED_FILES)
+        DOWNLOADERS[source](repo, partial)
         find_model_files(partial)
     except CheckpointError as e:
         raise ModelNotFoundError(f"downloaded {repo} from {source}, but it is not a usable model directory: "

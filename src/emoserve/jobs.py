@@ -1,0 +1,275 @@
+"""Long-audio jobs: queued → running → succeeded | failed, on worker threads, surviving restarts.
+
+The store holds every job's state, so the runner keeps nothing that a crash could lose: on start,
+jobs left `running` by a killed server go back to the queue (and fail for good after
+`max_attempts`, so one poisonous file cannot crash-loop the server); results and embeddings are on
+disk before the status says succeeded. Callbacks are POSTed from their own threads with
+exponential backoff, and a failing callback only logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError
+from .longform import RECEPTIVE_FIELD, BatchPredict, LongformOptions, analyze_long
+from .results import check_granularity
+from .store import Job, Store, fsync_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_FILE = "embedding.npy"
+MAX_CALLBACK_URL = 2048
+
+
+class JobCancelled(Exception):
+    """The job was deleted while it ran: stop, keep nothing."""
+
+
+class RunnerStopping(Exception):
+    """The runner is stopping: put the job back in the queue for the next start."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    workers: int = 1
+    max_attempts: int = 3
+    callback_attempts: int = 5
+    callback_backoff_s: float = 2.0
+    callback_timeout_s: float = 10.0
+    sweep_interval_s: float = 300.0
+    poll_s: float = 1.0  # how often idle workers look for jobs queued by another process
+
+    @classmethod
+    def from_settings(cls, settings) -> RunnerConfig:
+        return cls(workers=settings.job_workers, max_attempts=settings.job_max_attempts,
+                   callback_attempts=settings.callback_attempts, callback_backoff_s=settings.callback_backoff_s,
+                   callback_timeout_s=settings.callback_timeout_s, sweep_interval_s=settings.sweep_interval_s)
+
+
+class JobRunner:
+    """Pulls queued jobs from the store and analyses their uploads with `emoserve.longform`.
+
+    `predict` is the batch-predict callable (`EmotionModel.predict`, or the engine's); `labels`,
+    `model_name` and `min_samples` describe the model behind it.
+    """
+
+    def __init__(self, store: Store, predict: BatchPredict, *, labels: Sequence[str], model_name: str,
+                 min_samples: int = RECEPTIVE_FIELD, options: LongformOptions | None = None,
+                 config: RunnerConfig | None = None):
+        self.store = store
+        self.predict = predict
+        self.labels = tuple(labels)
+        self.model_name = model_name
+        self.min_samples = min_samples
+        self.options = options or LongformOptions()
+        self.config = config or RunnerConfig()
+        self.stopping = threading.Event()
+        self.changed = threading.Condition()  # notified when a job is queued or finishes
+        self.threads: list[threading.Thread] = []
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        """Re-queue what a crash left running, resume undelivered callbacks, start workers and the sweeper."""
+        if any(t.is_alive() for t in self.threads):
+            raise RuntimeError("the job runner is already running")
+        requeued, failed = self.store.requeue_running(self.config.max_attempts)
+        if requeued or failed:
+            log.warning("restart: re-queued %d interrupted job(s), failed %d that kept crashing", len(requeued),
+                        len(failed))
+        self.stopping.clear()
+        for i in range(self.config.workers):
+            self.spawn(self.work, f"emoserve-job-worker-{i}")
+        self.spawn(self.sweep_periodically, "emoserve-sweeper")
+        for job in self.store.jobs_with_callbacks_due():
+            self.spawn(lambda job=job: self.deliver_callback(job), f"emoserve-callback-{job.job_id}")
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop: a job being analysed goes back to the queue at its next progress step."""
+        self.stopping.set()
+        with self.changed:
+            self.changed.notify_all()
+        for thread in self.threads:
+            thread.join(timeout)
+        self.threads = [t for t in self.threads if t.is_alive()]
+
+    def spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+
+    # ---- what the API calls ----
+
+    def submit(self, upload_id: str, granularity: str = "utterance", return_embedding: bool = False,
+               callback_url: str | None = None) -> Job:
+        """Queue the analysis of a complete upload; the same request again returns the same job."""
+        options = {"granularity": check_granularity(granularity), "return_embedding": bool(return_embedding)}
+        if callback_url is not None:
+            check_callback_url(callback_url)
+        job = self.store.find_job(upload_id, options, callback_url) or \
+            self.store.create_job(upload_id, options, callback_url)
+        with self.changed:
+            self.changed.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        return self.store.get_job(job_id)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once finished, or as it stands when `timeout` seconds ran out (`?wait=S`)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        job = self.store.get_job(job_id)
+        while not job.finished and (remaining := deadline - time.monotonic()) > 0:
+            with self.changed:
+                self.changed.wait(min(remaining, self.config.poll_s))
+            job = self.store.get_job(job_id)
+        return job
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job, its result and its embedding; a running job stops at its next progress step."""
+        self.store.delete_job(job_id)
+
+    def embedding_file(self, job_id: str) -> Path:
+        job = self.store.get_job(job_id)
+        if not job.options.get("return_embedding"):
+            raise NotFoundError(f"job {job_id} was not asked for an embedding (return_embedding=true)")
+        if not job.finished:
+            raise ConflictError(f"job {job_id} is {job.status}: the embedding comes when it succeeds")
+        path = self.store.job_dir(job_id) / EMBEDDING_FILE
+        if job.status != "succeeded" or not path.is_file():
+            raise NotFoundError(f"job {job_id} {job.status} without an embedding")
+        return path
+
+    # ---- workers ----
+
+    def work(self) -> None:
+        while not self.stopping.is_set():
+            job = self.store.claim_job()
+            if job is None:
+                with self.changed:
+                    self.changed.wait(self.config.poll_s)
+                continue
+            self.run(job)
+
+    def run(self, job: Job) -> None:
+        job_dir = self.store.job_dir(job.job_id)
+        shutil.rmtree(job_dir, ignore_errors=True)  # a crashed attempt's scratch and partial embedding
+        job_dir.mkdir(parents=True)
+        log.info("job %s: analysing upload %s (%s), attempt %d", job.job_id, job.upload_id, job.options, job.attempts)
+        try:
+            result = self.analyze(job, job_dir)
+            finished = self.store.finish_job(job.job_id, result=result)
+        except JobCancelled:
+            log.info("job %s was deleted while it ran", job.job_id)
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return
+        except RunnerStopping:
+            log.info("job %s goes back to the queue: the runner is stopping", job.job_id)
+            self.store.release_job(job.job_id)
+            return
+        except EmoserveError as e:
+            finished = self.fail(job, {"code": e.code, "message": e.message, "details": e.details})
+        except Exception as e:  # a bug or the model failing must fail this job, never the runner
+            log.exception("job %s failed", job.job_id)
+            finished = self.fail(job, {"code": "internal_error", "message": f"{type(e).__name__}: {e}"})
+        with self.changed:
+            self.changed.notify_all()
+        if finished is None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        elif finished.callback_url:
+            self.spawn(lambda: self.deliver_callback(finished), f"emoserve-callback-{job.job_id}")
+
+    def fail(self, job: Job, error: dict) -> Job | None:
+        try:
+            return self.store.finish_job(job.job_id, error=error)
+        except NotFoundError:
+            return None
+
+    def analyze(self, job: Job, job_dir: Path) -> dict:
+        path = self.store.upload_file(job.upload_id)
+        want_embedding = bool(job.options.get("return_embedding"))
+        partial = job_dir / "embedding.part.npy"
+        result = analyze_long(
+            path, self.predict, labels=self.labels, model_name=self.model_name,
+            granularity=job.options.get("granularity", "utterance"), return_embedding=want_embedding,
+            options=self.options, progress=ProgressWriter(self.store, job.job_id, self.stopping),
+            min_samples=self.min_samples, scratch_dir=job_dir, embedding_path=partial if want_embedding else None)
+        if want_embedding:
+            with open(partial, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(partial, job_dir / EMBEDDING_FILE)
+            fsync_dir(job_dir)
+        return result.to_dict()
+
+    # ---- callbacks and expiry ----
+
+    def deliver_callback(self, job: Job) -> None:
+        """POST the final job JSON; retry with exponential backoff; give up with a log line, never raise."""
+        body = job.to_dict()
+        attempts = self.config.callback_attempts
+        for attempt in range(job.callback_attempts + 1, attempts + 1):
+            try:
+                response = httpx.post(job.callback_url, json=body, timeout=self.config.callback_timeout_s)
+                if response.is_success:
+                    self.store.set_callback_state(job.job_id, "delivered", attempt)
+                    log.info("job %s: callback delivered (attempt %d)", job.job_id, attempt)
+                    return
+                log.warning("job %s: callback %s answered %d (attempt %d of %d)", job.job_id, job.callback_url,
+                            response.status_code, attempt, attempts)
+            except httpx.HTTPError as e:
+                log.warning("job %s: callback %s failed: %s (attempt %d of %d)", job.job_id, job.callback_url, e,
+                            attempt, attempts)
+            except Exception:
+                log.exception("job %s: callback %s failed", job.job_id, job.callback_url)
+            self.store.set_callback_state(job.job_id, "pending" if attempt < attempts else "failed", attempt)
+            if attempt < attempts and self.stopping.wait(self.config.callback_backoff_s * 2 ** (attempt - 1)):
+                return
+        log.error("job %s: callback %s not delivered after %d attempts", job.job_id, job.callback_url, attempts)
+
+    def sweep_periodically(self) -> None:
+        while not self.stopping.wait(self.config.sweep_interval_s):
+            try:
+                report = self.store.sweep()
+                if report != type(report)():
+                    log.info("sweep: %s", report)
+            except Exception:
+                log.exception("sweep failed")
+
+
+class ProgressWriter:
+    """Progress into the store, at most every 1% or second; stops the analysis once the job is gone
+    (JobCancelled) or the runner is stopping (RunnerStopping)."""
+
+    def __init__(self, store: Store, job_id: str, stopping: threading.Event):
+        self.store, self.job_id, self.stopping = store, job_id, stopping
+        self.last_value, self.last_time = 0.0, 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if self.stopping.is_set():
+            raise RunnerStopping(self.job_id)
+        now = time.monotonic()
+        if fraction < 1.0 and fraction - self.last_value < 0.01 and now - self.last_time < 1.0:
+            return
+        self.last_value, self.last_time = fraction, now
+        if not self.store.set_progress(self.job_id, fraction):
+            raise JobCancelled(self.job_id)
+
+
+def check_callback_url(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as e:
+        raise InvalidParameterError(f"callback_url is not a URL: {e}") from e
+    if parsed.scheme not in ("http", "https") or not parsed.host or len(url) > MAX_CALLBACK_URL:
+        raise InvalidParameterError(f"callback_url must be an http(s) URL of at most {MAX_CALLBACK_URL} characters")
+    return url

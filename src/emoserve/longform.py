@@ -1,0 +1,399 @@
+"""Long files → an emotion timeline: voiced segments from silero-vad, and frames over the whole file.
+
+Two passes, so hours of audio never sit in memory at once:
+
+1. decode in blocks (`emoserve.audio.stream_audio`: the decoder, checks and limits of every
+   request) to 16 kHz float32, written to a scratch file while silero-vad scores every 32 ms
+   block. silero-vad runs its ONNX sequence model through onnxruntime: no torchaudio, and the
+   LSTM state carries over from block to block, so the scores equal one pass over the whole file.
+2. the scratch file, memory-mapped, is cut into voiced segments (each ≤ 30 s) and, for
+   granularity=frame, into overlapping windows of ≤ 30 s; both go through a batch-predict callable
+   (`EmotionModel.predict`, or the engine's) in padded batches.
+
+Frame windows start at multiples of 320 samples, so window frame j is file frame start/320 + j
+exactly: the grid over the file is the one a single pass would have (frame t covers samples
+[320t, 320t + 400), at t × 0.02 s). Where two windows overlap, each keeps the half of the overlap
+nearer its own centre, the frames with the most context on both sides.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioSource, stream_audio
+from .batching import plan_batches
+from .errors import AudioError, InvalidParameterError
+from .results import ClipOutput, LongformResult, Segment, check_granularity, frame_timestamps, make_segment, overall_of
+
+BatchPredict = Callable[[list[np.ndarray], bool], list[ClipOutput]]
+Progress = Callable[[float], None]
+
+HOP = 320  # samples per frame: the conv extractor's total stride
+RECEPTIVE_FIELD = 400  # samples one frame sees; also the shortest clip the emotion2vec models accept
+DECODE_SHARE = 0.1  # of the progress bar: the first pass (decode + VAD); the model takes the rest
+
+
+@dataclass(frozen=True)
+class LongformOptions:
+    """How long files are cut up; defaults match `Settings`, `from_settings` reads them."""
+
+    max_duration_s: float = 4 * 3600
+    max_segment_s: float = 30.0
+    window_s: float = 30.0
+    window_overlap_s: float = 4.0
+    batch_size: int = 8
+    batch_s: float = 120.0
+    vad_threshold: float = 0.5
+    vad_min_speech_ms: int = 250
+    vad_min_silence_ms: int = 300
+    vad_speech_pad_ms: int = 100
+
+    def __post_init__(self) -> None:
+        if self.window_samples < 2 * RECEPTIVE_FIELD:
+            raise InvalidParameterError(f"window_s {self.window_s} is too short for frame windows")
+        if not 2 * HOP <= self.overlap_samples <= self.window_samples // 2:
+            raise InvalidParameterError(
+                f"window_overlap_s must be between 0.04 s and half the window; got {self.window_overlap_s}")
+        if self.max_segment_s < 1.0:
+            raise InvalidParameterError(f"max_segment_s must be at least 1 s; got {self.max_segment_s}")
+
+    @classmethod
+    def from_settings(cls, settings) -> LongformOptions:
+        return cls(
+            max_duration_s=settings.longform_max_duration_s, max_segment_s=settings.longform_max_segment_s,
+            window_s=settings.longform_window_s, window_overlap_s=settings.longform_window_overlap_s,
+            batch_size=settings.longform_batch_size, batch_s=settings.longform_batch_s,
+            vad_threshold=settings.vad_threshold, vad_min_speech_ms=settings.vad_min_speech_ms,
+            vad_min_silence_ms=settings.vad_min_silence_ms, vad_speech_pad_ms=settings.vad_speech_pad_ms)
+
+    @property
+    def window_samples(self) -> int:
+        return int(self.window_s * SAMPLE_RATE) // HOP * HOP
+
+    @property
+    def overlap_samples(self) -> int:
+        return round(self.window_overlap_s * SAMPLE_RATE / HOP) * HOP
+
+    @property
+    def batch_samples(self) -> int:
+        return int(self.batch_s * SAMPLE_RATE)
+
+
+def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence[str], model_name: str,
+                 granularity: str = "utterance", return_embedding: bool = False, sample_rate: int | None = None,
+                 regions: Sequence[tuple[float, float]] | None = None, options: LongformOptions | None = None,
+                 progress: Progress | None = None, min_samples: int = RECEPTIVE_FIELD,
+                 scratch_dir: str | Path | None = None, embedding_path: str | Path | None = None) -> LongformResult:
+    """The emotion timeline of a file or waveform of any length.
+
+    `regions` (seconds) replaces voice-activity detection with the caller's own segments (a
+    diarization, say). `progress` receives 0.0–1.0; an exception it raises aborts the analysis.
+    `embedding_path` writes the embedding there as .npy (frames stream into it) and the result
+    holds it memory-mapped. `scratch_dir` holds the decoded 16 kHz copy of a file while it runs.
+    """
+    check_granularity(granularity)
+    options = options or LongformOptions()
+    labels = tuple(labels)
+    report = progress or (lambda fraction: None)
+    with tempfile.TemporaryDirectory(prefix="emoserve-longform-", dir=scratch_dir) as scratch:
+        audio, speech_probs = first_pass(source, Path(scratch) / "audio.f32", sample_rate, options,
+                                         detect_speech=regions is None, progress=report, min_samples=min_samples)
+        num_samples = len(audio)
+        if regions is None:
+            cuts = speech_regions(speech_probs, num_samples, options)
+        else:
+            cuts = regions_in_samples(regions, num_samples)
+        cuts = [fit_length(cut, min_samples, num_samples) for cut in split_long(cuts, options.max_segment_s)]
+        windows = plan_windows(num_samples, options.window_samples, options.overlap_samples) \
+            if granularity == "frame" else []
+        work = Tally(sum(e - s for s, e in cuts) + sum(min(options.window_samples, num_samples - s) for s in windows),
+                     report)
+        segments, segment_embeddings = analyze_segments(audio, cuts, predict, labels, options, work)
+        frames = analyze_frames(audio, windows, predict, options, work, return_embedding,
+                                embedding_path) if windows else None
+    duration_s = round(num_samples / SAMPLE_RATE, 6)
+    embedding = None
+    if return_embedding:
+        embedding = frames.embedding if frames is not None else segment_embeddings
+        if embedding_path is not None and frames is None:
+            np.save(embedding_path, embedding)
+        if embedding_path is not None:
+            embedding = np.load(embedding_path, mmap_mode="r")
+    report(1.0)
+    return LongformResult(
+        segments, overall_of(segments, labels), labels, duration_s, model_name, granularity,
+        frame_scores=frames.scores if frames is not None else None,
+        timestamps=frame_timestamps(len(frames.scores)) if frames is not None else None,
+        embedding=embedding)
+
+
+class Tally:
+    """Progress of the second pass, in samples sent to the model, mapped after the first pass's share."""
+
+    def __init__(self, total: int, report: Progress):
+        self.total, self.done, self.report = max(total, 1), 0, report
+
+    def add(self, samples: int) -> None:
+        self.done += samples
+        self.report(DECODE_SHARE + (1 - DECODE_SHARE) * min(self.done / self.total, 1.0))
+
+
+# ---- pass 1: decode once, to a scratch file, scoring speech on the way ----
+
+
+def first_pass(source: AudioSource, scratch_file: Path, sample_rate: int | None, options: LongformOptions,
+               detect_speech: bool, progress: Progress, min_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the whole file at 16 kHz, memory-mapped; silero's speech probability per 512 samples)."""
+    detector = SpeechDetector() if detect_speech else None
+    with open(scratch_file, "wb") as out:
+        try:
+            stream_audio(source, ScratchWriter(out, detector, progress), sample_rate=sample_rate,
+                         max_seconds=options.max_duration_s, min_samples=min_samples)
+        except AudioError as e:
+            if e.code != "audio_too_long":
+                raise
+            raise AudioError(f"the audio is longer than the limit of {options.max_duration_s:g} s for long files",
+                             code="audio_too_long", details={"max_duration_s": options.max_duration_s}) from e
+    audio = np.memmap(scratch_file, dtype=np.float32, mode="r")
+    return audio, detector.finish() if detector is not None else None
+
+
+class ScratchWriter:
+    """Takes the decoded blocks: onto the scratch file, through the speech detector, and into the progress bar."""
+
+    def __init__(self, out: BinaryIO, detector: SpeechDetector | None, progress: Progress):
+        self.out, self.detector, self.progress = out, detector, progress
+        self.written = 0
+
+    def __call__(self, block: np.ndarray, expected_samples: int | None) -> None:
+        self.out.write(block.data)
+        self.written += len(block)
+        if self.detector is not None:
+            self.detector.feed(block)
+        if expected_samples:
+            self.progress(DECODE_SHARE * min(self.written / expected_samples, 1.0))
+
+
+# ---- voice activity: silero-vad ----
+
+
+@functools.cache
+def silero_sequence_model():
+    """silero-vad's ONNX sequence model (one call scores up to 512 blocks); loaded once per process.
+
+    Importing silero_vad sets torch to one thread for the importing thread, which would halve the
+    emotion model's speed on that thread: the thread count is put back.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # silero's use of importlib.resources.path
+            from silero_vad import load_silero_vad
+
+            return load_silero_vad(sequence=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class SpeechDetector:
+    """silero-vad fed block by block: speech probability for every 512 samples (32 ms).
+
+    The LSTM state and the 64-sample context of the previous 512-sample frame carry over between
+    calls, exactly as silero's own streaming and sequence front-ends do it.
+    """
+
+    FRAME = 512
+    CONTEXT = 64
+    FRAMES_PER_CALL = 512
+
+    def __init__(self):
+        self.session = silero_sequence_model().session
+        self.hidden = np.zeros((1, 1, 128), np.float32)
+        self.cell = np.zeros((1, 1, 128), np.float32)
+        self.context = np.zeros(self.CONTEXT, np.float32)
+        self.pending = np.zeros(0, np.float32)
+        self.probs: list[np.ndarray] = []
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Score every whole 512-sample frame; the part of a frame at the end waits for the next block.
+
+        Only that part is copied, so a long block costs no more memory than it holds.
+        """
+        samples = np.asarray(samples, np.float32)
+        if len(self.pending):
+            fill = self.FRAME - len(self.pending)
+            self.pending = np.concatenate([self.pending, samples[:fill]])
+            samples = samples[fill:]
+            if len(self.pending) < self.FRAME:
+                return
+            self.score(self.pending)
+        usable = len(samples) // self.FRAME * self.FRAME
+        if usable:
+            self.score(samples[:usable])
+        self.pending = samples[usable:].copy()
+
+    def finish(self) -> np.ndarray:
+        if len(self.pending):
+            self.score(np.pad(self.pending, (0, self.FRAME - len(self.pending))))
+            self.pending = np.zeros(0, np.float32)
+        return np.concatenate(self.probs) if self.probs else np.zeros(0, np.float32)
+
+    def score(self, samples: np.ndarray) -> None:
+        frames = samples.reshape(-1, self.FRAME)
+        for first in range(0, len(frames), self.FRAMES_PER_CALL):
+            block = frames[first: first + self.FRAMES_PER_CALL]
+            contexts = np.concatenate([self.context[None], block[:-1, -self.CONTEXT:]])
+            values, self.hidden, self.cell = self.session.run(
+                ["speech_probs", "hn", "cn"],
+                {"input": np.concatenate([contexts, block], axis=1), "h": self.hidden, "c": self.cell})
+            self.probs.append(np.asarray(values, np.float32).reshape(-1))
+            self.context = block[-1, -self.CONTEXT:].copy()
+
+
+def speech_regions(probs: np.ndarray, num_samples: int, options: LongformOptions) -> list[tuple[int, int]]:
+    """silero's own state machine (thresholds with hysteresis, padding; long stretches cut at pauses)."""
+    from silero_vad import get_speech_timestamps_from_probs
+
+    stamps = get_speech_timestamps_from_probs(
+        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.vad_threshold,
+        min_speech_duration_ms=options.vad_min_speech_ms, max_speech_duration_s=options.max_segment_s,
+        min_silence_duration_ms=options.vad_min_silence_ms, speech_pad_ms=options.vad_speech_pad_ms,
+        audio_length_samples=num_samples)
+    return [(int(s["start"]), int(s["end"])) for s in stamps]
+
+
+def regions_in_samples(regions: Sequence[tuple[float, float]], num_samples: int) -> list[tuple[int, int]]:
+    duration = num_samples / SAMPLE_RATE
+    cuts = []
+    for start, end in regions:
+        if not 0 <= start < end or start >= duration:
+            raise InvalidParameterError(
+                f"region ({start}, {end}) must satisfy 0 <= start < end and start < the duration {duration:.3f} s")
+        cuts.append((round(start * SAMPLE_RATE), min(round(end * SAMPLE_RATE), num_samples)))
+    return sorted(cuts)
+
+
+def split_long(cuts: list[tuple[int, int]], max_segment_s: float) -> list[tuple[int, int]]:
+    """Cut stretches longer than the limit into equal parts (silero cuts at pauses first; this is the guarantee)."""
+    limit = int(max_segment_s * SAMPLE_RATE)
+    out = []
+    for start, end in cuts:
+        parts = math.ceil((end - start) / limit)
+        bounds = [start + (end - start) * i // parts for i in range(parts + 1)]
+        out.extend(zip(bounds[:-1], bounds[1:]))
+    return out
+
+
+def fit_length(cut: tuple[int, int], min_samples: int, num_samples: int) -> tuple[int, int]:
+    """Widen a stretch shorter than the model's minimum around its centre, within the file."""
+    start, end = cut
+    if end - start >= min_samples:
+        return cut
+    start = min(max(0, (start + end - min_samples) // 2), num_samples - min_samples)
+    return start, start + min_samples
+
+
+# ---- pass 2: segments and frame windows through the model ----
+
+
+def analyze_segments(audio: np.ndarray, cuts: list[tuple[int, int]], predict: BatchPredict, labels: tuple[str, ...],
+                     options: LongformOptions, work: Tally) -> tuple[list[Segment], np.ndarray]:
+    lengths = [end - start for start, end in cuts]
+    segments: list[Segment | None] = [None] * len(cuts)
+    embeddings: list[np.ndarray | None] = [None] * len(cuts)
+    for group in plan_batches(lengths, options.batch_size, options.batch_samples):
+        outputs = predict([np.array(audio[cuts[i][0]: cuts[i][1]]) for i in group], False)
+        for i, out in zip(group, outputs, strict=True):
+            segments[i] = make_segment(out, cuts[i][0], labels)
+            embeddings[i] = out.embedding
+        work.add(sum(lengths[i] for i in group))
+    stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, 0), np.float32)
+    return segments, stacked
+
+
+def frame_count(num_samples: int) -> int:
+    """Frames the model makes of a clip: floor((N − 400) / 320) + 1."""
+    return max(0, (num_samples - RECEPTIVE_FIELD) // HOP + 1)
+
+
+def plan_windows(num_samples: int, window: int, overlap: int) -> list[int]:
+    """Window starts: every (window − overlap) samples, and a last one flush with the file's end.
+
+    Every start is a multiple of 320, so a window's frame j is file frame start/320 + j. The last
+    window starts at the first multiple of 320 that lets it reach the end, which keeps its overlap
+    with the one before at least `overlap`.
+    """
+    if num_samples <= window:
+        return [0]
+    hop = window - overlap
+    starts = list(range(0, num_samples - window, hop))
+    starts.append(-(-(num_samples - window) // HOP) * HOP)
+    return starts
+
+
+def owned_frames(starts: list[int], num_samples: int, window: int) -> list[tuple[int, int]]:
+    """The file frames [first, last) each window contributes: overlaps split at their middle."""
+    offsets = [s // HOP for s in starts]
+    ends = [o + frame_count(min(window, num_samples - s)) for o, s in zip(offsets, starts)]
+    bounds = [0] + [(offsets[k + 1] + ends[k]) // 2 for k in range(len(starts) - 1)] + [frame_count(num_samples)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass
+class Frames:
+    scores: np.ndarray  # (T, L)
+    embedding: np.ndarray | None  # (T, D) when asked for
+
+
+def analyze_frames(audio: np.ndarray, starts: list[int], predict: BatchPredict, options: LongformOptions,
+                   work: Tally, keep_embedding: bool, embedding_path: str | Path | None) -> Frames:
+    """Per-frame scores (and features) over the whole file, one window batch at a time.
+
+    Only the result grows with the file: each window's outputs are copied into the rows it owns
+    and dropped. With `embedding_path`, the (T, D) features stream into that .npy, not memory.
+    """
+    num_samples = len(audio)
+    window = options.window_samples
+    owned = owned_frames(starts, num_samples, window)
+    total = frame_count(num_samples)
+    lengths = [min(window, num_samples - s) for s in starts]
+    scores: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    for group in plan_batches(lengths, options.batch_size, options.batch_samples):
+        outputs = predict([np.array(audio[starts[k]: starts[k] + lengths[k]]) for k in group], True)
+        for k, out in zip(group, outputs, strict=True):
+            first, last = owned[k]
+            offset = starts[k] // HOP
+            if out.frame_features.shape[0] != frame_count(lengths[k]):
+                raise RuntimeError(f"the model made {out.frame_features.shape[0]} frames of {lengths[k]} samples, "
+                                   f"not {frame_count(lengths[k])}: frame windows need floor((N - 400) / 320) + 1")
+            if scores is None:
+                num_labels = out.frame_probs.shape[1] if out.frame_probs is not None else 0
+                scores = np.zeros((total, num_labels), np.float32)
+            if out.frame_probs is not None:
+                scores[first:last] = out.frame_probs[first - offset: last - offset]
+            if keep_embedding:
+                if embedding is None:
+                    embedding = new_embedding((total, out.frame_features.shape[1]), embedding_path)
+                embedding[first:last] = out.frame_features[first - offset: last - offset]
+        work.add(sum(lengths[k] for k in group))
+    if isinstance(embedding, np.memmap):
+        embedding.flush()
+    return Frames(scores, embedding)
+
+
+def new_embedding(shape: tuple[int, int], path: str | Path | None) -> np.ndarray:
+    if path is not None:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    return np.zeros(shape, np.float32)

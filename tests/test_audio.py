@@ -1,0 +1,598 @@
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import io
+import struct
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from emoserve import AudioError
+from emoserve.audio import (
+    MAX_CHANNELS,
+    SAMPLE_RATE,
+    Resampler,
+    StreamedAudio,
+    decode_audio,
+    decode_audio_async,
+    open_input,
+    processed_wav,
+    read_with_pyav,
+    stream_audio,
+)
+from tests.samples import (
+    ENCODINGS,
+    audio_file,
+    encode,
+    espeak_available,
+    noise,
+    soundfile_bytes,
+    speech,
+    tone,
+    wav_bytes,
+)
+
+REFUSALS = {"empty_audio", "corrupt_audio", "unsupported_format", "audio_too_long", "payload_too_large", "too_short"}
+STEREO_PEAK = 0.375  # tone(channels=2): left at 0.5, right at 0.25, mixed to mono
+WAV_SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ALAW", "ULAW"]
+
+
+def assert_model_input(samples: np.ndarray) -> None:
+    assert samples.dtype == np.float32
+    assert samples.ndim == 1
+    assert samples.flags.c_contiguous
+    assert np.isfinite(samples).all()
+    assert np.abs(samples).max(initial=0.0) <= 1.0
+
+
+def dominant_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / len(samples))
+
+
+def assert_tone(samples: np.ndarray, seconds: float, peak: float, frequency: float = 440.0,
+                length_tolerance: float = 0.0, level_tolerance: float = 0.02) -> None:
+    """16 kHz mono audio of a sine: its length, pitch and level (the middle half, away from codec edges)."""
+    assert_model_input(samples)
+    assert abs(len(samples) - seconds * SAMPLE_RATE) <= length_tolerance * SAMPLE_RATE + 1
+    middle = samples[len(samples) // 4: 3 * len(samples) // 4]
+    assert dominant_frequency(middle) == pytest.approx(frequency, abs=SAMPLE_RATE / len(middle) + 1)
+    assert np.sqrt(np.mean(middle ** 2)) == pytest.approx(peak / np.sqrt(2), rel=level_tolerance)
+
+
+def refusal(source, **limits) -> AudioError:
+    with pytest.raises(AudioError) as caught:
+        decode_audio(source, **limits)
+    return caught.value
+
+
+def riff_wav(*chunks: tuple[bytes, bytes]) -> bytes:
+    body = b"".join(cid + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1) for cid, data in chunks)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
+
+
+def pcm16_fmt(channels: int, rate: int) -> bytes:
+    return struct.pack("<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+
+
+class CountingReader(io.RawIOBase):
+    """A seekable binary file that counts the bytes decoders read and the threads they read from."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+        self.bytes_read = 0
+        self.threads: set[str] = set()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.threads.add(threading.current_thread().name)
+        count = self.data.readinto(buffer)
+        self.bytes_read += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.data.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.data.tell()
+
+
+class Unseekable(io.RawIOBase):
+    """A pipe or socket: read only, once."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.data.readinto(buffer)
+        self.bytes_read += count
+        return count
+
+
+@pytest.fixture(scope="module")
+def stereo_tone() -> np.ndarray:
+    return tone(1.0, 44_100, channels=2)
+
+
+# ---- formats ----
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_every_compressed_format_decodes_to_16khz_mono(encoding, stereo_tone):
+    samples = decode_audio(encode(stereo_tone, 44_100, encoding))
+    # lossy codecs pad (AAC priming, Vorbis blocks) and shift the level a little; AMR, a speech codec, more
+    assert_tone(samples, 1.0, STEREO_PEAK, length_tolerance=0.06, level_tolerance=0.25 if encoding == "amr_nb" else 0.1)
+
+
+@pytest.mark.parametrize("subtype", WAV_SUBTYPES)
+def test_every_wav_encoding_decodes(subtype, stereo_tone):
+    samples = decode_audio(wav_bytes(stereo_tone, 44_100, subtype))
+    assert_tone(samples, 1.0, STEREO_PEAK, level_tolerance=0.03)
+
+
+@pytest.mark.parametrize(("file_format", "subtype"), [("AIFF", "PCM_16"), ("FLAC", "PCM_24"), ("CAF", "FLOAT"),
+                                                      ("AU", "PCM_16"), ("W64", "PCM_16"), ("WAVEX", "PCM_16"),
+                                                      ("RF64", "PCM_16")])
+def test_other_libsndfile_containers_decode(file_format, subtype, stereo_tone):
+    samples = decode_audio(soundfile_bytes(stereo_tone, 44_100, file_format, subtype))
+    assert_tone(samples, 1.0, STEREO_PEAK)
+
+
+@pytest.mark.parametrize("rate", [8_000, 11_025, 22_050, 32_000, 44_100, 48_000, 96_000, 192_000])
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_any_rate_from_8_to_192_khz_is_resampled_to_16khz(rate, subtype):
+    samples = decode_audio(wav_bytes(tone(0.5, rate, frequency=1_000.0), rate, subtype))
+    assert_tone(samples, 0.5, 0.5, frequency=1_000.0)
+
+
+def test_pcm16_16khz_mono_wav_is_read_exactly():
+    pcm = (noise(SAMPLE_RATE, amplitude=0.3) * 32767).astype(np.int16)
+    samples = decode_audio(wav_bytes(pcm))
+    np.testing.assert_array_equal(samples, pcm / np.float32(32768))
+
+
+def test_wav_chunks_around_the_data_are_skipped_and_sizes_trusted_only_up_to_the_file_end():
+    pcm = np.arange(-500, 501, dtype=np.int16)
+    odd_chunk = (b"LIST", b"INFOISFT\x05\x00\x00\x00emo\x00\x00")  # odd size: padded
+    expected = pcm / np.float32(32768)
+    np.testing.assert_array_equal(
+        decode_audio(riff_wav((b"fmt ", pcm16_fmt(1, SAMPLE_RATE)), odd_chunk, (b"data", pcm.tobytes()))), expected)
+    streaming = riff_wav((b"fmt ", pcm16_fmt(1, SAMPLE_RATE)), (b"data", b""))[:-4] + b"\xff\xff\xff\xff"
+    np.testing.assert_array_equal(decode_audio(streaming + pcm.tobytes()), expected)
+
+
+def test_stereo_is_averaged_to_mono():
+    left = tone(0.5, 44_100)
+    opposite = np.stack([left, -left], axis=1)
+    for subtype in ("PCM_16", "FLOAT"):
+        assert np.abs(decode_audio(wav_bytes(opposite, 44_100, subtype))).max() < 1e-3
+    assert np.abs(decode_audio(opposite, sample_rate=44_100)).max() < 1e-3
+
+
+def test_many_channels_are_mixed():
+    six = tone(0.5, 48_000, channels=6)
+    expected_peak = float(np.mean([0.5 / (c + 1) for c in range(6)]))
+    assert_tone(decode_audio(wav_bytes(six, 48_000)), 0.5, expected_peak)
+
+
+@pytest.mark.parametrize("encoding", ["m4a_aac", "ogg_opus"])
+def test_eight_channel_compressed_audio_is_mixed(encoding):
+    """7.1 in planar float: PyAV lists a ninth, garbage plane for it, which must never be read."""
+    eight = tone(1.0, 48_000, channels=8)
+    expected_peak = float(np.mean([0.5 / (c + 1) for c in range(8)]))
+    assert_tone(decode_audio(encode(eight, 48_000, encoding)), 1.0, expected_peak, length_tolerance=0.06,
+                level_tolerance=0.1)
+
+
+def test_the_content_decides_the_decoder_not_the_file_name(tmp_path, stereo_tone):
+    mp3_named_wav = tmp_path / "clip.wav"
+    mp3_named_wav.write_bytes(encode(stereo_tone, 44_100, "mp3"))
+    wav_named_mp3 = tmp_path / "clip.mp3"
+    wav_named_mp3.write_bytes(wav_bytes(stereo_tone, 44_100))
+    assert_tone(decode_audio(mp3_named_wav), 1.0, STEREO_PEAK, level_tolerance=0.1)
+    assert_tone(decode_audio(wav_named_mp3), 1.0, STEREO_PEAK)
+
+
+def test_louder_than_full_scale_float_audio_is_scaled_not_clipped():
+    loud = tone(0.5, SAMPLE_RATE, amplitude=4.0)
+    samples = decode_audio(wav_bytes(loud, SAMPLE_RATE, "FLOAT"))
+    assert np.abs(samples).max() == pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_allclose(samples, loud / 4.0, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def voice() -> np.ndarray:
+    if not espeak_available():
+        pytest.skip("needs espeak-ng")
+    return speech(rate=SAMPLE_RATE)
+
+
+@pytest.mark.parametrize("encoding", ["mp3", "webm_opus", "m4a_aac", "ogg_vorbis"])
+def test_speech_survives_each_codec(encoding, voice):
+    samples = decode_audio(encode(np.stack([voice, voice], axis=1), SAMPLE_RATE, encoding, bit_rate=64_000))
+    assert abs(len(samples) - len(voice)) < 0.1 * SAMPLE_RATE
+    # at the best alignment: codecs may delay the signal by a few ms that the container does not undo
+    n = len(samples) + len(voice)
+    correlation = np.fft.irfft(np.fft.rfft(samples, n) * np.conj(np.fft.rfft(voice, n)), n)
+    assert correlation.max() / (np.linalg.norm(samples) * np.linalg.norm(voice)) > 0.9
+
+
+# ---- inputs ----
+
+@pytest.mark.parametrize("encoding", ["pcm16_wav", "float_wav", "flac", "mp3"])
+def test_every_kind_of_input_gives_the_same_samples(tmp_path, stereo_tone, encoding):
+    data = audio_file(encoding, stereo_tone, 44_100)
+    path = tmp_path / "clip"
+    path.write_bytes(data)
+    expected = decode_audio(data)
+    with path.open("rb") as file:
+        from_file = decode_audio(file)
+    past_junk = io.BytesIO(b"junk" + data)
+    past_junk.seek(4)
+    for source in (bytearray(data), memoryview(data), str(path), path, io.BytesIO(data), Unseekable(data), past_junk):
+        np.testing.assert_array_equal(decode_audio(source), expected)
+    np.testing.assert_array_equal(from_file, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16", "int32", "uint8"])
+def test_numpy_arrays_are_scaled_mixed_and_resampled(dtype):
+    wave = tone(0.5, 44_100, channels=2)
+    if dtype.startswith("int"):
+        wave = (wave * np.iinfo(dtype).max).astype(dtype)
+    elif dtype == "uint8":
+        wave = (wave * 127 + 128).astype(dtype)
+    else:
+        wave = wave.astype(dtype)
+    samples = decode_audio(wave, sample_rate=44_100)
+    assert_tone(samples, 0.5, STEREO_PEAK, level_tolerance=0.03)
+    np.testing.assert_array_equal(decode_audio(wave.T, sample_rate=44_100), samples)  # (channels, samples)
+
+
+def test_numpy_default_rate_is_16khz():
+    wave = tone(0.25, SAMPLE_RATE)
+    np.testing.assert_array_equal(decode_audio(wave), wave)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(100, dtype=complex), np.zeros(100, dtype=bool), np.zeros((2, 3, 100))])
+def test_numpy_arrays_that_are_not_audio_are_refused(bad):
+    assert refusal(bad).code == "unsupported_format"
+
+
+def test_wrong_python_types_are_a_programming_error():
+    with pytest.raises(TypeError):
+        decode_audio(12345)
+
+
+# ---- refusals ----
+
+def test_empty_input_is_refused(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    for source in (b"", empty, io.BytesIO(), Unseekable(b""), np.zeros(0, np.float32)):
+        assert refusal(source).code == "empty_audio"
+
+
+def test_a_header_without_samples_is_empty_audio():
+    assert refusal(riff_wav((b"fmt ", pcm16_fmt(1, SAMPLE_RATE)), (b"data", b""))).code == "empty_audio"
+
+
+def test_missing_file_is_not_found(tmp_path):
+    assert refusal(tmp_path / "nope.wav").code == "not_found"
+
+
+@pytest.mark.parametrize("data", [np.random.default_rng(0).bytes(5000), b"hello, this is not audio\n" * 100,
+                                  b"\x89PNG\r\n\x1a\n" + bytes(2000), b"%PDF-1.7\n" + bytes(2000)])
+def test_unknown_content_is_unsupported(data):
+    error = refusal(data)
+    assert error.code == "unsupported_format"
+    assert "WAV" in error.message and "MP3" in error.message
+
+
+def test_a_container_without_audio_is_unsupported():
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for _ in range(3):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")))
+        out.mux(stream.encode(None))
+    error = refusal(buffer.getvalue())
+    assert error.code == "unsupported_format"
+    assert "audio stream" in error.message
+
+
+@pytest.mark.parametrize("source_kind", ["float_wav", "array"])
+def test_nan_and_inf_samples_are_corrupt(source_kind):
+    wave = tone(0.2, SAMPLE_RATE)
+    for bad in (np.nan, np.inf):
+        wave[100] = bad
+        source = wav_bytes(wave, SAMPLE_RATE, "FLOAT") if source_kind == "float_wav" else wave
+        assert refusal(source).code == "corrupt_audio"
+
+
+@pytest.mark.parametrize("rate", [4_000, 7_999, 192_001, 384_000])
+def test_rates_outside_8_to_192_khz_are_refused(rate):
+    for source, limits in ((wav_bytes(tone(0.1, rate), rate, "PCM_16"), {}),
+                           (wav_bytes(tone(0.1, rate), rate, "FLOAT"), {}),
+                           (tone(0.1, rate), {"sample_rate": rate})):
+        error = refusal(source, **limits)
+        assert error.code == "unsupported_format"
+        assert "8 kHz" in error.message and "192 kHz" in error.message
+
+
+def test_absurd_channel_counts_are_refused():
+    too_many = np.zeros((1000, MAX_CHANNELS + 1), np.float32)
+    for source in (wav_bytes(too_many, SAMPLE_RATE, "PCM_16"), wav_bytes(too_many, SAMPLE_RATE, "FLOAT"), too_many):
+        error = refusal(source)
+        assert error.code == "unsupported_format"
+        assert f"{MAX_CHANNELS + 1} channels" in error.message
+
+
+def test_a_cut_file_keeps_what_decodes_before_the_cut():
+    wave = tone(4.0, 44_100)
+    for encoding in ("flac", "mp3", "ogg_opus", "webm_opus"):
+        data = encode(wave, 44_100, encoding)
+        samples = decode_audio(data[: len(data) // 2])
+        assert_model_input(samples)
+        assert 1.0 * SAMPLE_RATE < len(samples) < 3.0 * SAMPLE_RATE, encoding
+
+
+def test_an_mp4_cut_before_its_index_is_corrupt():
+    data = encode(tone(1.0, 44_100), 44_100, "m4a_aac")
+    assert refusal(data[: len(data) // 2]).code == "corrupt_audio"
+
+
+def test_too_short_names_the_minimum():
+    error = refusal(tone(0.01, SAMPLE_RATE), min_samples=400)
+    assert error.code == "too_short"
+    assert "400 samples" in error.message and "25 ms" in error.message
+    assert error.details == {"min_samples": 400}
+    assert len(decode_audio(tone(0.025, SAMPLE_RATE), min_samples=400)) == 400
+
+
+# ---- limits ----
+
+def test_too_many_bytes_is_refused_before_decoding(tmp_path):
+    garbage = bytes(2000)  # undecodable: only a size check can refuse it as too large
+    path = tmp_path / "big"
+    path.write_bytes(garbage)
+    for source in (garbage, path, io.BytesIO(garbage), Unseekable(garbage)):
+        error = refusal(source, max_bytes=1000)
+        assert error.code == "payload_too_large"
+        assert error.details == {"max_bytes": 1000}
+    assert decode_audio(wav_bytes(tone(0.1, SAMPLE_RATE)), max_bytes=4000) is not None
+
+
+def test_a_stream_is_read_only_up_to_the_byte_limit():
+    stream = Unseekable(bytes(50 << 20))
+    assert refusal(stream, max_bytes=1 << 20).code == "payload_too_large"
+    assert stream.bytes_read <= 3 << 20
+
+
+@pytest.mark.parametrize("source_kind", ["pcm16_wav", "float_wav", "flac", "mp3", "ogg_opus", "m4a_aac", "array"])
+def test_duration_limit(source_kind):
+    wave = tone(3.0, 44_100)
+    source = wave if source_kind == "array" else audio_file(source_kind, wave, 44_100)
+    rate = {"sample_rate": 44_100} if source_kind == "array" else {}
+    error = refusal(source, max_seconds=2.0, **rate)
+    assert error.code == "audio_too_long"
+    assert "2 s" in error.message and error.details == {"max_seconds": 2.0}
+    assert len(decode_audio(source, max_seconds=3.2, **rate)) > 2.9 * SAMPLE_RATE
+
+
+def test_exactly_the_limit_is_allowed():
+    assert len(decode_audio(wav_bytes(tone(2.0, 44_100), 44_100), max_seconds=2.0)) == 2 * SAMPLE_RATE
+
+
+@pytest.mark.parametrize("encoding", ["pcm16_wav", "flac", "mp3", "ogg_opus", "webm_opus"])
+def test_decoding_stops_at_the_duration_limit(encoding):
+    """A minute of audio with a 2 s limit: the decoders read a small part of the file, not all of it.
+
+    (FFmpeg reads some fixed amount more: its 32 KB buffer, the last 64 KB of an Ogg file for its length.)
+    """
+    wave = tone(60.0, 8_000)
+    data = audio_file(encoding, wave, 8_000, bit_rate=64_000)
+    reader = CountingReader(data)
+    assert refusal(reader, max_seconds=2.0).code == "audio_too_long"
+    assert reader.bytes_read < 0.25 * len(data)
+
+
+def test_an_hour_that_compresses_to_kilobytes_is_refused_in_bounded_memory():
+    bomb = soundfile_bytes(np.zeros(3600 * 8_000, np.int16), 8_000, "FLAC")
+    assert len(bomb) < 200_000
+    tracemalloc.start()
+    try:
+        assert refusal(bomb, max_seconds=30.0).code == "audio_too_long"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10e6  # the whole hour at 16 kHz float32 would be 230 MB
+
+
+# ---- output and async ----
+
+def test_processed_wav_is_16khz_mono_pcm16_of_the_samples():
+    samples = decode_audio(tone(0.5, 44_100), sample_rate=44_100)
+    wav = processed_wav(samples)
+    info = sf.info(io.BytesIO(wav))
+    assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+    np.testing.assert_allclose(decode_audio(wav), samples, atol=1e-4)
+
+
+def test_async_decoding_runs_on_the_decode_pool():
+    data = wav_bytes(tone(0.5, 44_100), 44_100, "FLOAT")
+    reader = CountingReader(data)
+    samples = asyncio.run(decode_audio_async(reader, max_seconds=1.0))
+    np.testing.assert_array_equal(samples, decode_audio(data))
+    assert reader.threads and all(name.startswith("emoserve-decode") for name in reader.threads)
+    with pytest.raises(AudioError) as caught:
+        asyncio.run(decode_audio_async(data, max_seconds=0.1))
+    assert caught.value.code == "audio_too_long"
+
+
+# ---- streaming ----
+
+def stream_blocks(source, **limits) -> tuple[list[np.ndarray], list[int | None], StreamedAudio]:
+    """The blocks `stream_audio` hands out, the expected totals that came with them, and its summary."""
+    blocks, expected = [], []
+
+    def take(block: np.ndarray, expected_samples: int | None) -> None:
+        blocks.append(block)
+        expected.append(expected_samples)
+
+    return blocks, expected, stream_audio(source, take, **limits)
+
+
+@pytest.mark.parametrize("kind", [*ENCODINGS, *(f"wav_{subtype}" for subtype in WAV_SUBTYPES)])
+def test_streamed_blocks_join_to_what_decode_audio_returns(kind, stereo_tone):
+    if kind.startswith("wav_"):
+        data = wav_bytes(stereo_tone, 44_100, kind.removeprefix("wav_"))
+    else:
+        data = encode(stereo_tone, 44_100, kind)
+    blocks, expected, streamed = stream_blocks(data)
+    joined = np.concatenate(blocks)
+    np.testing.assert_array_equal(joined, decode_audio(data))
+    assert streamed == StreamedAudio(len(joined), 1.0)
+    for block in blocks:
+        assert_model_input(block)
+    assert len(set(expected)) == 1  # what the container announced, with every block
+    if "vorbis" not in kind:  # FFmpeg's own Vorbis encoder writes wrong timestamps: its files announce nonsense
+        assert abs(expected[0] - len(joined)) < 0.1 * SAMPLE_RATE
+
+
+def test_streamed_blocks_are_not_rescaled_and_the_gain_says_how_decode_audio_scales_them():
+    data = wav_bytes(tone(0.5, 44_100, amplitude=4.0), 44_100, "FLOAT")
+    blocks, _, streamed = stream_blocks(data)
+    joined = np.concatenate(blocks)
+    assert np.abs(joined).max() == pytest.approx(4.0, rel=1e-2)
+    assert streamed.gain == pytest.approx(1 / np.abs(joined).max())
+    np.testing.assert_array_equal(decode_audio(data), np.clip(joined * np.float32(streamed.gain), -1, 1))
+
+
+@pytest.mark.parametrize(("kind", "rate"), [("pcm16_wav", 16_000), ("flac", 8_000), ("mp3", 8_000)])
+def test_streaming_ten_minutes_holds_a_few_blocks_not_the_file(tmp_path, kind, rate):
+    """10 minutes are 38.4 MB at 16 kHz float32; streamed, memory stays at a few blocks (a path: nothing in memory)."""
+    path = tmp_path / "long"
+    path.write_bytes(audio_file(kind, np.tile(tone(1.0, rate), 600), rate))
+    seen = []
+    tracemalloc.start()
+    try:
+        streamed = stream_audio(path, lambda block, expected: seen.append(len(block)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert abs(streamed.num_samples - 600 * SAMPLE_RATE) < 0.1 * SAMPLE_RATE
+    assert sum(seen) == streamed.num_samples and len(seen) > 5
+    assert peak < 10e6
+
+
+@pytest.mark.parametrize("encoding", ["pcm16_wav", "float_wav", "flac", "mp3", "ogg_opus", "m4a_aac"])
+def test_an_exception_of_the_consumer_comes_out_unchanged(encoding):
+    """A full disk under the caller is not a cut in the audio: decoders never take it for one of theirs."""
+    full_disk = OSError(28, "No space left on device")
+    calls = []
+
+    def write(block: np.ndarray, expected: int | None) -> None:
+        calls.append(len(block))
+        if len(calls) == 1:  # once only: a decoder that swallowed it could not be rescued by the next block
+            raise full_disk
+
+    with pytest.raises(OSError) as caught:
+        stream_audio(audio_file(encoding, tone(3.0, 44_100), 44_100), write)
+    assert caught.value is full_disk
+
+
+def test_a_flac_that_libsndfile_gives_up_on_midway_is_finished_by_ffmpeg():
+    """libsndfile passes its first block on, then loses sync at a damaged frame: FFmpeg takes over where it stopped,
+    skipping the damaged frame, and the whole comes out as FFmpeg alone decodes it."""
+    data = bytearray(soundfile_bytes(np.tile(tone(1.0, 44_100, channels=2), (20, 1)), 44_100, "FLAC"))
+    data[len(data) * 4 // 5] ^= 0xFF
+    data = bytes(data)
+    with sf.SoundFile(io.BytesIO(data)) as sound:
+        assert len(sound.read(524_288)) == 524_288  # stream_audio's first block of 44.1 kHz stereo
+        with pytest.raises(sf.LibsndfileError):
+            sound.read()
+    alone = []
+    sink = Resampler(None, lambda block, expected: alone.append(block))
+    with open_input(data, None) as source:
+        read_with_pyav(source, sink, known=True)
+    sink.finish()
+    blocks, _, _ = stream_blocks(data)
+    assert len(blocks) > 1
+    np.testing.assert_array_equal(np.concatenate(blocks), np.concatenate(alone))
+    assert 19.0 * SAMPLE_RATE < len(np.concatenate(blocks)) < 20.0 * SAMPLE_RATE
+
+
+# ---- never a crash, a hang or an unexpected exception ----
+
+def fuzz_seeds() -> list[bytes]:
+    wave = np.stack([tone(0.3, 22_050), noise(6615, amplitude=0.2)], axis=1)
+    seeds = [encode(wave, 22_050, encoding) for encoding in ENCODINGS]
+    seeds += [encode(tone(0.3, 48_000, channels=8), 48_000, encoding) for encoding in ("m4a_aac", "ogg_opus")]
+    seeds += [wav_bytes(wave, 22_050, subtype) for subtype in ("PCM_16", "PCM_24", "FLOAT", "ULAW")]
+    return seeds + [soundfile_bytes(wave, 22_050, "AIFF", "PCM_16"), soundfile_bytes(wave, 22_050, "CAF", "PCM_16")]
+
+
+SEEDS = fuzz_seeds()
+MAGICS = [b"RIFF\x00\x00\x00\x00WAVE", b"fLaC", b"OggS", b"ID3\x04", b"\xff\xfb", b"\xff\xf1",
+          b"\x00\x00\x00\x1cftypM4A ", b"\x1a\x45\xdf\xa3", b"FORM\x00\x00\x00\x00AIFF", b"caff", b"#!AMR"]
+
+
+def decodes_or_refuses(data: bytes) -> None:
+    try:
+        samples = decode_audio(data, max_seconds=5.0, max_bytes=1 << 20)
+    except AudioError as error:
+        assert error.code in REFUSALS
+    else:
+        assert_model_input(samples)
+
+
+@pytest.fixture
+def watchdog():
+    """A hang in C code cannot be interrupted: dump the stacks and exit instead of stalling the suite."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                         HealthCheck.too_slow])
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=3000), st.sampled_from(MAGICS).flatmap(
+    lambda magic: st.binary(max_size=3000).map(lambda tail: magic + tail))))
+def test_fuzz_random_bytes(watchdog, data):
+    decodes_or_refuses(data)
+
+
+@FUZZ
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=40),
+       cut=st.floats(0.05, 1.0))
+def test_fuzz_mutated_and_truncated_files(watchdog, seed, edits, cut):
+    data = bytearray(seed)
+    for where, value in edits:
+        data[min(int(where * len(data)), len(data) - 1)] = value
+    decodes_or_refuses(bytes(data[: max(1, int(cut * len(data)))]))
+
+
+@FUZZ
+@given(seed=st.sampled_from(SEEDS), magic=st.sampled_from(MAGICS), keep=st.integers(0, 64))
+def test_fuzz_wrong_headers(watchdog, seed, magic, keep):
+    decodes_or_refuses(magic + seed[keep:])
