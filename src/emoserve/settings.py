@@ -51,6 +51,20 @@ class Settings(BaseSettings):
     vad_min_silence_ms: int = Field(300, ge=0, description="a pause this long ends a segment")
     vad_speech_pad_ms: int = Field(100, ge=0, description="padding added to each side of a segment")
 
+    # ---- engine: dynamic batching and the CPU/GPU execution paths (src/emoserve/engine.py) ----
+    max_batch_size: int | None = Field(None, ge=1, description="clips per batch; default 4 on CPU, 64 on GPU")
+    max_batch_samples: int | None = Field(
+        None, ge=1, description="padded 16 kHz samples per batch (count × longest); default 40 s of audio on CPU, "
+                                "640 s on GPU. A longer clip runs alone")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the oldest queued clip waits for others to batch with")
+    max_queue: int = Field(256, ge=1, description="clips waiting for the model; more get 503 overloaded")
+    decode_workers: int = Field(2, ge=1, description="threads that decode and resample audio beside the model")
+    threads: int | None = Field(None, ge=1, description="torch compute threads; default: the CPUs this process has")
+    quantize: bool = Field(False, description="CPU fast path: int8 dynamic quantization of the transformer's "
+                                              "linear layers (faster, not exact; see docs/engine.md)")
+    compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
+                                             "measured slower than plain fp32 here: see docs/engine.md)")
+
 
 def get_settings(**overrides) -> Settings:
     """Settings from the environment, with explicit (e.g. CLI) values on top; None means "not given"."""

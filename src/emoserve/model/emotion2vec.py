@@ -118,8 +118,29 @@ def alibi_slopes(num_heads: int) -> list[float]:
     return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
 
 
+def linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """`layer(x)`, where a float nn.Linear on CPU runs as a 1×1 channels-last convolution: (B, N, D) → (B, N, D').
+
+    The same fp32 arithmetic in another summation order, computed by oneDNN, which uses AVX-512
+    on any x86 CPU, where torch's fp32 matmul calls MKL, which runs AVX2 code on AMD CPUs:
+    ~1.7× faster matmuls on the AMD EPYC (Zen 5) measured. The output stays contiguous.
+    Quantized layers, GPUs, autocast and torch.compile (which packs linears for oneDNN itself)
+    take the plain path.
+    """
+    if type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 3 \
+            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+        return layer(x)
+    out = F.conv2d(x.transpose(1, 2).unsqueeze(2), layer.weight[:, :, None, None], layer.bias)  # (B, D', 1, N)
+    return out.squeeze(2).transpose(1, 2)
+
+
 class ConvLayer(nn.Module):
-    """Conv1d (no bias) → norm over channels (fp32) → GELU."""
+    """Conv1d (no bias) → norm over channels (fp32) → GELU, on time-major (B, L, C) tensors.
+
+    The conv runs as a 2-D convolution over a (B, C, 1, L) channels-last view, which oneDNN
+    computes in place of layout: the channel norm and the next conv need no transposes, and the
+    extractor runs ~1.7× faster on CPU than with channel-first tensors and a copy per norm.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, norm: str | None):
         super().__init__()
@@ -130,14 +151,16 @@ class ConvLayer(nn.Module):
         elif norm == "group":
             self.norm = nn.GroupNorm(out_channels, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, L) → (B, C', L')
-        x = self.conv(x)
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) → (B, L', C')
+        channels_last = x.transpose(1, 2).unsqueeze(2)  # (B, C, 1, L), memory still (B, L, C)
+        x = F.conv2d(channels_last, self.conv.weight.unsqueeze(2), stride=(1, self.conv.stride[0]))
+        x = x.squeeze(2).transpose(1, 2)  # (B, L', C'), contiguous: oneDNN kept the layout
         if isinstance(self.norm, nn.LayerNorm):
-            x = F.layer_norm(x.transpose(1, 2).float(), self.norm.normalized_shape, self.norm.weight.float(),
-                             self.norm.bias.float(), self.norm.eps).type_as(x).transpose(1, 2)
-        elif isinstance(self.norm, nn.GroupNorm):
-            x = F.group_norm(x.float(), self.norm.num_groups, self.norm.weight.float(),
+            x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),
                              self.norm.bias.float(), self.norm.eps).type_as(x)
+        elif isinstance(self.norm, nn.GroupNorm):  # one group per channel: each channel over time
+            x = F.group_norm(x.transpose(1, 2).float(), self.norm.num_groups, self.norm.weight.float(),
+                             self.norm.bias.float(), self.norm.eps).type_as(x).transpose(1, 2)
         return F.gelu(x)
 
 
@@ -154,11 +177,11 @@ class FeatureExtractor(nn.Module):
             in_channels = channels
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, waveforms: Tensor) -> Tensor:  # (B, N) → (B, C, T)
-        x = waveforms.unsqueeze(1)
+    def forward(self, waveforms: Tensor) -> Tensor:  # (B, N) → (B, C, T), a view of time-major frames
+        x = waveforms.unsqueeze(-1)
         for layer in self.layers:
             x = layer(x)
-        return x
+        return x.transpose(1, 2)
 
 
 class PositionalConv(nn.Module):
@@ -199,11 +222,12 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         batch, length, dim = x.shape
         # (B, N, 3D) → 3 × (B, H, N, D/H)
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(self.qkv, x).view(batch, length, 3, self.num_heads, dim // self.num_heads) \
+            .permute(2, 0, 3, 1, 4)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.out(x.transpose(1, 2).reshape(batch, length, dim))
+        return linear(self.out, x.transpose(1, 2).reshape(batch, length, dim))
 
 
 class MLP(nn.Module):
@@ -213,7 +237,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return linear(self.fc2, F.gelu(linear(self.fc1, x)))
 
 
 class TransformerBlock(nn.Module):
@@ -283,7 +307,7 @@ class Emotion2vec(nn.Module):
             waveforms = waveforms * (torch.arange(width, device=waveforms.device)[None, :] < num_samples[:, None])
 
         x = self.feature_extractor(waveforms)  # (B, C, T)
-        x = self.feature_proj(self.feature_norm(x.transpose(1, 2)))  # (B, T, D)
+        x = linear(self.feature_proj, self.feature_norm(x.transpose(1, 2)))  # (B, T, D)
         frames = x.shape[1]
         frame_lengths = frame_counts(self.config, num_samples).clamp_max(frames)
         frame_mask = torch.arange(frames, device=x.device)[None, :] < frame_lengths[:, None]
@@ -294,13 +318,18 @@ class Emotion2vec(nn.Module):
         key_mask = F.pad(frame_mask, (extra, 0), value=True) if padded else None
         masks = self.attention_masks(frames, key_mask, x.device)
 
+        x = self.transformer(x, masks)
+        return EncoderOutput(x[:, extra:], frame_lengths, frame_mask)
+
+    def transformer(self, x: Tensor, masks: list[Tensor | None]) -> Tensor:
+        """The blocks, with their norms: (B, N, D) → (B, N, D). One region, so it compiles as one graph."""
         if self.context_norm is not None:
             x = self.context_norm(x)
         for i, block in enumerate(self.blocks):
             x = block(x, masks[i] if len(masks) > 1 else masks[0])
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return EncoderOutput(x[:, extra:], frame_lengths, frame_mask)
+        return x
 
     def attention_masks(self, frames: int, key_mask: Tensor | None, device: torch.device) -> list[Tensor | None]:
         """Additive masks (B|1, H, N, N): scaled ALiBi on frames (0 for extra tokens), -inf on padded keys.
