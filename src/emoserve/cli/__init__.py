@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from . import analyze, models
+from . import analyze, models, serve
 
 app = typer.Typer(name="emoserve", help="Speech emotion recognition with emotion2vec: library, service, CLI.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(models.app, name="models")
 app.command("analyze")(analyze.analyze)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:
