@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from emoserve.errors import InvalidParameterError
+from emoserve.errors import EmoserveError, InvalidParameterError
 from emoserve.results import ClipOutput, check_granularity, frame_timestamps, make_result
 
 LABELS = ("a", "b", "c")
@@ -48,3 +48,15 @@ def test_unknown_granularity_is_a_typed_error():
     with pytest.raises(InvalidParameterError) as info:
         check_granularity("segment")
     assert info.value.code == "invalid_parameter"
+
+
+def test_nan_from_the_model_is_an_internal_error_not_a_result():
+    out = output()
+    out.probs = np.array([np.nan, 0.5, 0.5], np.float32)
+    with pytest.raises(EmoserveError) as info:
+        make_result(out, LABELS, "m", "utterance", False)
+    assert info.value.code == "internal_error"
+    out = output()
+    out.frame_features[3, 1] = np.inf
+    with pytest.raises(EmoserveError):
+        make_result(out, LABELS, "m", "frame", True)

@@ -201,6 +201,11 @@ class Engine:
     def is_running(self) -> bool:
         return self._accepting and self._task is not None and not self._task.done()
 
+    def device_memory_bytes(self) -> int | None:
+        """Accelerator memory held by torch for this model (None on CPU)."""
+        device = self._model.device
+        return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
     @property
     def queue_depth(self) -> int:
         """Clips waiting for a batch (not yet computing)."""

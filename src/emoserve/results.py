@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import EmoserveError, InvalidParameterError
 from .model.emotion2vec import FRAME_RATE, SAMPLE_RATE
 
 GRANULARITIES = ("utterance", "frame")
@@ -82,9 +82,17 @@ def summarize(probs: np.ndarray | None, labels: tuple[str, ...]) -> tuple[dict[s
     return {label: float(p) for label, p in zip(labels, probs)}, labels[best], float(probs[best])
 
 
+def check_finite(out: ClipOutput) -> None:
+    """NaN/Inf from the model (a broken checkpoint, an overflow in half precision) is never an answer."""
+    arrays = (out.embedding, out.probs, out.frame_features, out.frame_probs)
+    if not all(a is None or np.isfinite(a).all() for a in arrays):
+        raise EmoserveError("the model produced NaN or infinite values for this clip", code="internal_error")
+
+
 def make_result(out: ClipOutput, labels: tuple[str, ...], model: str, granularity: str,
                 return_embedding: bool) -> EmotionResult:
     check_granularity(granularity)
+    check_finite(out)
     utterance_scores, emotion, confidence = summarize(out.probs, labels)
     duration_s = round(out.num_samples / SAMPLE_RATE, 6)
     if granularity == "frame":

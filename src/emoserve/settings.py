@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(30.0, gt=0, description="longest clip for one request, in seconds")
     max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest upload for one request, in bytes")
 
+    # ---- HTTP service ----
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
+    port: int = Field(8000, ge=1, le=65535)
+    api_only: bool = Field(False, description="serve the API without the web UI")
+    api_keys: str = Field("", description="comma-separated API keys; empty: auth off", repr=False)
+    api_keys_file: Path | None = Field(None, description="file with one API key per line")
+    rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key (or client IP); 0: off")
+    cors_origins: str = Field("", description="comma-separated allowed CORS origins; * for any; empty: off")
+    log_dir: Path = Field(Path("logs"), description="access.log, error.log, model_load.log go here")
+    log_json: bool = Field(False, description="write log files as JSON lines")
+    log_max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="rotate a log file at this size")
+    log_backups: int = Field(5, ge=0, description="rotated log files kept")
+
     # ---- long audio: uploads, jobs, voice-activity segments, frame windows (store, jobs, longform) ----
     data_dir: Path = Field(Path("data"), description="uploads, job results and their SQLite database")
     upload_max_bytes: int = Field(2 * 1024**3, gt=0, description="largest file one upload may announce, in bytes")
@@ -64,6 +77,17 @@ class Settings(BaseSettings):
                                               "linear layers (faster, not exact; see docs/engine.md)")
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
                                              "measured slower than plain fp32 here: see docs/engine.md)")
+
+    def keys(self) -> list[str]:
+        """The configured API keys (env/flag and file together); empty when auth is off."""
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return keys
+
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 def get_settings(**overrides) -> Settings:

@@ -1,0 +1,1 @@
+"""The HTTP service (FastAPI): thin routes over the engine; errors mapped once in errors.py."""

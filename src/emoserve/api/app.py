@@ -1,0 +1,71 @@
+"""The FastAPI application: lifespan (load in the background, warm up, drain), middleware, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from .. import __version__
+from ..emotion_model import EmotionModel
+from ..logs import setup_logging
+from ..settings import Settings, get_settings
+from . import routes_analyze, routes_health
+from .errors import install_error_handlers
+from .middleware import RequestContextMiddleware
+from .schemas import ErrorBody, FrameResult, UtteranceResult
+from .service import Service
+
+DESCRIPTION = """Speech emotion recognition with emotion2vec.
+
+Send audio to `POST /v1/analyze`; every error is `{"error": {"code", "message"}}` (see docs/API.md)."""
+
+
+def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
+    """The service. `model` skips loading (tests, embedding in another app); else `settings.model` loads."""
+    settings = settings or get_settings()
+    setup_logging(settings.log_dir, settings.log_json, settings.log_max_bytes, settings.log_backups)
+    service = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(service.load(model))  # the port answers while this runs
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await service.close()
+
+    app = FastAPI(title="emoserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_analyze.router)
+    app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
+                       rate_limit_per_minute=settings.rate_limit_per_minute)
+    if settings.origins():
+        app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After"])
+    app.openapi = lambda: openapi_schema(app)
+    return app
+
+
+def openapi_schema(app: FastAPI) -> dict:
+    """FastAPI's schema plus the result/error models that routes return by hand."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (UtteranceResult, FrameResult, ErrorBody):
+            extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(extra.pop("$defs", {}))
+            components[model.__name__] = extra
+        app.openapi_schema = schema
+    return app.openapi_schema

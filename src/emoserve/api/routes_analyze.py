@@ -1,0 +1,187 @@
+"""POST /v1/analyze: one clip → its emotion (utterance or per 20 ms frame), embedding, processed audio.
+
+The body is parsed as a stream: the byte limit is enforced while it arrives (spooled to a temp
+file), never after reading it whole into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from ..audio import processed_wav
+from ..errors import AudioError, InvalidParameterError
+from ..results import GRANULARITIES, EmotionResult
+from .schemas import ERROR_RESPONSES
+from .service import Service
+
+router = APIRouter()
+
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
+FIELDS = ("audio_file", "granularity", "return_embedding", "return_processed_audio")
+TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+ANALYZE_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["audio_file"],
+            "properties": {
+                "audio_file": {"type": "string", "format": "binary",
+                               "description": "wav, flac, ogg/vorbis, opus, mp3, m4a/aac, webm; ≤ 30 s, ≤ 10 MB"},
+                "granularity": {"type": "string", "enum": list(GRANULARITIES), "default": "utterance"},
+                "return_embedding": {"type": "boolean", "default": False,
+                                     "description": "also return the embedding .npy: (D,) or (T, D) float32"},
+                "return_processed_audio": {"type": "boolean", "default": False,
+                                           "description": "also return the 16 kHz mono PCM16 WAV the model heard"},
+            }}}},
+    }
+}
+
+
+def parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise InvalidParameterError(f"{name} must be true/false/1/0/yes/no, got {value[:40]!r}")
+
+
+async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise AudioError(f"the request body exceeds {limit} bytes; send long audio with /v1/upload/*",
+                             code="payload_too_large")
+        yield chunk
+
+
+async def read_form(request: Request, max_bytes: int) -> tuple[UploadFile, dict[str, str]]:
+    """The audio file (spooled to disk past 1 MB) and the text fields, checked against the limits."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidParameterError("send multipart/form-data with the audio in a field named audio_file")
+    limit = max_bytes + FORM_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise AudioError(f"the upload is {int(declared)} bytes; the limit is {max_bytes} bytes for one request. "
+                         "Use the upload API (/v1/upload/*) for larger files", code="payload_too_large")
+    parser = MultiPartParser(request.headers, limited_stream(request, limit), max_files=1, max_fields=len(FIELDS))
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise InvalidParameterError(f"malformed multipart body: {e.message}") from e
+    unknown = sorted(set(form.keys()) - set(FIELDS))
+    if unknown:
+        raise InvalidParameterError(f"unknown field(s) {', '.join(unknown)}; fields are {', '.join(FIELDS)}")
+    audio = form.get("audio_file")
+    if audio is None:
+        raise InvalidParameterError("the audio_file field is missing")
+    if not isinstance(audio, UploadFile):
+        raise InvalidParameterError("audio_file must be a file part (filename=...), not a text field")
+    if not audio.size:
+        raise AudioError("the audio file is empty (0 bytes)", code="empty_audio")
+    if audio.size > max_bytes:
+        raise AudioError(f"the audio is {audio.size} bytes; the limit is {max_bytes} bytes for one request. "
+                         "Use the upload API (/v1/upload/*) for larger files", code="payload_too_large")
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if any(not isinstance(form.get(k, ""), str) for k in FIELDS[1:]):
+        raise InvalidParameterError("granularity and the return_* options must be text fields")
+    return audio, fields
+
+
+@router.post("/v1/analyze", openapi_extra=ANALYZE_FORM, summary="Emotion of one clip",
+             responses={200: {"description": "the result; multipart/mixed with .npy/.wav parts when asked for",
+                              "content": {"application/json": {"schema": {"oneOf": [
+                                  {"$ref": "#/components/schemas/UtteranceResult"},
+                                  {"$ref": "#/components/schemas/FrameResult"}]}},
+                                  "multipart/mixed": {}}},
+                        **ERROR_RESPONSES})
+async def analyze(request: Request) -> Response:
+    """Analyse one clip (≤ 30 s, ≤ 10 MB by default). See docs/API.md for the result formats."""
+    service: Service = request.app.state.service
+    engine = service.ready_engine()
+    settings = service.settings
+    audio, fields = await read_form(request, settings.max_bytes)
+    granularity = fields.get("granularity", "utterance").strip() or "utterance"
+    if granularity not in GRANULARITIES:
+        raise InvalidParameterError(f"granularity must be utterance or frame, got {granularity[:40]!r}")
+    want_embedding = parse_bool("return_embedding", fields.get("return_embedding", "false"))
+    want_audio = parse_bool("return_processed_audio", fields.get("return_processed_audio", "false"))
+
+    try:
+        waveform = await engine.decode(audio.file, max_seconds=settings.max_duration_s, max_bytes=settings.max_bytes)
+    finally:
+        await audio.close()
+    request.state.audio_seconds = len(waveform) / 16000
+    result = await run_until_disconnect(request, engine.submit(waveform, granularity=granularity,
+                                                               return_embedding=want_embedding))
+    if result is None:
+        return Response(status_code=499)  # the client went away; nobody reads this
+    embedding = npy_bytes(result.embedding) if want_embedding else None
+    wav = processed_wav(waveform) if want_audio else None
+    return render(request, result, embedding, wav)
+
+
+async def run_until_disconnect(request: Request, work) -> EmotionResult | None:
+    """Await the engine, but cancel the queued work if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            return None
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def render(request: Request, result: EmotionResult, embedding: bytes | None, wav: bytes | None) -> Response:
+    body = result.to_dict()
+    headers = {"X-Embedding-Size": str(len(embedding))} if embedding is not None else {}
+    accept = request.headers.get("accept", "")
+    wants_json = "application/json" in accept and "multipart/mixed" not in accept
+    if (embedding is None and wav is None) or wants_json:
+        if embedding is not None:
+            body["embedding_npy_b64"] = base64.b64encode(embedding).decode()
+        if wav is not None:
+            body["processed_audio_wav_b64"] = base64.b64encode(wav).decode()
+        return JSONResponse(body, headers=headers)
+    parts = [("application/json", None, json.dumps(body).encode())]
+    if embedding is not None:
+        parts.append(("application/x-npy", "embedding.npy", embedding))
+    if wav is not None:
+        parts.append(("audio/wav", "processed.wav", wav))
+    boundary = uuid.uuid4().hex
+    return Response(multipart_mixed(parts, boundary), media_type=f"multipart/mixed; boundary={boundary}",
+                    headers=headers)
+
+
+def multipart_mixed(parts: list[tuple[str, str | None, bytes]], boundary: str) -> bytes:
+    out = io.BytesIO()
+    for content_type, filename, payload in parts:
+        out.write(f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n".encode())
+        if filename:
+            out.write(f'Content-Disposition: attachment; name="{filename.split(".")[0]}"; '
+                      f'filename="{filename}"\r\n'.encode())
+        out.write(b"\r\n" + payload + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue()

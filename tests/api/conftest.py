@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from emoserve.api.app import create_app
+from emoserve.settings import Settings
+
+
+def wait_healthy(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"service not healthy: {client.get('/health').json()}")
+
+
+@pytest.fixture
+def make_client(tmp_path, tiny_model):
+    """A started service on random:tiny; keyword arguments override settings."""
+    clients = []
+
+    def make(model=tiny_model, **overrides) -> TestClient:
+        settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", **overrides)
+        client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        if model is not None:
+            wait_healthy(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()

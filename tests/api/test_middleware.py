@@ -1,0 +1,109 @@
+"""Auth, rate limit, metrics and logs around every request."""
+
+import json
+
+import torch
+
+from ..samples import noise, wav_bytes
+from .test_app import post
+
+
+def test_auth_is_off_by_default(client):
+    assert client.get("/v1/models").status_code == 200
+
+
+def test_keys_protect_v1_routes_but_not_health(make_client, tmp_path):
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("# ops keys\nfile-key\n")
+    client = make_client(api_keys="env-key-1, env-key-2", api_keys_file=keys_file)
+    assert client.get("/health").status_code == 200
+    missing = client.get("/v1/models")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+    assert "Authorization: Bearer" in missing.json()["error"]["message"]
+    wrong = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "the API key is not valid"
+    assert client.get("/v1/models", headers={"Authorization": "Bearer env-key-2"}).status_code == 200
+    assert client.get("/v1/models", headers={"X-API-Key": "file-key"}).status_code == 200
+    assert post(client, wav_bytes(noise(16000)), headers={"X-API-Key": "env-key-1"}).status_code == 200
+    assert post(client, wav_bytes(noise(16000))).status_code == 401
+
+
+def test_keys_never_reach_the_logs(make_client, tmp_path):
+    client = make_client(api_keys="super-secret-key")
+    client.get("/v1/models", headers={"Authorization": "Bearer super-secret-key"})
+    client.get("/v1/models", headers={"Authorization": "Bearer wrong-secret-key"})
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert "secret" not in logs
+
+
+def test_rate_limit_answers_429_with_retry_after(make_client):
+    client = make_client(rate_limit_per_minute=2)
+    codes = [client.get("/v1/models").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    limited = client.get("/v1/models")
+    assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+    assert client.get("/health").status_code == 200  # health is never limited
+
+
+def test_cors_when_configured(make_client):
+    client = make_client(cors_origins="https://app.example")
+    response = client.options("/v1/analyze", headers={"Origin": "https://app.example",
+                                                      "Access-Control-Request-Method": "POST"})
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def metric(text: str, name: str, **labels) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{" if labels else name + " ") and all(f'{k}="{v}"' in line
+                                                                           for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move(client):
+    before = client.get("/metrics").text
+    post(client, wav_bytes(noise(16000)))
+    post(client, b"")
+    after = client.get("/metrics").text
+    ok = dict(route="/v1/analyze", method="POST", status="200")
+    assert metric(after, "emoserve_requests_total", **ok) == metric(before, "emoserve_requests_total", **ok) + 1
+    bad = dict(route="/v1/analyze", method="POST", status="400")
+    assert metric(after, "emoserve_requests_total", **bad) == metric(before, "emoserve_requests_total", **bad) + 1
+    assert metric(after, "emoserve_audio_seconds_total") == metric(before, "emoserve_audio_seconds_total") + 1.0
+    assert metric(after, "emoserve_batch_size_count") > metric(before, "emoserve_batch_size_count")
+    assert metric(after, "emoserve_model_ready") == 1.0
+    assert "emoserve_queue_depth" in after and "emoserve_request_latency_seconds_bucket" in after
+
+
+def test_access_and_model_load_logs_are_written(make_client, tmp_path):
+    client = make_client()
+    post(client, wav_bytes(noise(16000)), headers={"X-Request-ID": "req-42"})
+    access = (tmp_path / "logs" / "access.log").read_text()
+    line = next(line for line in access.splitlines() if "req-42" in line)
+    assert "POST /v1/analyze 200" in line and "latency_ms=" in line and "audio_s=1.0" in line
+    assert "client=testclient" in line
+    model_load = (tmp_path / "logs" / "model_load.log").read_text()
+    assert "model=random:tiny" in model_load and "device=cpu" in model_load and "warmup_s=" in model_load
+
+
+def test_json_lines_logs(make_client, tmp_path):
+    client = make_client(log_json=True)
+    post(client, wav_bytes(noise(16000)), headers={"X-Request-ID": "req-json"})
+    entries = [json.loads(line) for line in (tmp_path / "logs" / "access.log").read_text().splitlines()]
+    entry = next(e for e in entries if e.get("request_id") == "req-json")
+    assert entry["status"] == 200 and entry["path"] == "/v1/analyze" and entry["audio_s"] == 1.0
+
+
+def test_nan_model_output_is_a_500_json_and_logged(make_client, tmp_path):
+    from emoserve import EmotionModel
+
+    model = EmotionModel.from_pretrained("random:tiny")
+    with torch.no_grad():
+        model.network.feature_proj.weight.fill_(float("nan"))
+    client = make_client(model=model)
+    response = post(client, wav_bytes(noise(16000)), headers={"X-Request-ID": "req-nan"})
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    assert set(response.json()) == {"error"}  # no numbers leak out
+    errors = (tmp_path / "logs" / "error.log").read_text()
+    assert "req-nan" in errors and "NaN" in errors
+    assert client.get("/health").status_code == 200
