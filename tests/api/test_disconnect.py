@@ -3,7 +3,6 @@
 import threading
 import time
 
-
 from ..samples import noise, wav_bytes
 from .test_middleware import metric
 
