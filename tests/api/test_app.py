@@ -158,7 +158,8 @@ def test_health_goes_from_loading_to_healthy(make_client, monkeypatch, tiny_mode
 
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
-    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs")
+    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs",
+                        data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
         for _ in range(200):
             health = client.get("/health").json()
