@@ -1,0 +1,208 @@
+"""Long audio over HTTP on localhost: upload time of a 10-minute WAV, and analysis end to end.
+
+Uploads (a real `emoserve serve` process; best of 3 runs each), until the server holds the whole file:
+  - tus, one PATCH: the whole file in one request body, one stream (the single-request baseline: a
+    chunk PUT is capped at 5 MB and /v1/analyze at 10 MB, so this is the one way to send it in one go),
+  - tus, 5 MB PATCHes one after another,
+  - chunks of 5 MB or 1 MB, sequential (1 connection) or parallel (4 or 8 connections), ending with
+    POST /v1/upload/complete (which joins the chunks and checks the whole-file SHA-256).
+End to end, per model and granularity: parallel upload (1 MB x 8) + complete + the job until it
+succeeded, beside the same analysis by the library in this process (`EmotionModel.analyze_long`,
+no HTTP, no engine) on the same file, one run each.
+
+    PYTHONPATH=src python benchmarks/upload_bench.py [--models random:tiny random:large] [--seconds 600]
+
+Prints a table and writes benchmarks/results/upload_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.api.live_server import LiveServer  # noqa: E402
+from tests.samples import espeak_available, long_recording  # noqa: E402
+
+from emoserve import EmotionModel  # noqa: E402
+
+MB = 1024 * 1024
+TUS = {"Tus-Resumable": "1.0.0"}
+UPLOADS = [  # (name, kind, piece bytes, connections)
+    ("tus, 1 PATCH (one stream)", "tus", None, 1),
+    ("tus, 5 MB PATCHes", "tus", 5 * MB, 1),
+    ("chunks 5 MB x 1", "chunks", 5 * MB, 1),
+    ("chunks 5 MB x 4", "chunks", 5 * MB, 4),
+    ("chunks 1 MB x 1", "chunks", MB, 1),
+    ("chunks 1 MB x 8", "chunks", MB, 8),
+]
+
+
+def best_of(fn, runs: int = 3) -> float:
+    """The best wall time: the run least disturbed on this shared machine."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def send_chunks(http: httpx.Client, base: str, data: bytes, chunk_size: int, connections: int,
+                granularity: str = "utterance") -> tuple[str, str]:
+    """init → every chunk (in parallel) → complete: the upload id and the job that complete started."""
+    upload = http.post(f"{base}/v1/upload/init", json={
+        "filename": "call.wav", "total_size": len(data), "chunk_size": chunk_size,
+        "sha256": hashlib.sha256(data).hexdigest()}).raise_for_status().json()
+
+    def put(index: int) -> None:
+        http.put(upload["chunk_urls"][index], content=data[index * chunk_size:][:chunk_size]).raise_for_status()
+
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(put, range(upload["chunk_count"])))
+    job = http.post(f"{base}/v1/upload/complete", json={"upload_id": upload["upload_id"],
+                                                        "granularity": granularity}).raise_for_status()
+    return upload["upload_id"], job.json()["job_id"]
+
+
+def send_tus(http: httpx.Client, base: str, data: bytes, piece: int | None) -> str:
+    url = http.post(f"{base}/v1/tus/", headers={**TUS, "Upload-Length": str(len(data))}) \
+        .raise_for_status().headers["location"]
+    piece = piece or len(data)
+    for offset in range(0, len(data), piece):
+        http.patch(url, content=data[offset: offset + piece], headers={
+            **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}).raise_for_status()
+    return url
+
+
+def bench_uploads(root: Path, data: bytes, device: str) -> list[dict]:
+    server = LiveServer(root / "uploads", device=device).start()
+    rows = []
+    try:
+        with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=8)) as http:
+            for name, kind, piece, connections in UPLOADS:
+                sent: list[tuple[str, str | None]] = []
+
+                def once(kind=kind, piece=piece, connections=connections, sent=sent) -> None:
+                    if kind == "tus":
+                        sent.append((send_tus(http, server.base, data, piece), None))
+                    else:
+                        upload_id, job_id = send_chunks(http, server.base, data, piece, connections)
+                        sent.append((f"{server.base}/v1/upload/{upload_id}", f"{server.base}/v1/jobs/{job_id}"))
+
+                wall = best_of(once)
+                for upload_url, job_url in sent:  # only the upload is measured: drop the jobs and the files
+                    if job_url:
+                        http.delete(job_url)
+                    http.delete(upload_url, headers=TUS)
+                rows.append({"upload": name, "bytes": len(data), "connections": connections, "wall_s": round(wall, 3),
+                             "mb_per_s": round(len(data) / MB / wall, 1)})
+                print(f"{name:<28} {connections:>5} {wall:>8.3f} {rows[-1]['mb_per_s']:>8.1f}", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def bench_end_to_end(root: Path, path: Path, model_name: str, granularities: list[str], device: str) -> list[dict]:
+    data = path.read_bytes()
+    rows = []
+    server = LiveServer(root / model_name.replace(":", "-"), model=model_name, device=device).start()
+    try:
+        with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=8)) as http:
+            for granularity in granularities:
+                started = time.perf_counter()
+                upload_id, job_id = send_chunks(http, server.base, data, MB, 8, granularity)
+                uploaded = time.perf_counter()
+                while (status := http.get(f"{server.base}/v1/jobs/{job_id}", params={"wait": 60}).json())[
+                        "status"] not in ("succeeded", "failed"):
+                    pass
+                finished = time.perf_counter()
+                assert status["status"] == "succeeded", status["error"]
+                rows.append({"model": model_name, "granularity": granularity, "path": "HTTP upload + job",
+                             "upload_s": round(uploaded - started, 2), "analysis_s": round(finished - uploaded, 2),
+                             "total_s": round(finished - started, 2),
+                             "segments": len(status["result"]["segments"])})
+                print_e2e(rows[-1])
+    finally:
+        server.stop()
+    model = EmotionModel.from_pretrained(model_name, device=device)
+    for granularity in granularities:
+        started = time.perf_counter()
+        result = model.analyze_long(path, granularity=granularity)
+        wall = time.perf_counter() - started
+        rows.append({"model": model_name, "granularity": granularity, "path": "library analyze_long (baseline)",
+                     "upload_s": None, "analysis_s": round(wall, 2), "total_s": round(wall, 2),
+                     "segments": len(result.segments)})
+        print_e2e(rows[-1])
+    return rows
+
+
+def print_e2e(row: dict) -> None:
+    upload = "-" if row["upload_s"] is None else f"{row['upload_s']:.2f}"
+    print(f"{row['model']:<13} {row['granularity']:<10} {row['path']:<32} {upload:>8} {row['analysis_s']:>10.2f} "
+          f"{row['total_s']:>8.2f} {row['segments']:>9}", flush=True)
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["random:tiny", "random:large"])
+    parser.add_argument("--granularities", nargs="+", default=["utterance", "frame"])
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        path = root / "recording.wav"
+        sf.write(path, long_recording(args.seconds, seed=11), 16_000, subtype="PCM_16")
+        data = path.read_bytes()
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.seconds:.0f} s recording "
+              f"({'espeak-ng phrases' if espeak_available() else 'noise bursts'}), 16 kHz PCM16 WAV, "
+              f"{len(data) / MB:.1f} MB, server on localhost, device {args.device}")
+        print(f"{'upload (best of 3)':<28} {'conns':>5} {'wall s':>8} {'MB/s':>8}")
+        uploads = bench_uploads(root, data, args.device)
+        print(f"\n{'model':<13} {'granularity':<10} {'path':<32} {'upload s':>8} {'analysis s':>10} {'total s':>8} "
+              f"{'segments':>9}")
+        end_to_end = [row for name in args.models
+                      for row in bench_end_to_end(root, path, name, args.granularities, args.device)]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    report = {
+        "benchmark": "long audio over HTTP: upload and end to end", "recording_s": args.seconds,
+        "file_bytes": len(data), "speech_source": "espeak-ng" if espeak_available() else "noise",
+        "device": args.device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0], "torch": torch.__version__,
+        "uploads": uploads, "end_to_end": end_to_end,
+    }
+    out = args.out / f"upload_{device}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
