@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.longform_bench import cpu_name  # noqa: E402
 from tests.api.live_server import LiveServer  # noqa: E402
 from tests.samples import espeak_available, long_recording  # noqa: E402
 
@@ -155,15 +155,6 @@ def print_e2e(row: dict) -> None:
     upload = "-" if row["upload_s"] is None else f"{row['upload_s']:.2f}"
     print(f"{row['model']:<13} {row['granularity']:<10} {row['path']:<32} {upload:>8} {row['analysis_s']:>10.2f} "
           f"{row['total_s']:>8.2f} {row['segments']:>9}", flush=True)
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

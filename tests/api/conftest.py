@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 
+from emoserve import EmotionModel
 from emoserve.api.app import create_app
 from emoserve.settings import Settings
 
@@ -36,6 +38,20 @@ def make_client(tmp_path, tiny_model):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def held_model_load(monkeypatch, tiny_model) -> threading.Event:
+    """Model loading waits until the test sets the returned event (then it yields the tiny model)."""
+    release = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return tiny_model
+
+    monkeypatch.setattr(EmotionModel, "from_pretrained", slow_load)
+    yield release
+    release.set()
 
 
 @pytest.fixture

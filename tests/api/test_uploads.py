@@ -7,13 +7,10 @@ import hashlib
 import io
 import json
 import random
-import threading
 import time
 
 import numpy as np
 import pytest
-
-from emoserve import EmotionModel
 
 from ..samples import long_recording, wav_bytes
 from .conftest import wait_healthy
@@ -310,14 +307,7 @@ def test_every_upload_job_and_tus_route_needs_the_key(make_client):
     assert created.status_code == 201
 
 
-def test_uploads_go_on_while_the_model_loads_but_jobs_wait_for_it(make_client, monkeypatch, tiny_model, recording):
-    release = threading.Event()
-
-    def slow_load(*args, **kwargs):
-        release.wait(30)
-        return tiny_model
-
-    monkeypatch.setattr(EmotionModel, "from_pretrained", slow_load)
+def test_uploads_go_on_while_the_model_loads_but_jobs_wait_for_it(make_client, held_model_load, recording):
     client = make_client(model=None)
     deadline = time.monotonic() + 10
     while (response := init(client, recording)).status_code == 503:  # the store opens first, in a moment
@@ -330,7 +320,7 @@ def test_uploads_go_on_while_the_model_loads_but_jobs_wait_for_it(make_client, m
     response = client.post("/v1/upload/complete", json={"upload_id": upload["upload_id"]})
     assert response.status_code == 503 and error_of(response)["code"] == "model_loading"
     assert "retry-after" in response.headers
-    release.set()
+    held_model_load.set()
     wait_healthy(client)
     job_id = client.post("/v1/upload/complete", json={"upload_id": upload["upload_id"]}).json()["job_id"]
     assert finished(client, job_id)["status"] == "succeeded"
