@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import NotFoundError
 from ..store import Job
 from .schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
 from .service import Service
@@ -77,7 +78,10 @@ async def get_job(job_id: str, request: Request,
 async def get_embedding(job_id: str, request: Request) -> StreamingResponse:
     runner = service_of(request).ready_runner()
     path = await run_in_threadpool(runner.embedding_file, job_id)
-    file = await run_in_threadpool(open, path, "rb")  # open now: a DELETE meanwhile cannot pull it away
+    try:
+        file = await run_in_threadpool(open, path, "rb")  # open now: a DELETE meanwhile cannot pull it away
+    except FileNotFoundError as e:
+        raise NotFoundError(f"job {job_id} was deleted") from e
     size = os.fstat(file.fileno()).st_size
     return StreamingResponse(blocks(file), media_type="application/x-npy", headers={
         "Content-Length": str(size), "Content-Disposition": 'attachment; filename="embedding.npy"'})

@@ -141,9 +141,9 @@ def expiry_headers(upload: Upload) -> dict[str, str]:
 @router.options("/", summary="tus discovery: version, extensions, size limit")
 @router.options("/{upload_id}", include_in_schema=False)
 async def options(request: Request) -> Response:
-    limits = service_of(request).settings
+    settings = service_of(request).settings
     return Response(status_code=204, headers={
-        "Tus-Extension": EXTENSIONS, "Tus-Max-Size": str(limits.upload_max_bytes),
+        "Tus-Extension": EXTENSIONS, "Tus-Max-Size": str(settings.upload_max_bytes),
         "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS)})
 
 
