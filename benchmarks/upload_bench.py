@@ -5,7 +5,10 @@ Uploads (a real `emoserve serve` process; best of 3 runs each), until the server
     chunk PUT is capped at 5 MB and /v1/analyze at 10 MB, so this is the one way to send it in one go),
   - tus, 5 MB PATCHes one after another,
   - chunks of 5 MB or 1 MB, sequential (1 connection) or parallel (4 or 8 connections), ending with
-    POST /v1/upload/complete (which joins the chunks and checks the whole-file SHA-256).
+    POST /v1/upload/complete (which joins the chunks and checks the whole-file SHA-256);
+each on localhost as fast as it goes, and again with every connection paced by the client to
+`--link-mb-s` (default 4 MB/s): an emulated link where one stream is capped (TCP over a long round
+trip), which is where parallel chunks pay.
 End to end, per model and granularity: parallel upload (1 MB x 8) + complete + the job until it
 succeeded (the result JSON received), and right after it the same analysis by the library in this
 process (`EmotionModel.analyze_long`, no HTTP, no engine) on the same file: one run each, both
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -63,15 +67,31 @@ def best_of(fn, runs: int = 3) -> float:
     return min(times)
 
 
+def paced(data: bytes, mb_per_s: float | None):
+    """The body as is, or fed at most `mb_per_s` per connection (64 kB blocks): an emulated link on which one
+    TCP stream cannot go faster (e.g. a 64 kB window over a 16 ms round trip is ~4 MB/s)."""
+    if mb_per_s is None:
+        return data
+
+    def blocks():
+        started = time.perf_counter()
+        for offset in range(0, len(data), 64 * 1024):
+            time.sleep(max(0.0, started + offset / (mb_per_s * MB) - time.perf_counter()))
+            yield data[offset: offset + 64 * 1024]
+
+    return blocks()
+
+
 def send_chunks(http: httpx.Client, base: str, data: bytes, chunk_size: int, connections: int,
-                granularity: str = "utterance") -> tuple[str, str]:
+                granularity: str = "utterance", mb_per_s: float | None = None) -> tuple[str, str]:
     """init → every chunk (in parallel) → complete: the upload id and the job that complete started."""
     upload = http.post(f"{base}/v1/upload/init", json={
         "filename": "call.wav", "total_size": len(data), "chunk_size": chunk_size,
         "sha256": hashlib.sha256(data).hexdigest()}).raise_for_status().json()
 
     def put(index: int) -> None:
-        http.put(upload["chunk_urls"][index], content=data[index * chunk_size:][:chunk_size]).raise_for_status()
+        piece = data[index * chunk_size:][:chunk_size]
+        http.put(upload["chunk_urls"][index], content=paced(piece, mb_per_s)).raise_for_status()
 
     with ThreadPoolExecutor(connections) as pool:
         list(pool.map(put, range(upload["chunk_count"])))
@@ -80,29 +100,29 @@ def send_chunks(http: httpx.Client, base: str, data: bytes, chunk_size: int, con
     return upload["upload_id"], job.json()["job_id"]
 
 
-def send_tus(http: httpx.Client, base: str, data: bytes, piece: int | None) -> str:
+def send_tus(http: httpx.Client, base: str, data: bytes, piece: int | None, mb_per_s: float | None = None) -> str:
     url = http.post(f"{base}/v1/tus/", headers={**TUS, "Upload-Length": str(len(data))}) \
         .raise_for_status().headers["location"]
     piece = piece or len(data)
     for offset in range(0, len(data), piece):
-        http.patch(url, content=data[offset: offset + piece], headers={
+        http.patch(url, content=paced(data[offset: offset + piece], mb_per_s), headers={
             **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}).raise_for_status()
     return url
 
 
-def bench_uploads(root: Path, data: bytes, device: str) -> list[dict]:
+def bench_uploads(root: Path, data: bytes, device: str, link_mb_s: list[float | None]) -> list[dict]:
     server = LiveServer(root / "uploads", device=device).start()
     rows = []
     try:
         with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=8)) as http:
-            for name, kind, piece, connections in UPLOADS:
+            for link, (name, kind, piece, connections) in itertools.product(link_mb_s, UPLOADS):
                 sent: list[tuple[str, str | None]] = []
 
-                def once(kind=kind, piece=piece, connections=connections, sent=sent) -> None:
+                def once(kind=kind, piece=piece, connections=connections, sent=sent, link=link) -> None:
                     if kind == "tus":
-                        sent.append((send_tus(http, server.base, data, piece), None))
+                        sent.append((send_tus(http, server.base, data, piece, link), None))
                     else:
-                        upload_id, job_id = send_chunks(http, server.base, data, piece, connections)
+                        upload_id, job_id = send_chunks(http, server.base, data, piece, connections, mb_per_s=link)
                         sent.append((f"{server.base}/v1/upload/{upload_id}", f"{server.base}/v1/jobs/{job_id}"))
 
                 wall = best_of(once)
@@ -110,9 +130,11 @@ def bench_uploads(root: Path, data: bytes, device: str) -> list[dict]:
                     if job_url:
                         http.delete(job_url)
                     http.delete(upload_url, headers=TUS)
-                rows.append({"upload": name, "bytes": len(data), "connections": connections, "wall_s": round(wall, 3),
+                rows.append({"upload": name, "link_mb_per_s_per_connection": link, "bytes": len(data),
+                             "connections": connections, "wall_s": round(wall, 3),
                              "mb_per_s": round(len(data) / MB / wall, 1)})
-                print(f"{name:<28} {connections:>5} {wall:>8.3f} {rows[-1]['mb_per_s']:>8.1f}", flush=True)
+                print(f"{name:<28} {link or 'localhost':>10} {connections:>5} {wall:>8.3f} "
+                      f"{rows[-1]['mb_per_s']:>8.1f}", flush=True)
     finally:
         server.stop()
     return rows
@@ -172,6 +194,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["random:tiny", "random:large"])
     parser.add_argument("--granularities", nargs="+", default=["utterance", "frame"])
     parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--link-mb-s", type=float, nargs="*", default=[4.0],
+                        help="also upload with each connection paced to this many MB/s (an emulated link)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -184,8 +208,8 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.seconds:.0f} s recording "
               f"({'espeak-ng phrases' if espeak_available() else 'noise bursts'}), 16 kHz PCM16 WAV, "
               f"{len(data) / MB:.1f} MB, server on localhost, device {args.device}")
-        print(f"{'upload (best of 3)':<28} {'conns':>5} {'wall s':>8} {'MB/s':>8}")
-        uploads = bench_uploads(root, data, args.device)
+        print(f"{'upload (best of 3)':<28} {'link MB/s':>10} {'conns':>5} {'wall s':>8} {'MB/s':>8}")
+        uploads = bench_uploads(root, data, args.device, [None, *args.link_mb_s])
         print(f"\n{'model':<13} {'granularity':<10} {'path':<32} {'upload s':>8} {'analysis s':>10} {'total s':>8} "
               f"{'segments':>9}")
         end_to_end = [row for name in args.models
