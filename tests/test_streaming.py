@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from silero_vad import get_speech_timestamps_from_probs
 
 from emoserve import EmotionModel
@@ -13,6 +14,7 @@ from emoserve.engine import Engine
 from emoserve.errors import AudioError, InvalidParameterError, PayloadTooLargeError
 from emoserve.longform import HOP, LongformOptions, frame_count
 from emoserve.results import ClipOutput
+from emoserve.settings import Settings
 from emoserve.streaming import (
     FrameWindows,
     PcmDecoder,
@@ -308,10 +310,18 @@ def test_silence_and_noise_make_frames_but_no_utterances(tiny_model):
 # ---- limits, overload, cancellation ----
 
 
-def test_options_are_checked():
-    for bad in ({"hop_s": 0.0}, {"hop_s": 2.0, "window_s": 2.0}, {"window_s": 0.02}, {"max_buffer_s": 0}):
+def test_options_are_checked_and_read_from_settings():
+    for bad in ({"hop_s": 0.0}, {"hop_s": 1.5, "window_s": 2.0}, {"window_s": 0.02}, {"max_buffer_s": 0.5},
+                {"max_duration_s": 0}):
         with pytest.raises(InvalidParameterError):
             StreamOptions(**bad)
+    with pytest.raises(ValidationError, match="half of stream_window_s"):
+        Settings(stream_window_s=4.0, stream_hop_s=2.5)
+    with pytest.raises(ValidationError, match="at least stream_hop_s"):
+        Settings(stream_max_buffer_s=0.5)
+    options = StreamOptions.from_settings(Settings(stream_window_s=6.0, stream_hop_s=2.0, vad_min_silence_ms=500))
+    assert (options.window_samples, options.hop_samples) == (96_000, 32_000)
+    assert options.segments.vad_min_silence_ms == 500
 
 
 def test_duration_limit_keeps_the_audio_before_it(tiny_model):

@@ -88,10 +88,13 @@ class Settings(BaseSettings):
     stream_max_duration_s: float = Field(4 * 3600, gt=0, description="longest audio one stream may send")
 
     @model_validator(mode="after")
-    def stream_hop_within_window(self) -> Settings:
+    def stream_hop_fits(self) -> Settings:
         if self.stream_hop_s > self.stream_window_s / 2:
             raise ValueError(f"stream_hop_s ({self.stream_hop_s}) must be at most half of stream_window_s "
                              f"({self.stream_window_s}), so every frame has context on both sides")
+        if self.stream_max_buffer_s < self.stream_hop_s:
+            raise ValueError(f"stream_max_buffer_s ({self.stream_max_buffer_s}) must be at least stream_hop_s "
+                             f"({self.stream_hop_s}): a hop of audio waits in the buffer for its window")
         return self
 
     def keys(self) -> list[str]:

@@ -63,8 +63,9 @@ class StreamOptions:
         if not HOP <= self.hop_samples <= self.window_samples // 2:
             raise InvalidParameterError(f"stream hop_s must be between 0.02 s and half the window ({self.window_s} s), "
                                         f"so every frame has context on both sides; got {self.hop_s}")
-        if self.max_buffer_s <= 0 or self.max_duration_s <= 0:
-            raise InvalidParameterError("stream max_buffer_s and max_duration_s must be positive")
+        if self.max_buffer_samples < self.hop_samples or self.max_duration_s <= 0:
+            raise InvalidParameterError("stream max_buffer_s must be at least the hop (a hop of audio waits for its "
+                                        "window) and max_duration_s positive")
 
     @classmethod
     def from_settings(cls, settings) -> StreamOptions:
