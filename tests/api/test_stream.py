@@ -1,5 +1,6 @@
 """WebSocket /v1/stream end to end through the app (random:tiny): messages, errors, auth, limits, disconnects."""
 
+import asyncio
 import threading
 
 import numpy as np
@@ -7,11 +8,11 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from emoserve import LABELS, EmotionModel
+from emoserve.api.service import Service
 from emoserve.longform import frame_count
 
 from ..samples import SAMPLE_RATE, conversation, espeak_available, noise, sweep, tone
 from ..test_streaming import chunks, frame_rows, heard, pcm16
-from .conftest import wait_healthy
 from .test_middleware import metric
 
 STREAM = dict(stream_window_s=2.0, stream_hop_s=0.5)
@@ -141,14 +142,11 @@ def test_a_message_larger_than_the_buffer_is_refused(make_client):
     assert error["code"] == "payload_too_large" and closed.value.code == 4413
 
 
-def test_a_stream_before_the_model_is_ready_is_closed_with_the_reason(make_client, monkeypatch, tiny_model):
-    release = threading.Event()
+def test_a_stream_before_the_model_is_ready_is_closed_with_the_reason(make_client, monkeypatch):
+    async def never_loads(self, model=None):
+        await asyncio.Event().wait()
 
-    def slow_load(*args, **kwargs):
-        release.wait(30)
-        return tiny_model
-
-    monkeypatch.setattr(EmotionModel, "from_pretrained", slow_load)
+    monkeypatch.setattr(Service, "load", never_loads)
     client = make_client(model=None)
     with client.websocket_connect("/v1/stream") as ws:
         error = ws.receive_json()
@@ -156,8 +154,7 @@ def test_a_stream_before_the_model_is_ready_is_closed_with_the_reason(make_clien
             ws.receive_json()
     assert error["code"] == "model_loading" and error["retry_after"] >= 1
     assert (closed.value.code, closed.value.reason) == (4503, "model_loading")
-    release.set()
-    wait_healthy(client)
+    assert client.get("/health").json()["status"] == "loading"
 
 
 def test_streams_count_in_metrics_and_the_access_log(make_client, tmp_path):
