@@ -66,7 +66,7 @@ async def stream(websocket: WebSocket) -> None:
     reading = asyncio.create_task(read_audio(websocket, session, channel))
     try:
         await asyncio.wait({analysis, reading}, return_when=asyncio.FIRST_COMPLETED)
-        if not analysis.done():
+        if reading.done():
             outcome = reading.result()
             if outcome == DISCONNECTED:
                 return
@@ -75,7 +75,7 @@ async def stream(websocket: WebSocket) -> None:
             await channel.close(1000 if outcome == ENDED else 4000 + status_for("audio_too_long"),
                                 "" if outcome == ENDED else "audio_too_long")
         else:
-            analysis.result()
+            analysis.result()  # the analysis ends before the reading only by failing
     except EmoserveError as error:
         if status_for(error.code) >= 500:
             error_log.error("stream failed: %s", error, extra={"request_id": request_id(websocket)})
