@@ -80,7 +80,7 @@ class Settings(BaseSettings):
 
     # ---- streaming: WebSocket /v1/stream (src/emoserve/streaming.py); its utterances use the vad_* settings ----
     stream_window_s: float = Field(4.0, ge=1.0, le=30.0, description="audio each frame pass of a stream sees; "
-                                   "frames arrive about (window - hop) / 2 + hop late")
+                                   "a frame arrives (window - hop) / 2 to (window + hop) / 2 after its audio")
     stream_hop_s: float = Field(1.0, ge=0.1, le=15.0, description="a stream's frames are analysed every hop of audio; "
                                 "at most half the window")
     stream_max_buffer_s: float = Field(30.0, gt=0, description="received audio a stream may hold unanalysed; past it "
