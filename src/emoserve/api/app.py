@@ -14,7 +14,7 @@ from .. import __version__
 from ..emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..settings import Settings, get_settings
-from . import routes_analyze, routes_health
+from . import routes_analyze, routes_health, routes_stream
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .schemas import ErrorBody, FrameResult, UtteranceResult
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     install_error_handlers(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
+    app.include_router(routes_stream.router)
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
                        rate_limit_per_minute=settings.rate_limit_per_minute)
     if settings.origins():
