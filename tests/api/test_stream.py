@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from emoserve import LABELS, EmotionModel
@@ -80,9 +81,9 @@ def test_end_closes_the_utterance_still_open(make_client):
 
 def test_keys_are_required_when_configured(make_client):
     client = make_client(api_keys="stream-key", **STREAM)
-    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/stream"):
+    with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/v1/stream"):
         pass
-    assert refused.value.code == 4401
+    assert refused.value.status_code == 401 and refused.value.json()["error"]["code"] == "unauthorized"
     assert stream(client, [pcm16(noise(8_000))], headers={"Authorization": "Bearer stream-key"})[-1]["type"] == "end"
 
 
@@ -163,11 +164,11 @@ def test_streams_count_in_metrics_and_the_access_log(make_client, tmp_path):
     stream(client, [pcm16(noise(2 * SAMPLE_RATE))], headers={"X-Request-ID": "stream-7"})
     after = client.get("/metrics").text
     assert metric(after, "emoserve_audio_seconds_total") == metric(before, "emoserve_audio_seconds_total") + 2.0
-    streams = [line for line in after.splitlines()
-               if line.startswith("emoserve_requests_total{") and 'route="/v1/stream"' in line]
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in streams) == 1
+    accepted = dict(route="/v1/stream", method="WS", status="101")
+    assert metric(after, "emoserve_requests_total", **accepted) == metric(before, "emoserve_requests_total",
+                                                                          **accepted) + 1
     log = (tmp_path / "logs" / "access.log").read_text()
-    assert "WS /v1/stream" in log and "request_id=stream-7" in log and "audio_s=2.0" in log
+    assert "WS /v1/stream 101" in log and "request_id=stream-7" in log and "audio_s=2.0" in log
 
 
 def test_a_model_failure_is_an_error_message_and_a_close(make_client):
