@@ -198,17 +198,13 @@ def cut_short(decoded: float | None, declared: float | None, ending: str = "") -
     `ending`, where no length is declared: how the file ends ("inside an Ogg page").
     """
     if decoded is not None and declared is not None:
-        what = f"{describe_seconds(decoded)} decoded of {describe_seconds(declared)} declared"
+        what = f"{decoded:.2f} s decoded of {declared:.2f} s declared"
     else:
-        what = f"it ends {ending}" + (f", after {describe_seconds(decoded)}" if decoded is not None else "")
+        what = f"it ends {ending}" + (f", after {decoded:.2f} s" if decoded is not None else "")
     return AudioError(f"the audio file appears cut short ({what}): re-export the recording, or upload the complete "
                       f"file again", code="corrupt_audio",
                       details={"decoded_seconds": decoded and round(decoded, 3),
                                "declared_seconds": declared and round(declared, 3)})
-
-
-def describe_seconds(seconds: float) -> str:
-    return f"{seconds:.2f} s"
 
 
 def unsupported(what: str) -> AudioError:
@@ -491,6 +487,9 @@ def pcm16_wav_layout(data: EncodedInput) -> tuple[int, int, int, int] | None:
 
 
 def read_at(data: EncodedInput, position: int, count: int) -> bytes:
+    """Up to `count` bytes at `position`; fewer, or none, past the end (where damaged headers point)."""
+    if not 0 <= position < data.size:
+        return b""
     if position + count <= len(data.head):
         return data.head[position:position + count]
     if data.buffer is not None:
@@ -522,6 +521,10 @@ MATROSKA_SEGMENT, MATROSKA_INFO, MATROSKA_CLUSTER = 0x18538067, 0x1549A966, 0x1F
 MATROSKA_SCALE, MATROSKA_DURATION = 0x2AD7B1, 0x4489
 MATROSKA_PREFIX = 1 << 16  # Matroska's Info comes before the first cluster, in the first kilobytes
 MAX_HEADER_CHUNKS = 64  # chunks, boxes or elements walked to find what a header declares
+OGG_CAPTURE = b"OggS\x00"  # capture pattern and version of every Ogg page
+OGG_MAX_PAGE = 27 + 255 + 255 * 255  # header, table of segment sizes, 255 segments of 255 bytes
+OGG_USUAL_TAIL = 1 << 14  # holds the last two pages of most files: encoders write pages of 4-8 kB
+MAX_MP4_BOXES = 100_000  # top-level boxes walked: a fragmented MP4 has two a fragment; more is not a recording
 
 
 @dataclass(frozen=True)
@@ -542,18 +545,18 @@ class DeclaredLength:
 
 
 def check_data_held(data: EncodedInput, kind: str | None) -> None:
-    """Refuse, before decoding, a PCM container or an Ogg file that the end of the file cuts short."""
+    """Refuse, before decoding, a PCM container, an Ogg or an MP4 file that the end of the file cuts short."""
     if kind == "ogg":
         if ogg_ends_inside_a_page(data):
             raise cut_short(None, None, "inside an Ogg page")
         return
     if kind == "mp4":
         if (box := mp4_box_cut(data)) is not None:
-            raise cut_short(None, None, f"inside its {box!r} box" + (" (the index)" if box == "moov" else ""))
+            raise cut_short(None, None, f"inside {box}")
         return
     reader = PCM_CONTAINERS.get(kind or "")
     declared = reader(data) if reader is not None else None
-    if declared is None or not declared.size or declared.seconds is None:
+    if declared is None or not declared.size or declared.seconds is None or not math.isfinite(declared.seconds):
         return
     held = max(0, data.size - declared.offset)
     missing = (declared.size - held) / declared.size * declared.seconds
@@ -648,7 +651,8 @@ def aiff_declared(data: EncodedInput) -> DeclaredData | None:
         chunk_id, size = header[:4], struct.unpack(">I", header[4:])[0]
         if chunk_id == b"COMM" and (comm := unpack_at(data, ">hIhHQ", position + 8)) is not None:
             _, frames, _, exponent, mantissa = comm
-            rate = math.ldexp(mantissa, (exponent & 0x7FFF) - 16383 - 63)  # an 80-bit extended float
+            shift = (exponent & 0x7FFF) - 16383 - 63  # an 80-bit extended float: 15 bits of exponent
+            rate = math.ldexp(mantissa, shift) if shift < 64 else math.inf
             seconds = frames / rate if frames and 0 < rate < math.inf else None
         elif chunk_id == b"SSND":
             skip = (unpack_at(data, ">I", position + 8) or (0,))[0]  # the SSND offset field
@@ -700,42 +704,79 @@ PCM_CONTAINERS: dict[str, Callable[[EncodedInput], DeclaredData | None]] = {
 
 
 def ogg_ends_inside_a_page(data: EncodedInput) -> bool:
-    """Whether the chain of Ogg pages from the start runs past the end of the file.
+    """Whether the file ends inside an Ogg page, which FFmpeg drops without a word.
 
-    FFmpeg drops a last page that the end of the file cut, silently; the page headers say how long
-    each page is. A chain that stops at bytes that are not a page (trailing junk, damage) is left to FFmpeg.
+    Read from the end, in constant time: the last two pages lie in the last 2 × 64 kB (usually in the
+    last 16 kB, read first), where pages are found by their capture pattern ("OggS", which audio bytes
+    may spell too).
     """
-    position = 0
-    while position < data.size:
-        header = read_at(data, position, 27 + 255)  # the fixed fields, then one byte per segment
-        if header[:4] != b"OggS":
+    for window in (OGG_USUAL_TAIL, 2 * OGG_MAX_PAGE):
+        start = max(0, data.size - window)
+        tail = read_at(data, start, data.size - start)
+        candidate = tail.find(OGG_CAPTURE)
+        while candidate != -1:
+            verdict = ogg_pages_run_past_the_end(tail, candidate, real=start == 0 and candidate == 0)
+            if verdict is not None:
+                return verdict
+            candidate = tail.find(OGG_CAPTURE, candidate + 1)
+        if start == 0:
+            break
+    return False
+
+
+def ogg_pages_run_past_the_end(tail: bytes, position: int, real: bool) -> bool | None:
+    """Follows the pages from `position` to the end of the file: whether the last one runs past it.
+
+    A page is real where it starts as the one before it ends (or where it is the file's first, `real`);
+    None where `position` turns out to be no page: a capture pattern inside audio bytes.
+    """
+    while True:
+        end = ogg_page_end(tail, position)
+        if end is None or end > len(tail):
+            return True if real else None
+        if end == len(tail):
             return False
-        if len(header) < 27 or len(header) < 27 + header[26]:
-            return True
-        position += 27 + header[26] + sum(header[27:27 + header[26]])
-    return position > data.size
+        if not OGG_CAPTURE.startswith(tail[end:end + len(OGG_CAPTURE)]):
+            return False if real else None  # bytes after the last page that are no page: not a cut
+        position, real = end, True
+
+
+def ogg_page_end(tail: bytes, position: int) -> int | None:
+    """Where the page at `position` ends (27 bytes of header, a table of segment sizes, the segments); None
+    where the end of the file cuts its header."""
+    if len(tail) < position + 27 or len(tail) < position + 27 + tail[position + 26]:
+        return None
+    segments = tail[position + 26]
+    return position + 27 + segments + sum(tail[position + 27: position + 27 + segments])
 
 
 def mp4_box_cut(data: EncodedInput) -> str | None:
-    """The type of the top-level MP4 box that runs past the end of the file, if one does.
+    """The top-level MP4 box that runs past the end of the file ("its 'mdat' box"), if one does.
 
     The media data (mdat) of a file cut short, or its index (moov) where that comes last, as phones
-    write it. A box of size 0 runs to the end by definition: such a file cannot tell.
+    write it. A box of size 0 runs to the end by definition: such a file cannot tell. The walk stops
+    after MAX_MP4_BOXES, so that a hostile file of tiny boxes costs a bounded time.
     """
     position, box_type = 0, ""
-    while position < data.size:
+    for _ in range(MAX_MP4_BOXES):
+        if position >= data.size:
+            return describe_box(box_type) if position > data.size else None
         header = read_at(data, position, 16)
         if len(header) < 8:
-            return "box header"
+            return "a box header"
         size, box_type = struct.unpack(">I", header[:4])[0], header[4:8].decode("latin-1")
         if size == 1:
             if len(header) < 16:
-                return box_type
+                return describe_box(box_type)
             size = struct.unpack(">Q", header[8:])[0]
         if size < 8:  # 0: up to the end; 1 to 7: not a box, damage that FFmpeg judges
             return None
         position += size
-    return box_type if position > data.size else None
+    return None
+
+
+def describe_box(box_type: str) -> str:
+    return f"its {box_type!r} box" + (" (the index)" if box_type == "moov" else "")
 
 
 def declared_length(data: EncodedInput, kind: str | None) -> DeclaredLength | None:
@@ -963,7 +1004,15 @@ class DecodedFrames:
         self.failures = 0
         self.cut: str | None = None  # FFmpeg's reason, where reading stopped early
         self.broken_end = False  # the last packet did not decode: cut short by the end of the file, or damaged
-        self.end = 0.0  # seconds: where the last decoded frame ends on the stream's clock
+        self.last: av.AudioFrame | None = None
+
+    @property
+    def end(self) -> float:
+        """Seconds: where the last decoded frame ends on the stream's clock (0 where it has none)."""
+        frame = self.last
+        if frame is None or frame.pts is None or not frame.time_base:
+            return 0.0
+        return float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
 
     def __iter__(self) -> Iterator[av.AudioFrame]:
         try:
@@ -977,8 +1026,7 @@ class DecodedFrames:
                 if packet.size:  # not the empty packet that flushes the decoder at the end
                     self.broken_end = failed
                 for frame in frames:
-                    if frame.pts is not None and frame.time_base:
-                        self.end = max(self.end, float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate)
+                    self.last = frame
                     yield frame
         except PYAV_ERRORS as e:
             self.cut = describe_ffmpeg_error(e)
