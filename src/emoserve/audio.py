@@ -579,6 +579,40 @@ def unpack_at(data: EncodedInput, layout: str, position: int) -> tuple | None:
 
 
 @dataclass(frozen=True)
+class ChunkFormat:
+    """How an IFF-style container (RIFF, Wave64, AIFF, CAF) lays out the headers of its chunks."""
+
+    first: int  # where the first chunk starts
+    id_size: int  # 4, or a 16-byte GUID whose first 4 bytes name the chunk (Wave64)
+    size_format: str  # of the size field, for struct
+    counts_header: bool  # the size includes the chunk's own header (Wave64)
+    align: int  # chunks start at multiples of it (2: a pad byte after odd sizes)
+
+
+RIFF_CHUNKS = ChunkFormat(12, 4, "<I", False, 2)
+RIFX_CHUNKS = ChunkFormat(12, 4, ">I", False, 2)
+W64_CHUNKS = ChunkFormat(40, 16, "<Q", True, 8)
+AIFF_CHUNKS = ChunkFormat(12, 4, ">I", False, 2)
+CAF_CHUNKS = ChunkFormat(8, 4, ">q", False, 1)
+
+
+def chunks(data: EncodedInput, layout: ChunkFormat) -> Iterator[tuple[bytes, int, int]]:
+    """(name, size of its body as declared, where its body starts) of the first chunks, up to a header the file
+    cuts; a negative size (CAF's "up to the end", a Wave64 size too small for its header) is the last."""
+    position = layout.first
+    header_size = layout.id_size + struct.calcsize(layout.size_format)
+    for _ in range(MAX_HEADER_CHUNKS):
+        header = read_at(data, position, header_size)
+        if len(header) < header_size:
+            return
+        size = struct.unpack(layout.size_format, header[layout.id_size:])[0] - layout.counts_header * header_size
+        yield header[:4], size, position + header_size
+        if size < 0:
+            return
+        position += header_size + size + -size % layout.align
+
+
+@dataclass(frozen=True)
 class WavData:
     """A WAV's fmt chunk (its first 40 bytes), and where its samples start and how many bytes it declares."""
 
@@ -591,17 +625,12 @@ def wav_data(data: EncodedInput) -> WavData | None:
     """The data chunk of RIFF, RIFX (big-endian), RF64 and BW64 (sizes past 4 GB in a ds64 chunk) WAV."""
     order = ">" if data.head[:4] == b"RIFX" else "<"
     fmt, ds64_size = b"", None
-    position = 12
-    for _ in range(MAX_HEADER_CHUNKS):
-        header = read_at(data, position, 8)
-        if len(header) < 8:
-            return None
-        chunk_id, size = header[:4], struct.unpack(order + "I", header[4:])[0]
-        if chunk_id == b"fmt ":
-            fmt = read_at(data, position + 8, min(size, 40))
-        elif chunk_id == b"ds64" and (sizes := unpack_at(data, "<QQ", position + 8)) is not None:
+    for name, size, body in chunks(data, RIFX_CHUNKS if order == ">" else RIFF_CHUNKS):
+        if name == b"fmt ":
+            fmt = read_at(data, body, min(size, 40))
+        elif name == b"ds64" and (sizes := unpack_at(data, "<QQ", body)) is not None:
             ds64_size = sizes[1]
-        elif chunk_id == b"data":
+        elif name == b"data":
             block_align = struct.unpack(order + "H", fmt[12:14])[0] if len(fmt) >= 14 else 0
             if size == 0xFFFFFFFF and ds64_size is not None:
                 known = ds64_size not in UNKNOWN_64
@@ -609,27 +638,18 @@ def wav_data(data: EncodedInput) -> WavData | None:
             else:
                 known = size not in WAV_UNKNOWN_SIZES and not (block_align and size == SOX_UNKNOWN_SIZE // block_align
                                                                 * block_align)
-            return WavData(fmt, position + 8, size if known else None)
-        position += 8 + size + (size & 1)
+            return WavData(fmt, body, size if known else None)
     return None
 
 
 def w64_data(data: EncodedInput) -> WavData | None:
     """The data chunk of Sony Wave64: 16-byte GUID chunk ids, 64-bit sizes that count the 24-byte header."""
     fmt = b""
-    position = 40
-    for _ in range(MAX_HEADER_CHUNKS):
-        header = read_at(data, position, 24)
-        if len(header) < 24:
-            return None
-        size = struct.unpack("<Q", header[16:])[0]
-        if header[:4] == b"fmt ":
-            fmt = read_at(data, position + 24, min(max(size - 24, 0), 40))
-        elif header[:4] == b"data":
-            return WavData(fmt, position + 24, None if size in UNKNOWN_64 or size < 24 else size - 24)
-        if size < 24:
-            return None
-        position += (size + 7) & ~7
+    for name, size, body in chunks(data, W64_CHUNKS):
+        if name == b"fmt ":
+            fmt = read_at(data, body, min(max(size, 0), 40))
+        elif name == b"data":
+            return WavData(fmt, body, size if size >= 0 and size + 24 not in UNKNOWN_64 else None)
     return None
 
 
@@ -643,45 +663,31 @@ def wav_declared(wav: WavData | None, order: str = "<") -> DeclaredData | None:
 def aiff_declared(data: EncodedInput) -> DeclaredData | None:
     """AIFF and AIFC: the SSND chunk's bytes, and the sample frames and rate of the COMM chunk."""
     seconds = None
-    position = 12
-    for _ in range(MAX_HEADER_CHUNKS):
-        header = read_at(data, position, 8)
-        if len(header) < 8:
-            return None
-        chunk_id, size = header[:4], struct.unpack(">I", header[4:])[0]
-        if chunk_id == b"COMM" and (comm := unpack_at(data, ">hIhHQ", position + 8)) is not None:
+    for name, size, body in chunks(data, AIFF_CHUNKS):
+        if name == b"COMM" and (comm := unpack_at(data, ">hIhHQ", body)) is not None:
             _, frames, _, exponent, mantissa = comm
             shift = (exponent & 0x7FFF) - 16383 - 63  # an 80-bit extended float: 15 bits of exponent
             rate = math.ldexp(mantissa, shift) if shift < 64 else math.inf
             seconds = frames / rate if frames and 0 < rate < math.inf else None
-        elif chunk_id == b"SSND":
-            skip = (unpack_at(data, ">I", position + 8) or (0,))[0]  # the SSND offset field
+        elif name == b"SSND":
+            skip = (unpack_at(data, ">I", body) or (0,))[0]  # the SSND offset field
             known = size not in (0, 0xFFFFFFFF) and size >= 8 + skip
-            return DeclaredData(position + 16 + skip, size - 8 - skip if known else None, seconds)
-        position += 8 + size + (size & 1)
+            return DeclaredData(body + 8 + skip, size - 8 - skip if known else None, seconds)
     return None
 
 
 def caf_declared(data: EncodedInput) -> DeclaredData | None:
     """CAF: the data chunk's bytes (-1: up to the end of the file), in packets of the desc chunk's size."""
     seconds_per_byte = None
-    position = 8
-    for _ in range(MAX_HEADER_CHUNKS):
-        header = read_at(data, position, 12)
-        if len(header) < 12:
-            return None
-        chunk_type, size = header[:4], struct.unpack(">q", header[4:])[0]
-        if chunk_type == b"desc" and (desc := unpack_at(data, ">dIIII", position + 12)) is not None:
+    for name, size, body in chunks(data, CAF_CHUNKS):
+        if name == b"desc" and (desc := unpack_at(data, ">dIIII", body)) is not None:
             rate, _, _, bytes_per_packet, frames_per_packet = desc
             if 0 < rate < math.inf and bytes_per_packet:
                 seconds_per_byte = frames_per_packet / bytes_per_packet / rate
-        elif chunk_type == b"data":
+        elif name == b"data":
             size = size - 4 if size >= 4 else None  # after its 4-byte edit count
             seconds = size * seconds_per_byte if size is not None and seconds_per_byte else None
-            return DeclaredData(position + 16, size, seconds)
-        if size < 0:
-            return None
-        position += 12 + size
+            return DeclaredData(body + 4, size, seconds)
     return None
 
 
