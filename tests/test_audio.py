@@ -511,6 +511,15 @@ def test_a_wav_header_that_claims_more_than_the_file_holds_is_corrupt_before_dec
     assert_cut_short(wav_bytes(tone(1.0, SAMPLE_RATE))[:44])  # the header alone
 
 
+def test_a_big_endian_wav_cut_short_is_corrupt(stereo_tone):
+    buffer = io.BytesIO()
+    sf.write(buffer, stereo_tone, 44_100, format="WAV", subtype="PCM_16", endian="BIG")
+    data = buffer.getvalue()
+    assert data[:4] == b"RIFX"
+    np.testing.assert_array_equal(decode_audio(data), decode_audio(wav_bytes(stereo_tone, 44_100)))
+    assert assert_cut_short(data[: len(data) // 2]).details == {"decoded_seconds": 0.5, "declared_seconds": 1.0}
+
+
 def test_an_mp3_vbri_header_declares_its_length_too(four_seconds):
     """Fraunhofer's VBRI header, where LAME writes Xing/Info: 36 bytes into the first frame, frames at +14."""
     data = bytearray(encode(four_seconds, 44_100, "mp3"))

@@ -13,8 +13,8 @@ resamples with soxr HQ as a stream and passes the 16 kHz blocks on as they are r
 and `decode_audio` is `stream_audio` with a caller that joins them. Every refusal is an
 `AudioError` whose `code` is the API's.
 A file that holds less than its container declares (an upload cut short, a recorder that crashed)
-is refused as `corrupt_audio`, not answered for the part that arrived: PCM containers and Ogg are
-checked from their headers before decoding, compressed formats against their declared duration
+is refused as `corrupt_audio`, not answered for the part that arrived: PCM containers, Ogg and MP4
+are checked from their headers before decoding, compressed formats against their declared duration
 and their last packet once decoded (see "completeness" below).
 """
 
@@ -590,9 +590,8 @@ class ChunkFormat:
 
 
 RIFF_CHUNKS = ChunkFormat(12, 4, "<I", False, 2)
-RIFX_CHUNKS = ChunkFormat(12, 4, ">I", False, 2)
+RIFX_CHUNKS = AIFF_CHUNKS = ChunkFormat(12, 4, ">I", False, 2)  # big-endian RIFF is laid out as AIFF is
 W64_CHUNKS = ChunkFormat(40, 16, "<Q", True, 8)
-AIFF_CHUNKS = ChunkFormat(12, 4, ">I", False, 2)
 CAF_CHUNKS = ChunkFormat(8, 4, ">q", False, 1)
 
 
