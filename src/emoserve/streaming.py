@@ -40,7 +40,7 @@ from .longform import (
     overlap_middle,
     split_long,
 )
-from .model.emotion2vec import FRAME_RATE
+from .model.config import FRAME_RATE
 from .results import EmotionResult, Segment
 
 Send = Callable[[dict], Awaitable[None]]
