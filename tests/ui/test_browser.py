@@ -41,27 +41,27 @@ def server(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, EMOSERVE_LOG_DIR=str(home / "logs"), EMOSERVE_CACHE=str(home / "cache"),
                EMOSERVE_MAX_DURATION_S=str(MAX_DURATION_S), GRADIO_TEMP_DIR=str(home / "gradio"))
-    output = open(home / "stdout.log", "wb")  # a file, not a pipe nobody reads: the access log would fill it
-    process = subprocess.Popen([sys.executable, "-m", "emoserve", "serve", "--model", "random:tiny", "--port", str(port)],
-                               env=env, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200 and \
-                    httpx.get(base + "/ui/", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, (home / "stdout.log").read_text()
-        time.sleep(0.2)
-    else:
-        process.kill()
-        raise AssertionError("the server did not serve /ui in time")
-    yield base
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
-    output.close()
+    command = [sys.executable, "-m", "emoserve", "serve", "--model", "random:tiny", "--port", str(port)]
+    # output to a file, not a pipe nobody reads: the access log would fill the pipe and block the server
+    with open(home / "stdout.log", "wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200 and \
+                        httpx.get(base + "/ui/", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, (home / "stdout.log").read_text()
+            time.sleep(0.2)
+        else:
+            process.kill()
+            raise AssertionError("the server did not serve /ui in time")
+        yield base
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,8 @@ def test_a_long_file_shows_its_voiced_segments(ui, shots):
     segments = tab.result("#timeline .emo-segment", timeout=60_000)
     assert segments.count() >= 4  # six sentences; voice-activity detection may join close ones
     assert "voiced segments" in tab.page.locator("#summary .emo-meta").inner_text()
+    names = {link.get_attribute("download") for link in tab.result("#downloads a[download]").all()}
+    assert names == {"story.json", "story.segments.csv", "story.embedding.npy"}
     tab.page.screenshot(path=shots / "long-file.png", full_page=True)
 
 

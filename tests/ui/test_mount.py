@@ -20,7 +20,8 @@ pytest.importorskip("gradio", reason="the web UI needs the `ui` extra")
 
 
 @pytest.fixture
-def make_client(tmp_path, tiny_model):
+def make_client(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     clients = []
 
     def make(**overrides) -> TestClient:
@@ -58,6 +59,12 @@ def test_the_api_keeps_its_json_errors_beside_the_ui(make_client):
     missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert client.get("/health").status_code in (200, 503)
+
+
+def test_uploads_over_the_ui_limit_are_refused_before_they_are_kept(make_client):
+    client = make_client(ui_max_upload_bytes=1000)
+    assert client.post("/ui/gradio_api/upload", files={"files": ("a.wav", b"x" * 1001)}).status_code == 413
+    assert client.post("/ui/gradio_api/upload", files={"files": ("a.wav", b"x" * 1000)}).status_code == 200
 
 
 def test_api_only_serves_no_ui(make_client):

@@ -7,6 +7,7 @@ logged with a reference the page shows, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import uuid
@@ -52,7 +53,9 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, api_docs: str | N
                                               lambda fraction: progress(fraction, desc="analysing"))
             else:
                 analysis = await analyze_clip(engine, path, granularity, settings)
-            files = [str(p) for p in export_files(analysis, downloads.new())]
+            # files and pictures (an MP3 of the audio) take a while for a long file: off the server's loop
+            summary, timeline, files = await asyncio.to_thread(present, analysis, engine.model.weights,
+                                                               downloads.new())
         except EmoserveError as e:
             return refusal(e, long_file, long_minutes), hidden(), hidden()
         except Exception:
@@ -60,8 +63,8 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, api_docs: str | N
             error_log.exception("web UI analysis failed (reference %s)", reference)
             text = f"Something went wrong on the server (reference {reference}, in its error log). Please try again."
             return message_html(text, "error"), hidden(), hidden()
-        timeline = gr.update(value=timeline_html(analysis), visible=True) if has_timeline(analysis) else hidden()
-        return summary_html(analysis, engine.model.weights), timeline, gr.update(value=files, visible=True)
+        return (summary, gr.update(value=timeline, visible=True) if timeline else hidden(),
+                gr.update(value=files, visible=True))
 
     def model_line() -> str:
         try:
@@ -125,12 +128,14 @@ def header_html(model: str, api_docs: str | None) -> str:
     return f'<div class="emo-header"><h1>emoserve · speech emotion</h1><p>{html.escape(model)}{link}</p></div>'
 
 
+def present(analysis: Analysis, weights: str, folder: Path) -> tuple[str, str | None, list[str]]:
+    """(the summary, the timeline or None, the downloads) of one analysis."""
+    timeline = timeline_html(analysis) if analysis.is_long or analysis.frame_scores is not None else None
+    return summary_html(analysis, weights), timeline, [str(p) for p in export_files(analysis, folder)]
+
+
 def hidden() -> dict:
     return gr.update(visible=False)
-
-
-def has_timeline(analysis: Analysis) -> bool:
-    return analysis.is_long or analysis.frame_scores is not None
 
 
 def refusal(error: EmoserveError, long_file: bool, long_minutes: str) -> str:
