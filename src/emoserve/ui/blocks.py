@@ -85,7 +85,7 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, api_docs: str | N
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
                 # no `format`: the file reaches our decoder and its limits as sent, not converted by Gradio first
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", buttons=["download"],
                                  label="Audio: upload a file or record", elem_id="audio-input")
                 granularity = gr.Radio(GRANULARITIES, value="utterance", label="Scores for", elem_id="granularity")
                 long_file = gr.Checkbox(label=f"Long file: split at pauses into voiced segments (up to {long_minutes}"
