@@ -35,8 +35,8 @@ def parse_mixed(response):
 def test_health_and_models(client, tiny_model):
     health = client.get("/health")
     assert health.status_code == 200
-    assert health.json() == {"status": "healthy", "model": "random:tiny", "granularity_supported": ["utterance", "frame"],
-                             "weights": "random"}
+    assert health.json() == {"status": "healthy", "model": "random:tiny",
+                             "granularity_supported": ["utterance", "frame"], "weights": "random"}
     models = client.get("/v1/models").json()["models"]
     assert models[0]["name"] == "random:tiny" and models[0]["labels"] == list(LABELS)
     assert models[0]["sample_rate"] == 16000 and models[0]["frame_rate"] == 50

@@ -23,11 +23,14 @@ error_log = logging.getLogger("emoserve.error")
 @dataclass
 class Service:
     settings: Settings
-    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     engine: Engine | None = None
     status: str = "loading"  # loading → healthy | failed
     error: str | None = None
     model: EmotionModel | None = None
+    metrics: ServiceMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServiceMetrics(lambda: self.engine.stats if self.engine else None)
 
     async def load(self, model: EmotionModel | None = None) -> None:
         """Load (unless given) and warm up the model, then start the engine. Never raises."""
