@@ -97,6 +97,13 @@ class Settings(BaseSettings):
                              f"({self.stream_hop_s}): a hop of audio waits in the buffer for its window")
         return self
 
+    # ---- web UI: Gradio at /ui of the server, or `emoserve ui` alone (src/emoserve/ui/) ----
+    ui_max_upload_bytes: int = Field(200 * 1024**2, gt=0, description="largest file the web UI accepts, in bytes")
+    ui_max_long_s: float = Field(600.0, gt=0, description="longest file the web UI analyses in long-file mode; "
+                                                          "longer audio goes through the upload API")
+    ui_concurrency: int = Field(4, ge=1, description="web UI analyses running at once; more wait in Gradio's queue")
+    ui_examples: bool = Field(True, description="offer spoken example clips (made once with espeak-ng when installed)")
+
     def keys(self) -> list[str]:
         """The configured API keys (env/flag and file together); empty when auth is off."""
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]

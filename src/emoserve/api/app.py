@@ -14,6 +14,7 @@ from .. import __version__
 from ..emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..settings import Settings, get_settings
+from ..ui import mount_ui
 from . import routes_analyze, routes_health, routes_stream
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
     app.include_router(routes_stream.router)
+    if not settings.api_only:
+        mount_ui(app, service.ready_engine, settings)  # /ui, in-process on this engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
                        rate_limit_per_minute=settings.rate_limit_per_minute)
     if settings.origins():
