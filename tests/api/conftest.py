@@ -24,6 +24,7 @@ def make_client(tmp_path, tiny_model):
     clients = []
 
     def make(model=tiny_model, **overrides) -> TestClient:
+        overrides.setdefault("api_only", True)  # the UI has its own tests (tests/ui)
         settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", **overrides)
         client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)
         client.__enter__()
