@@ -6,7 +6,7 @@ import torch
 
 from emoserve import EmotionModel
 from emoserve.model.checkpoint import random_state_dict, save_model_dir
-from emoserve.model.emotion2vec import Emotion2vecConfig
+from emoserve.model.config import Emotion2vecConfig
 
 
 def pytest_collection_modifyitems(config, items):

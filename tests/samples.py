@@ -120,8 +120,27 @@ ENCODINGS = {
 DEFAULT_BIT_RATES = {"wmav2": 128_000, "libopencore_amrnb": 12_200}  # encoders that need one
 
 
-def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None = None) -> bytes:
-    """Encode float32 (n,) or (n, channels) samples (1, 2, 6 or 8 channels) with PyAV into one of `ENCODINGS`."""
+class Pipe(io.RawIOBase):
+    """A file that can only be written forward, as a live recorder's output: muxers cannot go back to write lengths."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.data += data
+        return len(data)
+
+
+def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None = None, streamed: bool = False,
+           options: dict[str, str] | None = None) -> bytes:
+    """Encode float32 (n,) or (n, channels) samples (1, 2, 6 or 8 channels) with PyAV into one of `ENCODINGS`.
+
+    `streamed`: written to a `Pipe`, so the header says nothing of the length (FLAC total 0, no Xing
+    frame count, no Matroska Duration), as recorders and live streams write files. `options`: the muxer's.
+    """
     import av
 
     container, codec, codec_rate = ENCODINGS[encoding]
@@ -131,8 +150,8 @@ def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None =
     if codec == "libopencore_amrnb":
         planar = planar.mean(axis=0, keepdims=True)  # AMR is mono only
     layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}[len(planar)]
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container) as out:
+    buffer = Pipe() if streamed else io.BytesIO()
+    with av.open(buffer, "w", format=container, options=options or {}) as out:
         stream = out.add_stream(codec, rate=codec_rate or rate, layout=layout)
         if bit_rate or codec in DEFAULT_BIT_RATES:
             stream.bit_rate = bit_rate or DEFAULT_BIT_RATES[codec]
@@ -149,7 +168,7 @@ def encode(samples: np.ndarray, rate: int, encoding: str, bit_rate: int | None =
         for resampled in resampler.resample(None):
             out.mux(stream.encode(resampled))
         out.mux(stream.encode(None))
-    return buffer.getvalue()
+    return bytes(buffer.data) if streamed else buffer.getvalue()
 
 
 def audio_file(kind: str, samples: np.ndarray, rate: int, bit_rate: int | None = None) -> bytes:

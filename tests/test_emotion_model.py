@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from emoserve import LABELS, AudioError, EmotionModel, InvalidParameterError
-from emoserve.model.emotion2vec import TINY
+from emoserve.model.config import TINY
 
 from .conftest import write_checkpoint
 from .samples import noise, sweep, wav_bytes

@@ -1,11 +1,17 @@
-"""emoserve: speech emotion recognition with the emotion2vec models, as a library and a service."""
+"""emoserve: speech emotion recognition with the emotion2vec models, as a library and a service.
 
-from .emotion_model import EmotionModel, ModelInfo
+The model classes load lazily, so `emoserve --help`, the HTTP client and the error types do not
+pay for importing torch.
+"""
+
+from importlib import import_module
+
 from .errors import AudioError, CheckpointError, EmoserveError, InvalidParameterError, ModelNotFoundError
 from .labels import LABELS
-from .results import EmotionResult
 
 __version__ = "0.1.0"
+
+LAZY = {"EmotionModel": "emotion_model", "ModelInfo": "emotion_model", "EmotionResult": "results"}
 
 __all__ = [
     "LABELS",
@@ -19,3 +25,9 @@ __all__ = [
     "ModelNotFoundError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(import_module(f".{LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'emoserve' has no attribute {name!r}")

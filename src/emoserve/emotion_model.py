@@ -27,16 +27,8 @@ from .labels import LABELS, UNUSED_PREFIX
 from .longform import LongformOptions, analyze_long
 from .model import hub
 from .model.checkpoint import load_model_dir, random_state_dict
-from .model.emotion2vec import (
-    BASE,
-    FRAME_RATE,
-    PLUS_BASE,
-    PLUS_LARGE,
-    SAMPLE_RATE,
-    TINY,
-    Emotion2vec,
-    Emotion2vecConfig,
-)
+from .model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
+from .model.emotion2vec import Emotion2vec
 from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
 from .settings import get_settings
 

@@ -39,7 +39,7 @@ from .audio import AudioSource, decode_audio
 from .batching import select_batch
 from .emotion_model import EmotionModel
 from .errors import EmoserveError, InvalidParameterError
-from .model.emotion2vec import SAMPLE_RATE
+from .model.config import SAMPLE_RATE
 from .results import ClipOutput, EmotionResult, check_granularity, make_result
 from .settings import Settings
 

@@ -244,10 +244,17 @@ class SpeechDetector:
         self.pending = samples[usable:].copy()
 
     def finish(self) -> np.ndarray:
+        """Score the part-frame left at the end (zero-padded), and return what `take` would."""
         if len(self.pending):
             self.score(np.pad(self.pending, (0, self.FRAME - len(self.pending))))
             self.pending = np.zeros(0, np.float32)
-        return np.concatenate(self.probs) if self.probs else np.zeros(0, np.float32)
+        return self.take()
+
+    def take(self) -> np.ndarray:
+        """The probabilities scored since the last take (all of them, for a file): a stream reads them as it goes."""
+        probs = np.concatenate(self.probs) if self.probs else np.zeros(0, np.float32)
+        self.probs = []
+        return probs
 
     def score(self, samples: np.ndarray) -> None:
         frames = samples.reshape(-1, self.FRAME)
@@ -338,16 +345,30 @@ def plan_windows(num_samples: int, window: int, overlap: int) -> list[int]:
         return [0]
     hop = window - overlap
     starts = list(range(0, num_samples - window, hop))
-    starts.append(-(-(num_samples - window) // HOP) * HOP)
+    starts.append(last_window_start(num_samples, window))
     return starts
+
+
+def last_window_start(num_samples: int, window: int) -> int:
+    """The first multiple of 320 from which a window of `window` samples reaches the end (0 if one covers all)."""
+    return max(0, -(-(num_samples - window) // HOP) * HOP)
 
 
 def owned_frames(starts: list[int], num_samples: int, window: int) -> list[tuple[int, int]]:
     """The file frames [first, last) each window contributes: overlaps split at their middle."""
-    offsets = [s // HOP for s in starts]
-    ends = [o + frame_count(min(window, num_samples - s)) for o, s in zip(offsets, starts)]
-    bounds = [0] + [(offsets[k + 1] + ends[k]) // 2 for k in range(len(starts) - 1)] + [frame_count(num_samples)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    lengths = [min(window, num_samples - s) for s in starts]
+    bounds = [0] + [overlap_middle(starts[k], lengths[k], starts[k + 1]) for k in range(len(starts) - 1)]
+    return list(zip(bounds, bounds[1:] + [frame_count(num_samples)]))
+
+
+def overlap_middle(start: int, length: int, next_start: int) -> int:
+    """The frame where a window of `length` samples at `start` hands over to the next window.
+
+    Both starts are multiples of 320; frames before the middle of their overlap belong to the
+    first window, the rest to the next, so each frame comes from the window where it sits furthest
+    from an edge.
+    """
+    return (next_start // HOP + start // HOP + frame_count(length)) // 2
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import EmoserveError, InvalidParameterError
-from .model.emotion2vec import FRAME_RATE, SAMPLE_RATE
+from .model.config import FRAME_RATE, SAMPLE_RATE
 
 GRANULARITIES = ("utterance", "frame")
 

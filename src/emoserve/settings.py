@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,6 +77,32 @@ class Settings(BaseSettings):
                                               "linear layers (faster, not exact; see docs/engine.md)")
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
                                              "measured slower than plain fp32 here: see docs/engine.md)")
+
+    # ---- streaming: WebSocket /v1/stream (src/emoserve/streaming.py); its utterances use the vad_* settings ----
+    stream_window_s: float = Field(4.0, ge=1.0, le=30.0, description="audio each frame pass of a stream sees; "
+                                   "a frame arrives (window - hop) / 2 to (window + hop) / 2 after its audio")
+    stream_hop_s: float = Field(1.0, ge=0.1, le=15.0, description="a stream's frames are analysed every hop of audio; "
+                                "at most half the window")
+    stream_max_buffer_s: float = Field(30.0, gt=0, description="received audio a stream may hold unanalysed; past it "
+                                       "the server stops reading (backpressure)")
+    stream_max_duration_s: float = Field(4 * 3600, gt=0, description="longest audio one stream may send")
+
+    @model_validator(mode="after")
+    def stream_hop_fits(self) -> Settings:
+        if self.stream_hop_s > self.stream_window_s / 2:
+            raise ValueError(f"stream_hop_s ({self.stream_hop_s}) must be at most half of stream_window_s "
+                             f"({self.stream_window_s}), so every frame has context on both sides")
+        if self.stream_max_buffer_s < self.stream_hop_s:
+            raise ValueError(f"stream_max_buffer_s ({self.stream_max_buffer_s}) must be at least stream_hop_s "
+                             f"({self.stream_hop_s}): a hop of audio waits in the buffer for its window")
+        return self
+
+    # ---- web UI: Gradio at /ui of the server, or `emoserve ui` alone (src/emoserve/ui/) ----
+    ui_max_upload_bytes: int = Field(200 * 1024**2, gt=0, description="largest file the web UI accepts, in bytes")
+    ui_max_long_s: float = Field(600.0, gt=0, description="longest file the web UI analyses in long-file mode; "
+                                                          "longer audio goes through the upload API")
+    ui_concurrency: int = Field(4, ge=1, description="web UI analyses running at once; more wait in Gradio's queue")
+    ui_examples: bool = Field(True, description="offer spoken example clips (made once with espeak-ng when installed)")
 
     # ---- long audio over HTTP: upload, tus and job routes (src/emoserve/api/routes_uploads.py, _tus.py, _jobs.py) ----
     job_max_wait_s: float = Field(60.0, ge=0, description="longest ?wait= of GET /v1/jobs/{id}; a longer wait is cut "

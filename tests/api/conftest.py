@@ -26,6 +26,7 @@ def make_client(tmp_path, tiny_model):
     clients = []
 
     def make(model=tiny_model, **overrides) -> TestClient:
+        overrides.setdefault("api_only", True)  # the UI has its own tests (tests/ui)
         settings = Settings(**{"model": "random:tiny", "log_dir": tmp_path / "logs", "data_dir": tmp_path / "data",
                                **overrides})
         client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)

@@ -1,9 +1,11 @@
-"""One real uvicorn process on a free port: the way users run it."""
+"""Real uvicorn processes on free ports: the way users run it."""
 
 import signal
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from ..samples import noise, wav_bytes
 from .live_server import LiveServer
@@ -24,3 +26,18 @@ def test_a_real_server_answers_and_stops_cleanly(server, tmp_path):
     assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
     assert "POST /v1/analyze 200" in (tmp_path / "logs" / "access.log").read_text()
     assert "model random:tiny stopped" in (tmp_path / "logs" / "model_load.log").read_text()
+
+
+def test_a_refused_websocket_gets_a_real_401_with_the_json_error(tmp_path):
+    server = LiveServer(tmp_path, api_keys="ws-key").start()
+    try:
+        url = server.base.replace("http", "ws") + "/v1/stream"
+        with pytest.raises(InvalidStatus) as refused, connect(url):
+            pass
+        assert refused.value.response.status_code == 401
+        assert b'"unauthorized"' in refused.value.response.body
+        with connect(url, additional_headers={"Authorization": "Bearer ws-key"}) as ws:
+            ws.send("end")
+            assert '"end"' in ws.recv(timeout=30)
+    finally:
+        server.stop()

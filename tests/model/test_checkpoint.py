@@ -14,7 +14,7 @@ from emoserve.model.checkpoint import (
     random_state_dict,
     read_labels,
 )
-from emoserve.model.emotion2vec import BASE, PLUS_BASE, PLUS_LARGE, TINY
+from emoserve.model.config import BASE, PLUS_BASE, PLUS_LARGE, TINY
 
 from ..conftest import write_checkpoint
 

@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from emoserve.model.checkpoint import random_state_dict
-from emoserve.model.emotion2vec import (
-    PLUS_BASE,
-    PLUS_LARGE,
-    TINY,
-    Emotion2vec,
-    alibi_slopes,
-    frame_counts,
-)
+from emoserve.model.config import PLUS_BASE, PLUS_LARGE, TINY
+from emoserve.model.emotion2vec import Emotion2vec, alibi_slopes, frame_counts
 
 
 def build(config, seed=3):

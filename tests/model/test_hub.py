@@ -2,7 +2,7 @@ import pytest
 
 from emoserve import ModelNotFoundError
 from emoserve.model import hub
-from emoserve.model.emotion2vec import TINY
+from emoserve.model.config import TINY
 
 from ..conftest import write_checkpoint
 

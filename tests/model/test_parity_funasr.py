@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emoserve import EmotionModel
-from emoserve.model.emotion2vec import PLUS_BASE, PLUS_LARGE, TINY
+from emoserve.model.config import PLUS_BASE, PLUS_LARGE, TINY
 
 from ..conftest import write_checkpoint
 from .funasr_reference import load_reference, reference_outputs, reference_state_dict

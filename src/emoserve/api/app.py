@@ -14,7 +14,8 @@ from .. import __version__
 from ..emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..settings import Settings, get_settings
-from . import routes_analyze, routes_health, routes_jobs, routes_tus, routes_uploads
+from ..ui import mount_ui
+from . import routes_analyze, routes_health, routes_jobs, routes_stream, routes_tus, routes_uploads
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .schemas import ErrorBody, FrameResult, UtteranceResult
@@ -51,9 +52,12 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     install_error_handlers(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
+    app.include_router(routes_stream.router)
     app.include_router(routes_uploads.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_tus.router)
+    if not settings.api_only:
+        mount_ui(app, service.ready_engine, settings)  # /ui, in-process on this engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
                        rate_limit_per_minute=settings.rate_limit_per_minute)
     app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too

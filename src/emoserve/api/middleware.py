@@ -24,7 +24,7 @@ access_log = logging.getLogger("emoserve.access")
 error_log = logging.getLogger("emoserve.error")
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+DENIAL_EXTENSION = "websocket.http.response"  # ASGI: answer a refused websocket handshake with an HTTP response
 
 
 class TokenBucket:
@@ -85,18 +85,20 @@ class RequestContextMiddleware:
         status_holder = {"status": 500}
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 status_holder["status"] = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            elif message["type"] == "websocket.accept":
+                status_holder["status"] = 101
             await send(message)
 
         path = scope["path"]
         client = (scope.get("client") or ("-", 0))[0]
         denial = self.check_access(path, headers, client)
-        if denial is not None and scope["type"] == "http":
-            await denial(scope, receive, send_with_id)
-        elif denial is not None:
-            await send({"type": "websocket.close", "code": 4401 if denial.status_code == 401 else 4429})
+        if denial is not None and (scope["type"] == "http" or DENIAL_EXTENSION in scope.get("extensions", {})):
+            await denial(scope, receive, send_with_id)  # a real 401/429 with the JSON body, websockets too
+        elif denial is not None:  # a server without the denial extension: close codes 4401/4429
+            await send({"type": "websocket.close", "code": 4000 + denial.status_code})
             status_holder["status"] = denial.status_code
         else:
             try:

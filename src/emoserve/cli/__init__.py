@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import analyze, bench, models, serve
+from . import analyze, bench, models, serve, ui
 
 app = typer.Typer(name="emoserve", help="Speech emotion recognition with emotion2vec: library, service, CLI.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -12,6 +12,7 @@ app.add_typer(models.app, name="models")
 app.command("analyze")(analyze.analyze)
 app.command("bench")(bench.bench)
 app.command("serve")(serve.serve)
+app.command("ui")(ui.ui)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ..model.emotion2vec import SAMPLE_RATE, Emotion2vecConfig
+from ..model.config import SAMPLE_RATE, Emotion2vecConfig
 from .common import clean_errors, console
 
 MODES = ("fp32", "compile", "int8", "bf16")

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..model import hub
 from ..settings import get_settings
 from .common import clean_errors, console
 
@@ -17,6 +16,8 @@ app = typer.Typer(help="List and download emotion2vec models.", no_args_is_help=
 @app.command("list")
 def list_models() -> None:
     """Known models, where they come from, and whether they are in the cache."""
+    from ..model import hub  # imports torch: only when the command runs
+
     settings = get_settings()
     table = Table(title=f"models (cache: {settings.cache})")
     table.add_column("name", no_wrap=True)
@@ -36,6 +37,8 @@ def pull(
     force: Annotated[bool, typer.Option(help="download again even if cached")] = False,
 ) -> None:
     """Download a model into the cache (EMOSERVE_CACHE, default ~/.cache/emoserve)."""
+    from ..model import hub  # imports torch: only when the command runs
+
     settings = get_settings(source=source)
     with clean_errors():
         path = hub.pull(name, settings.cache, settings.source, force=force)

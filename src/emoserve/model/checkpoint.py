@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..labels import LABELS, label_from_token
-from .emotion2vec import Emotion2vec, Emotion2vecConfig
+from .config import Emotion2vecConfig
+from .emotion2vec import Emotion2vec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,29 @@
+"""`emoserve ui`: the web UI alone (the way the original deployment ran it on port 7860)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..settings import get_settings
+from .common import clean_errors
+
+
+def ui(
+    model: Annotated[str | None, typer.Option(help="model name, model dir, or random:tiny|base|large")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int, typer.Option(help="port")] = 7860,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16")] = None,
+) -> None:
+    """Start the web UI with its own model. `emoserve serve` already has it at /ui, beside the API."""
+    import uvicorn
+
+    from ..ui import standalone_app
+
+    settings = get_settings(model=model, host=host, port=port, device=device, dtype=dtype)
+    with clean_errors():
+        app = standalone_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=30)

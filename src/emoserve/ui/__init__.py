@@ -1,0 +1,81 @@
+"""The web UI (Gradio, the optional `ui` extra): record or upload, see the emotion and its timeline.
+
+    mount_ui(app, service.ready_engine, settings)      # at /ui of the API server (`emoserve serve`)
+    standalone_app(settings)                            # alone, with its own model (`emoserve ui`)
+
+The UI runs in the server's process and calls its engine directly: no HTTP hop, no second model.
+Importing this package does not import Gradio, so the API runs without the extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from ..errors import EmoserveError
+from ..logs import setup_logging
+from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+log = logging.getLogger(__name__)
+
+UI_PATH = "/ui"
+INSTALL_HINT = "pip install 'emoserve[ui]' (./run.sh installs it)"
+
+
+def ui_available() -> bool:
+    return importlib.util.find_spec("gradio") is not None
+
+
+def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings, path: str = UI_PATH,
+             api_docs: str | None = "../docs") -> bool:
+    """Serve the UI at `path` of `app` (and redirect `/` to it); without Gradio, warn and leave `app` as it is.
+
+    `get_engine` returns the running engine or raises the `EmoserveError` that says why there is none.
+    """
+    if not ui_available():
+        log.warning("web UI disabled: Gradio is not installed. Install the `ui` extra to have it at %s: %s "
+                    "(or pass --api-only to silence this warning)", path, INSTALL_HINT)
+        return False
+    import gradio as gr
+
+    from .blocks import build_blocks, mount_options
+
+    gr.mount_gradio_app(app, build_blocks(get_engine, settings, api_docs), path=path, **mount_options(settings))
+    if path != "/":
+        app.add_api_route("/", lambda: RedirectResponse(f"{path}/"), include_in_schema=False)
+    return True
+
+
+def standalone_app(settings: Settings) -> FastAPI:
+    """The UI alone at `/`, loading `settings.model` in the background (the page says so meanwhile)."""
+    from ..api.service import Service
+
+    setup_logging(settings.log_dir, settings.log_json, settings.log_max_bytes, settings.log_backups)
+    service = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(service.load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await service.close()
+
+    app = FastAPI(title="emoserve UI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    if not mount_ui(app, service.ready_engine, settings, path="/", api_docs=None):
+        raise EmoserveError(f"the web UI needs Gradio: {INSTALL_HINT}", code="ui_unavailable")
+    return app

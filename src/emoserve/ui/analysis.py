@@ -1,0 +1,190 @@
+"""What the web UI does with a file: the running engine's answer, shaped for display and download.
+
+The UI holds no model of its own: clips go through the same `Engine` as `POST /v1/analyze`
+(same decoder, limits and batches), and long files through `longform.analyze_long` with the
+engine as its batch-predict callable, so their segments queue and batch with everyone's clips.
+Nothing here imports Gradio: it is plain code the tests call directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import Engine
+from ..longform import BatchPredict, LongformOptions, Progress, analyze_long
+from ..results import ClipOutput, EmotionResult, LongformResult, Segment
+from ..settings import Settings
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysed clip (`EmotionResult`) or long file (`LongformResult`) and the audio the model heard."""
+
+    name: str  # the file's stem, for download names
+    result: EmotionResult | LongformResult
+    waveform: np.ndarray  # 16 kHz mono float32
+
+    @property
+    def is_long(self) -> bool:
+        return isinstance(self.result, LongformResult)
+
+    @property
+    def emotion(self) -> str | None:
+        return self.result.overall.emotion if self.is_long else self.result.emotion
+
+    @property
+    def confidence(self) -> float | None:
+        return self.result.overall.confidence if self.is_long else self.result.confidence
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """label → probability for the whole clip (a long file: segments weighted by duration)."""
+        return self.result.overall.scores if self.is_long else self.result.utterance_scores
+
+    @property
+    def frame_scores(self) -> np.ndarray | None:
+        """(T, L) scores every 20 ms, when frames were asked for."""
+        if self.result.granularity != "frame":
+            return None
+        return self.result.frame_scores if self.is_long else np.asarray(self.result.scores)
+
+    @property
+    def timestamps(self) -> np.ndarray | None:
+        """(T,) start of each frame in seconds, when frames were asked for."""
+        return self.result.timestamps if self.result.granularity == "frame" else None
+
+    @property
+    def segments(self) -> list[Segment]:
+        return self.result.segments if self.is_long else []
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.result.labels
+
+
+async def analyze_clip(engine: Engine, path: str | Path, granularity: str, settings: Settings) -> Analysis:
+    """One clip under the API's limits (`max_duration_s`, `max_bytes`), exactly as /v1/analyze does it."""
+    waveform, result = await engine.analyze(Path(path), granularity=granularity, return_embedding=True,
+                                            max_seconds=settings.max_duration_s, max_bytes=settings.max_bytes)
+    return Analysis(Path(path).stem, result, waveform)
+
+
+async def analyze_file(engine: Engine, path: str | Path, granularity: str, settings: Settings,
+                       progress: Progress | None = None) -> Analysis:
+    """A long file: voiced segments (and frames over the whole file), up to `ui_max_long_s`."""
+    waveform = await engine.decode(Path(path), max_seconds=settings.ui_max_long_s,
+                                   max_bytes=settings.ui_max_upload_bytes)
+    model = engine.model
+    options = dataclasses.replace(LongformOptions.from_settings(settings), max_duration_s=settings.ui_max_long_s)
+    predict = engine_predict(engine, asyncio.get_running_loop())
+    result = await asyncio.to_thread(
+        analyze_long, waveform, predict, labels=model.labels, model_name=model.name, granularity=granularity,
+        return_embedding=True, options=options, progress=progress, min_samples=model.config.min_samples)
+    return Analysis(Path(path).stem, result, waveform)
+
+
+def engine_predict(engine: Engine, loop: asyncio.AbstractEventLoop) -> BatchPredict:
+    """`longform`'s batch-predict callable on the engine, for a worker thread: a group of clips is
+    submitted at once, so the engine batches them (with other callers' clips) as it batches any."""
+    labels = engine.model.labels
+
+    async def submit_all(waveforms: list[np.ndarray], granularity: str) -> list[EmotionResult]:
+        return await asyncio.gather(*(engine.submit(w, granularity=granularity, return_embedding=True)
+                                      for w in waveforms))
+
+    def predict(waveforms: list[np.ndarray], frames: bool) -> list[ClipOutput]:
+        call = submit_all(waveforms, "frame" if frames else "utterance")
+        results = asyncio.run_coroutine_threadsafe(call, loop).result()
+        return [clip_output(r, len(w), labels) for r, w in zip(results, waveforms, strict=True)]
+
+    return predict
+
+
+def clip_output(result: EmotionResult, num_samples: int, labels: Sequence[str]) -> ClipOutput:
+    """An engine result back into the forward pass's output, which `longform` assembles."""
+    probs = np.array([result.utterance_scores[label] for label in labels], np.float32) \
+        if result.utterance_scores else None
+    if result.granularity == "utterance":
+        return ClipOutput(num_samples, embedding=result.embedding, probs=probs)
+    features = np.asarray(result.embedding)
+    frame_probs = np.asarray(result.scores) if probs is not None else None
+    # the utterance embedding is the mean of the frame features (Emotion2vec.pool)
+    return ClipOutput(num_samples, embedding=features.mean(axis=0), probs=probs, frame_features=features,
+                      frame_probs=frame_probs)
+
+
+# ---- downloads: the result as JSON and CSV, the embedding as .npy ----
+
+
+def export_files(analysis: Analysis, directory: Path) -> list[Path]:
+    """Write the downloads of one analysis: <name>.json, its CSV table(s) and <name>.embedding.npy."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = safe_stem(analysis.name)
+    written = [directory / f"{stem}.json"]
+    written[0].write_text(json.dumps(analysis.result.to_dict(), ensure_ascii=False), encoding="utf-8")
+    labels = list(analysis.labels)
+    if analysis.is_long:
+        rows = [[s.start, s.end, s.emotion, s.confidence, *(s.scores.get(label) for label in labels)]
+                for s in analysis.segments]
+        written.append(write_csv(directory / f"{stem}.segments.csv",
+                                 ["start_s", "end_s", "emotion", "confidence", *labels], rows))
+    elif analysis.frame_scores is None:
+        written.append(write_csv(directory / f"{stem}.scores.csv", ["emotion", "score"],
+                                 [[label, score] for label, score in analysis.scores.items()]))
+    frames = analysis.frame_scores
+    if frames is not None:
+        rows = [[round(t, 2), *row] for t, row in zip(analysis.timestamps.tolist(), frames.tolist())]
+        written.append(write_csv(directory / f"{stem}.frames.csv", ["time_s", *labels], rows))
+    embedding = analysis.result.embedding
+    if embedding is not None:
+        written.append(directory / f"{stem}.embedding.npy")
+        np.save(written[-1], np.ascontiguousarray(embedding, dtype=np.float32), allow_pickle=False)
+    return written
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def safe_stem(name: str) -> str:
+    """A download name from a user's file name: letters, digits, `._-` only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "audio"
+
+
+class DownloadDir:
+    """Where each analysis writes its downloads until Gradio has copied them into its own cache.
+
+    Gradio copies an event's output files once the event returns, so they must outlive it; each
+    new analysis removes the folders of those older than `keep_s`. The whole folder goes at exit.
+    """
+
+    def __init__(self, keep_s: float = 600.0):
+        self.root = tempfile.TemporaryDirectory(prefix="emoserve-ui-")
+        self.keep_s = keep_s
+
+    def new(self) -> Path:
+        root = Path(self.root.name)
+        cutoff = time.time() - self.keep_s
+        for old in root.iterdir():
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = root / uuid.uuid4().hex
+        folder.mkdir()
+        return folder

@@ -1,0 +1,111 @@
+"""The UI inside the API server (and alone): where it is mounted, what stays JSON, how API keys apply."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import emoserve.ui
+from emoserve.api.app import create_app
+from emoserve.cli import app as cli
+from emoserve.settings import Settings
+from emoserve.ui import standalone_app
+
+pytest.importorskip("gradio", reason="the web UI needs the `ui` extra")
+
+
+@pytest.fixture
+def make_client(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    clients = []
+
+    def make(**overrides) -> TestClient:
+        settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False, **overrides)
+        client = TestClient(create_app(settings, model=tiny_model), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def assets_of(page: str) -> list[str]:
+    return re.findall(r'(?:src|href)="\./(assets/[^"]+)"', page)
+
+
+def test_the_server_serves_the_ui_at_slash_ui_with_its_assets(make_client):
+    client = make_client()
+    assert client.get("/", follow_redirects=False).headers["location"] == "/ui/"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = assets_of(page.text)
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:  # our middleware passes Gradio's own routes through untouched
+        response = client.get(f"/ui/{asset}")
+        assert response.status_code == 200 and response.content and "X-Request-ID" in response.headers
+    config = client.get("/ui/config").json()
+    assert {c["props"].get("elem_id") for c in config["components"]} >= {"audio-input", "analyze", "timeline"}
+
+
+def test_the_api_keeps_its_json_errors_beside_the_ui(make_client):
+    client = make_client()
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert client.get("/health").status_code in (200, 503)
+
+
+def test_uploads_over_the_ui_limit_are_refused_before_they_are_kept(make_client):
+    client = make_client(ui_max_upload_bytes=1000)
+    assert client.post("/ui/gradio_api/upload", files={"files": ("a.wav", b"x" * 1001)}).status_code == 413
+    assert client.post("/ui/gradio_api/upload", files={"files": ("a.wav", b"x" * 1000)}).status_code == 200
+
+
+def test_api_only_serves_no_ui(make_client):
+    client = make_client(api_only=True)
+    for path in ("/", "/ui/"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_with_api_keys_the_page_asks_for_one_and_the_ui_calls_need_it(make_client):
+    client = make_client(api_keys="secret-key")
+    assert client.get("/ui/").status_code == 200  # the page itself (Gradio's sign-in form): never a 401
+    assert client.get("/ui/config").status_code == 401
+    assert client.get("/v1/models").status_code == 401
+    assert client.post("/ui/login", data={"username": "me", "password": "wrong"}).status_code == 400
+    assert client.post("/ui/login", data={"username": "me", "password": "secret-key"}).json() == {"success": True}
+    assert client.get("/ui/config").status_code == 200
+    assert client.get("/v1/models").status_code == 401  # the UI's session is not an API key
+
+
+def test_without_gradio_the_api_serves_and_says_how_to_get_the_ui(make_client, monkeypatch, caplog):
+    monkeypatch.setattr(emoserve.ui, "ui_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="emoserve.ui"):
+        client = make_client()
+    assert "pip install 'emoserve[ui]'" in caplog.text and "--api-only" in caplog.text
+    assert client.get("/ui/").status_code == 404
+    assert client.get("/health").status_code in (200, 503)
+
+
+def test_the_standalone_ui_loads_its_own_model(tmp_path):
+    settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False)
+    with TestClient(standalone_app(settings)) as client:
+        config = client.get("/config").json()
+        assert any(c["props"].get("elem_id") == "analyze" for c in config["components"])
+        service = client.app.state.service
+        deadline = time.monotonic() + 30
+        while service.status == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.status == "healthy" and service.engine.model.name == "random:tiny"
+
+
+def test_emoserve_ui_is_a_command_on_port_7860():
+    result = CliRunner().invoke(cli, ["ui", "--help"])
+    assert result.exit_code == 0 and "7860" in result.output and "--model" in result.output
