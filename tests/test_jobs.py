@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emoserve.errors import ConflictError, InvalidParameterError, NotFoundError, UploadIncompleteError
+from emoserve.errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError, UploadIncompleteError
 from emoserve.jobs import JobRunner, ProgressWriter, RunnerConfig
 from emoserve.longform import LongformOptions
 from emoserve.store import Store, UploadLimits
@@ -169,6 +169,23 @@ def test_stopping_puts_a_running_job_back_in_the_queue(store, tiny_model):
     runner.stop()
     stopped = store.get_job(job.job_id)
     assert stopped.status == "queued" and stopped.attempts == 0
+
+
+def test_a_model_gone_while_the_runner_stops_requeues_the_job_instead_of_failing_it(store, tiny_model):
+    runner = None
+
+    def engine_stopping(waveforms, frames):
+        runner.stopping.set()  # as when the service shuts down: the engine stops under the running job
+        raise EmoserveError("the engine is shutting down", code="model_loading")
+
+    runner = make_runner(store, tiny_model, engine_stopping)
+    job = runner.submit(uploaded(store, recording()))
+    runner.start()
+    wait_for(lambda: store.get_job(job.job_id).status != "running" and store.get_job(job.job_id).attempts == 0
+             and runner.stopping.is_set())
+    runner.stop()
+    stopped = store.get_job(job.job_id)
+    assert stopped.status == "queued" and stopped.error is None
 
 
 def test_progress_is_written_in_steps_and_stops_a_deleted_job(store):

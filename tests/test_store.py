@@ -303,6 +303,19 @@ def test_deleting_an_upload_removes_its_files(store):
         store.get_upload(upload.upload_id)
 
 
+def test_an_upload_with_a_job_still_to_run_is_not_deleted(store):
+    upload = store.create_upload("a.wav", 10, 10)
+    store.put_chunk(upload.upload_id, 0, b"0123456789")
+    store.complete_upload(upload.upload_id)
+    job = store.create_job(upload.upload_id, {"granularity": "utterance"})
+    with pytest.raises(ConflictError, match="queued or running"):
+        store.delete_upload(upload.upload_id)
+    assert store.upload_file(upload.upload_id).read_bytes() == b"0123456789"
+    store.finish_job(job.job_id, result={})
+    store.delete_upload(upload.upload_id)
+    assert not store.upload_dir(upload.upload_id).exists()
+
+
 def test_jobs_are_claimed_once_in_order_and_requeued_after_a_crash(store):
     upload = store.create_upload("a.wav", 10, 10)
     store.put_chunk(upload.upload_id, 0, b"0123456789")

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     ui_concurrency: int = Field(4, ge=1, description="web UI analyses running at once; more wait in Gradio's queue")
     ui_examples: bool = Field(True, description="offer spoken example clips (made once with espeak-ng when installed)")
 
+    # ---- long audio over HTTP: upload, tus and job routes (src/emoserve/api/routes_uploads.py, _tus.py, _jobs.py) ----
+    job_max_wait_s: float = Field(60.0, ge=0, description="longest ?wait= of GET /v1/jobs/{id}; a longer wait is cut "
+                                                          "to this")
+
     def keys(self) -> list[str]:
         """The configured API keys (env/flag and file together); empty when auth is off."""
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 
+from emoserve import EmotionModel
 from emoserve.api.app import create_app
 from emoserve.settings import Settings
 
@@ -25,7 +27,8 @@ def make_client(tmp_path, tiny_model):
 
     def make(model=tiny_model, **overrides) -> TestClient:
         overrides.setdefault("api_only", True)  # the UI has its own tests (tests/ui)
-        settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", **overrides)
+        settings = Settings(**{"model": "random:tiny", "log_dir": tmp_path / "logs", "data_dir": tmp_path / "data",
+                               **overrides})
         client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
@@ -36,6 +39,20 @@ def make_client(tmp_path, tiny_model):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def held_model_load(monkeypatch, tiny_model) -> threading.Event:
+    """Model loading waits until the test sets the returned event (then it yields the tiny model)."""
+    release = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return tiny_model
+
+    monkeypatch.setattr(EmotionModel, "from_pretrained", slow_load)
+    yield release
+    release.set()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from emoserve import LABELS, EmotionModel
+from emoserve import LABELS
 from emoserve.api.app import create_app
 from emoserve.settings import Settings
 
@@ -137,14 +137,7 @@ def test_request_id_is_echoed_or_made(client):
     assert made != "bad id with spaces" and len(made) == 32
 
 
-def test_health_goes_from_loading_to_healthy(make_client, monkeypatch, tiny_model):
-    release = threading.Event()
-
-    def slow_load(*args, **kwargs):
-        release.wait(30)
-        return tiny_model
-
-    monkeypatch.setattr(EmotionModel, "from_pretrained", slow_load)
+def test_health_goes_from_loading_to_healthy(make_client, held_model_load):
     client = make_client(model=None)
     loading = client.get("/health")
     assert loading.status_code == 503 and loading.json()["status"] == "loading"
@@ -152,13 +145,14 @@ def test_health_goes_from_loading_to_healthy(make_client, monkeypatch, tiny_mode
     early = post(client, wav_bytes(noise(16000)))
     assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
     assert "retry-after" in early.headers
-    release.set()
+    held_model_load.set()
     wait_healthy(client)
     assert post(client, wav_bytes(noise(16000))).status_code == 200
 
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
-    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs")
+    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs",
+                        data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
         for _ in range(200):
             health = client.get("/health").json()

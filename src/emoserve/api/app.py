@@ -15,7 +15,7 @@ from ..emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..settings import Settings, get_settings
 from ..ui import mount_ui
-from . import routes_analyze, routes_health, routes_stream
+from . import routes_analyze, routes_health, routes_jobs, routes_stream, routes_tus, routes_uploads
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .schemas import ErrorBody, FrameResult, UtteranceResult
@@ -23,7 +23,9 @@ from .service import Service
 
 DESCRIPTION = """Speech emotion recognition with emotion2vec.
 
-Send audio to `POST /v1/analyze`; every error is `{"error": {"code", "message"}}` (see docs/API.md)."""
+Send a clip to `POST /v1/analyze`; send long audio with `/v1/upload/*` (chunked, parallel, resumable) or tus
+1.0 at `/v1/tus/`, then follow its job at `/v1/jobs/{id}`. Every error is `{"error": {"code", "message"}}`
+(see docs/API.md)."""
 
 
 def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
@@ -51,13 +53,18 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
     app.include_router(routes_stream.router)
+    app.include_router(routes_uploads.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_tus.router)
     if not settings.api_only:
         mount_ui(app, service.ready_engine, settings)  # /ui, in-process on this engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
                        rate_limit_per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too
     if settings.origins():
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After"])
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After",
+                                                                "Location", *routes_tus.EXPOSED_HEADERS])
     app.openapi = lambda: openapi_schema(app)
     return app
 
