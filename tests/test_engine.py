@@ -1,5 +1,6 @@
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from emoserve.engine import (
     EngineOverloaded,
     is_out_of_memory,
 )
+from emoserve.errors import EmoserveError
 from emoserve.settings import Settings
 
 from .samples import noise, sweep, wav_bytes
@@ -328,3 +330,53 @@ def test_gpu_engine_batches_in_bf16_close_to_cpu_fp32():
     assert max(stats.batch_sizes) > 1
     for expected, result in zip(reference, results, strict=True):
         assert np.abs(np.array(list(result.utterance_scores.values())) - expected.probs).max() < 0.05
+
+
+def test_predict_runs_the_callers_batches_on_the_compute_thread_beside_the_queue(model):
+    """Job threads share the engine's one compute thread (and torch pool) instead of running the model beside it."""
+    threads: list[str] = []
+    original = model.predict
+
+    def spy(waveforms, frames=False):
+        threads.append(threading.current_thread().name)
+        return original(waveforms, frames=frames)
+
+    model.predict = spy
+    engine = Engine(model, warmup=False)
+    with pytest.raises(EngineNotRunning):
+        engine.predict([noise(4000)])
+    waveforms = clips(seed=5, count=6)
+    try:
+        engine.analyze_sync(noise(8000))  # starts the engine on a loop of its own
+        with ThreadPoolExecutor(3) as pool:
+            direct = pool.map(lambda w: engine.predict([w, w[: len(w) // 2 + 200]], frames=True), waveforms)
+            queued = pool.map(lambda w: engine.analyze_sync(w)[1], waveforms)
+            direct, queued = list(direct), list(queued)
+        assert engine.predict([]) == []
+    finally:
+        engine.close()
+    assert threads and all(name.startswith("emoserve-compute") for name in threads)
+    for wav, (whole, half), result in zip(waveforms, direct, queued, strict=True):
+        expected = alone(original.__self__, wav, "frame")
+        np.testing.assert_allclose(whole.probs, expected.probs, atol=1e-5)
+        np.testing.assert_allclose(whole.frame_probs, expected.frame_probs, atol=1e-5)
+        assert half.num_samples == len(wav) // 2 + 200
+        np.testing.assert_allclose(list(result.scores.values()), expected.probs, atol=1e-5)
+    assert engine.stats.completed == engine.stats.submitted == 1 + 3 * len(waveforms)
+    with pytest.raises(EngineNotRunning):
+        engine.predict([noise(4000)])
+
+
+def test_predict_raises_the_models_failure_to_its_caller(model):
+    def broken(waveforms, frames=False):
+        raise ValueError("weights on fire")
+
+    engine = Engine(model, warmup=False)
+    try:
+        engine.analyze_sync(noise(8000))
+        model.predict = broken
+        with pytest.raises(EmoserveError, match="weights on fire"):
+            engine.predict([noise(4000)])
+    finally:
+        engine.close()
+    assert engine.stats.failed == 1  # recorded on the engine's loop, which close() lets finish

@@ -173,15 +173,16 @@ class JobRunner:
             log.info("job %s was deleted while it ran", job.job_id)
             shutil.rmtree(job_dir, ignore_errors=True)
             return
-        except RunnerStopping:
-            log.info("job %s goes back to the queue: the runner is stopping", job.job_id)
-            self.store.release_job(job.job_id)
-            return
-        except EmoserveError as e:
-            finished = self.fail(job, {"code": e.code, "message": e.message, "details": e.details})
-        except Exception as e:  # a bug or the model failing must fail this job, never the runner
-            log.exception("job %s failed", job.job_id)
-            finished = self.fail(job, {"code": "internal_error", "message": f"{type(e).__name__}: {e}"})
+        except Exception as e:
+            if isinstance(e, RunnerStopping) or self.stopping.is_set():  # the model may be gone: not the file's fault
+                log.info("job %s goes back to the queue: the runner is stopping", job.job_id)
+                self.store.release_job(job.job_id)
+                return
+            if isinstance(e, EmoserveError):
+                finished = self.fail(job, {"code": e.code, "message": e.message, "details": e.details})
+            else:  # a bug or the model failing must fail this job, never the runner
+                log.exception("job %s failed", job.job_id)
+                finished = self.fail(job, {"code": "internal_error", "message": f"{type(e).__name__}: {e}"})
         with self.changed:
             self.changed.notify_all()
         if finished is None:

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
                                              "measured slower than plain fp32 here: see docs/engine.md)")
 
+    # ---- long audio over HTTP: upload, tus and job routes (src/emoserve/api/routes_uploads.py, _tus.py, _jobs.py) ----
+    job_max_wait_s: float = Field(60.0, ge=0, description="longest ?wait= of GET /v1/jobs/{id}; a longer wait is cut "
+                                                          "to this")
+
     def keys(self) -> list[str]:
         """The configured API keys (env/flag and file together); empty when auth is off."""
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]

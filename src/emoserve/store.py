@@ -202,7 +202,7 @@ class Upload:
         return {"upload_id": self.upload_id, "filename": self.filename, "total_size": self.total_size,
                 "chunk_size": self.chunk_size, "chunk_count": self.chunk_count, "received": self.received,
                 "missing": self.missing, "received_bytes": self.received_bytes, "state": self.state,
-                "expires_at": iso(self.expires_at)}
+                "sha256": self.sha256, "expires_at": iso(self.expires_at)}
 
 
 @dataclass(frozen=True)
@@ -525,12 +525,19 @@ class Store:
         return self.get_upload(upload_id)
 
     def delete_upload(self, upload_id: str) -> None:
-        """tus termination, or a client giving up: the row and every byte go."""
+        """tus termination, or a client giving up: the row and every byte go (not under a job still to run)."""
         self.get_upload(upload_id)
-        with self.transaction() as db:
-            db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-        shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
-        self.upload_locks.pop(upload_id, None)
+        with self.upload_lock(upload_id):  # not in the middle of an append or a join
+            with self.transaction() as db:
+                pending = db.execute("SELECT COUNT(*) FROM jobs WHERE upload_id = ? AND status IN (?, ?)",
+                                     (upload_id, QUEUED, RUNNING)).fetchone()[0]
+                if pending:
+                    raise ConflictError(f"upload {upload_id} has {pending} job(s) queued or running: delete them or "
+                                        "wait for them to finish first")
+                db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
+        with self.lock:
+            self.upload_locks.pop(upload_id, None)
 
     def upload_file(self, upload_id: str) -> Path:
         """The complete file, for a job; refused while chunks are missing."""

@@ -24,7 +24,8 @@ def make_client(tmp_path, tiny_model):
     clients = []
 
     def make(model=tiny_model, **overrides) -> TestClient:
-        settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", **overrides)
+        settings = Settings(**{"model": "random:tiny", "log_dir": tmp_path / "logs", "data_dir": tmp_path / "data",
+                               **overrides})
         client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

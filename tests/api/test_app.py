@@ -35,8 +35,8 @@ def parse_mixed(response):
 def test_health_and_models(client, tiny_model):
     health = client.get("/health")
     assert health.status_code == 200
-    assert health.json() == {"status": "healthy", "model": "random:tiny", "granularity_supported": ["utterance", "frame"],
-                             "weights": "random"}
+    assert health.json() == {"status": "healthy", "model": "random:tiny",
+                             "granularity_supported": ["utterance", "frame"], "weights": "random"}
     models = client.get("/v1/models").json()["models"]
     assert models[0]["name"] == "random:tiny" and models[0]["labels"] == list(LABELS)
     assert models[0]["sample_rate"] == 16000 and models[0]["frame_rate"] == 50
@@ -158,7 +158,8 @@ def test_health_goes_from_loading_to_healthy(make_client, monkeypatch, tiny_mode
 
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
-    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs")
+    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs",
+                        data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
         for _ in range(200):
             health = client.get("/health").json()

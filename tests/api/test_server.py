@@ -22,7 +22,7 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
-    env = dict(os.environ, EMOSERVE_LOG_DIR=str(tmp_path / "logs"))
+    env = dict(os.environ, EMOSERVE_LOG_DIR=str(tmp_path / "logs"), EMOSERVE_DATA_DIR=str(tmp_path / "data"))
     process = subprocess.Popen([sys.executable, "-m", "emoserve", "serve", "--model", "random:tiny", "--port",
                                 str(port), "--api-only"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -14,7 +14,7 @@ from .. import __version__
 from ..emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..settings import Settings, get_settings
-from . import routes_analyze, routes_health
+from . import routes_analyze, routes_health, routes_jobs, routes_tus, routes_uploads
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .schemas import ErrorBody, FrameResult, UtteranceResult
@@ -22,7 +22,9 @@ from .service import Service
 
 DESCRIPTION = """Speech emotion recognition with emotion2vec.
 
-Send audio to `POST /v1/analyze`; every error is `{"error": {"code", "message"}}` (see docs/API.md)."""
+Send a clip to `POST /v1/analyze`; send long audio with `/v1/upload/*` (chunked, parallel, resumable) or tus
+1.0 at `/v1/tus/`, then follow its job at `/v1/jobs/{id}`. Every error is `{"error": {"code", "message"}}`
+(see docs/API.md)."""
 
 
 def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
@@ -49,11 +51,16 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     install_error_handlers(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
+    app.include_router(routes_uploads.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_tus.router)
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
                        rate_limit_per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too
     if settings.origins():
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After"])
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After",
+                                                                "Location", *routes_tus.EXPOSED_HEADERS])
     app.openapi = lambda: openapi_schema(app)
     return app
 

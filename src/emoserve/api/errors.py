@@ -11,12 +11,14 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import EmoserveError
 
 error_log = logging.getLogger("emoserve.error")
+access_log = logging.getLogger("emoserve.access")
 
 STATUS_BY_CODE: dict[str, int] = {
     "empty_audio": 400,
@@ -24,11 +26,14 @@ STATUS_BY_CODE: dict[str, int] = {
     "corrupt_audio": 400,
     "invalid_parameter": 400,
     "too_short": 400,
+    "checksum_mismatch": 400,  # tus PATCH answers 460, the status of its checksum extension
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
     "upload_incomplete": 409,
     "conflict": 409,
+    "upload_expired": 410,
+    "unsupported_tus_version": 412,
     "audio_too_long": 413,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
@@ -40,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_unavailable": 503,
     "overloaded": 503,
 }
+DEFAULT_RETRY_AFTER_S = {503: 1, 429: 30}  # 429 here: upload quotas, freed as uploads finish or expire
 CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
                   401: "unauthorized", 429: "rate_limited"}
 
@@ -58,8 +64,8 @@ def error_response(code: str, message: str, status: int | None = None, headers: 
 
 def retry_headers(error: EmoserveError) -> dict | None:
     retry_after = getattr(error, "retry_after", None) or error.details.get("retry_after")
-    if retry_after is None and status_for(error.code) == 503:
-        retry_after = 1
+    if retry_after is None:
+        retry_after = DEFAULT_RETRY_AFTER_S.get(status_for(error.code))
     return {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
 
 
@@ -89,6 +95,13 @@ async def handle_http_error(request: Request, error: StarletteHTTPException) -> 
     return error_response(code, message, error.status_code, getattr(error, "headers", None))
 
 
+async def handle_disconnect(request: Request, error: ClientDisconnect) -> Response:
+    """The client went away mid-body: expected of uploads over bad networks (they resume), so no error log."""
+    access_log.info("%s %s: client disconnected before the body ended", request.method, request.url.path,
+                    extra={"request_id": request_id(request)})
+    return Response(status_code=499)  # nobody reads it
+
+
 async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     error_log.exception("unhandled error on %s %s", request.method, request.url.path,
                         extra={"request_id": request_id(request)})
@@ -100,4 +113,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EmoserveError, handle_emoserve_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(ClientDisconnect, handle_disconnect)
     app.add_exception_handler(Exception, handle_unexpected)

@@ -5,6 +5,7 @@ It sits outermost (inside CORS), so even a crash below it answers JSON with an X
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import math
@@ -106,10 +107,8 @@ class RequestContextMiddleware:
                 if scope["type"] == "http":
                     response = error_response("internal_error", f"internal error; quote request id {request_id} "
                                                                 "when reporting it", 500)
-                    try:
+                    with contextlib.suppress(RuntimeError):  # the response had already started: nothing to send
                         await response(scope, receive, send_with_id)
-                    except RuntimeError:  # the response had already started: nothing more to send
-                        pass
         self.log(scope, request_id, client, status_holder["status"], time.perf_counter() - started)
 
     def check_access(self, path: str, headers: Headers, client: str):

@@ -1,6 +1,8 @@
-"""The running service: settings, metrics, and the model/engine that loads in the background.
+"""The running service: settings, metrics, the model/engine that loads in the background, uploads and jobs.
 
-The port answers at once; `/health` says `loading` until the model is loaded and warmed up.
+The port answers at once; `/health` says `loading` until the model is loaded and warmed up. The
+upload store opens first, so uploads (and status reads) are taken while the model loads; the job
+runner starts once the model is ready and runs the model through the engine.
 """
 
 from __future__ import annotations
@@ -13,26 +15,41 @@ from dataclasses import dataclass, field
 from ..emotion_model import EmotionModel
 from ..engine import Engine
 from ..errors import EmoserveError
+from ..jobs import JobRunner, RunnerConfig
+from ..longform import LongformOptions
 from ..settings import Settings
+from ..store import Store
 from .metrics import ServiceMetrics
 
 load_log = logging.getLogger("emoserve.model_load")
 error_log = logging.getLogger("emoserve.error")
 
+RUNNER_STOP_S = 60.0  # a job hands its work back at its next batch; a callback POST times out on its own
+
 
 @dataclass
 class Service:
     settings: Settings
-    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     engine: Engine | None = None
     status: str = "loading"  # loading → healthy | failed
     error: str | None = None
     model: EmotionModel | None = None
+    store: Store | None = None
+    runner: JobRunner | None = None
+    metrics: ServiceMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServiceMetrics(lambda: self.engine.stats if self.engine else None)
 
     async def load(self, model: EmotionModel | None = None) -> None:
-        """Load (unless given) and warm up the model, then start the engine. Never raises."""
+        """Open the store, load (unless given) and warm up the model, start the engine and the job runner.
+
+        Never raises: a failure is reported by /health.
+        """
         s = self.settings
+        engine = None
         try:
+            self.store = await asyncio.to_thread(Store.from_settings, s)
             started = time.perf_counter()
             engine = await asyncio.to_thread(Engine.from_settings, s, model)  # loads the model unless given
             model = engine.model
@@ -40,12 +57,19 @@ class Service:
             engine.observers.append(self.metrics.observe_batch)
             await engine.start()  # includes the warm-up of the common batch shapes
             warm = time.perf_counter()
+            runner = JobRunner(self.store, engine.predict, labels=model.labels, model_name=model.name,
+                               min_samples=model.config.min_samples, options=LongformOptions.from_settings(s),
+                               config=RunnerConfig.from_settings(s))
+            await asyncio.to_thread(runner.start)  # re-queues the jobs a crash left running
         except Exception as e:  # a model that cannot load is reported by /health, not a crash loop
+            if engine is not None and engine.is_running:
+                await engine.stop(drain=False)
             self.status = "failed"
             self.error = e.message if isinstance(e, EmoserveError) else f"{type(e).__name__}: {e}"
             error_log.exception("model %s failed to load", s.model)
             load_log.error("model %s failed to load: %s", s.model, self.error, extra={"model": s.model})
             return
+        self.runner = runner
         self.model, self.engine, self.status = model, engine, "healthy"
         self.metrics.model_ready.set(1)
         info = model.info
@@ -54,17 +78,37 @@ class Service:
             "load_s": round(loaded - started, 3), "warmup_s": round(warm - loaded, 3)})
 
     async def close(self) -> None:
-        """Stop taking work, finish what is in flight, then release the model."""
+        """Stop taking work: the running job goes back to the queue, the engine finishes what is in flight."""
+        if self.runner is not None:
+            await asyncio.to_thread(self.runner.stop, RUNNER_STOP_S)
         if self.engine is not None:
             await self.engine.stop(drain=True)
             load_log.info("model %s stopped", self.model.name, extra={"model": self.model.name})
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
         self.metrics.model_ready.set(0)
 
     def ready_engine(self) -> Engine:
         """The engine, or a 503 that says why there is none yet."""
         if self.engine is not None:
             return self.engine
-        if self.status == "failed":
-            raise EmoserveError(f"the model failed to load: {self.error}", code="model_unavailable")
+        self.check_not_failed()
         raise EmoserveError("the model is still loading; retry shortly", code="model_loading",
                             details={"retry_after": 2})
+
+    def ready_runner(self) -> JobRunner:
+        """The job runner: it starts with the model, so jobs are refused (503) while the model loads."""
+        self.ready_engine()
+        return self.runner
+
+    def ready_store(self) -> Store:
+        """The upload store: open while the model loads, so uploads and status reads go on meanwhile."""
+        self.check_not_failed()
+        if self.store is None:
+            raise EmoserveError("the service is starting; retry shortly", code="model_loading",
+                                details={"retry_after": 1})
+        return self.store
+
+    def check_not_failed(self) -> None:
+        if self.status == "failed":
+            raise EmoserveError(f"the model failed to load: {self.error}", code="model_unavailable")

@@ -1,0 +1,98 @@
+"""Long-audio jobs: POST /v1/jobs, GET /v1/jobs/{id}[?wait=S], GET /v1/jobs/{id}/embedding.npy, DELETE /v1/jobs/{id}.
+
+Store and runner calls block (SQLite, fsync), so they run in the threadpool. `?wait` polls the
+store from the event loop instead of parking a threadpool thread per waiting client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..store import Job
+from .schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
+from .service import Service
+
+router = APIRouter(tags=["jobs"])
+
+POLL_FIRST_S, POLL_MAX_S = 0.05, 0.5
+READ_BLOCK = 1024 * 1024
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def job_accepted(request: Request, job: Job) -> JSONResponse:
+    """202 + where to follow the job; a repeated request answers the same job (whatever its status now)."""
+    status_url = str(request.url_for("get_job", job_id=job.job_id))
+    return JSONResponse({"job_id": job.job_id, "status": job.status, "status_url": status_url}, status_code=202,
+                        headers={"Location": status_url})
+
+
+async def submit(request: Request, body: JobRequest) -> JSONResponse:
+    runner = service_of(request).ready_runner()
+    job = await run_in_threadpool(runner.submit, body.upload_id, body.granularity, body.return_embedding,
+                                  body.callback_url)
+    return job_accepted(request, job)
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobAccepted, summary="Analyse a complete upload",
+             responses=UPLOAD_ERROR_RESPONSES)
+async def create_job(body: JobRequest, request: Request) -> JSONResponse:
+    """A job over an upload already complete (chunked after /v1/upload/complete, or tus once every byte came)."""
+    return await submit(request, body)
+
+
+@router.get("/v1/jobs/{job_id}", name="get_job", response_model=JobStatus, summary="A job's status and result",
+            responses=UPLOAD_ERROR_RESPONSES)
+async def get_job(job_id: str, request: Request,
+                  wait: float = Query(0.0, ge=0, description="block up to this many seconds until the job is done "
+                                                             "(cut to the server's limit, 60 s by default)")
+                  ) -> JSONResponse:
+    service = service_of(request)
+    store = service.ready_store()
+    deadline = asyncio.get_running_loop().time() + min(wait, service.settings.job_max_wait_s)
+    delay = POLL_FIRST_S
+    while True:
+        job = await run_in_threadpool(store.get_job, job_id)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if job.finished or remaining <= 0:
+            return JSONResponse(job.to_dict())
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(2 * delay, POLL_MAX_S)
+
+
+@router.get("/v1/jobs/{job_id}/embedding.npy", summary="The embedding of a finished job",
+            response_class=Response,
+            responses={200: {"content": {"application/x-npy": {}},
+                             "description": "float32 .npy: (segments, D) for utterance, (frames, D) for frame"},
+                       **UPLOAD_ERROR_RESPONSES})
+async def get_embedding(job_id: str, request: Request) -> StreamingResponse:
+    runner = service_of(request).ready_runner()
+    path = await run_in_threadpool(runner.embedding_file, job_id)
+    file = await run_in_threadpool(open, path, "rb")  # open now: a DELETE meanwhile cannot pull it away
+    size = os.fstat(file.fileno()).st_size
+    return StreamingResponse(blocks(file), media_type="application/x-npy", headers={
+        "Content-Length": str(size), "Content-Disposition": 'attachment; filename="embedding.npy"'})
+
+
+def blocks(file: BinaryIO) -> Iterator[bytes]:
+    with file:
+        while block := file.read(READ_BLOCK):
+            yield block
+
+
+@router.delete("/v1/jobs/{job_id}", status_code=204, summary="Delete a job, its result and its embedding",
+               responses=UPLOAD_ERROR_RESPONSES)
+async def delete_job(job_id: str, request: Request) -> Response:
+    """A running job stops at its next step; the upload stays (start another job on it, or let it expire)."""
+    runner = service_of(request).ready_runner()
+    await run_in_threadpool(runner.delete, job_id)
+    return Response(status_code=204)

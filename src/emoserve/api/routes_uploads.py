@@ -1,0 +1,101 @@
+"""Chunked uploads: POST /v1/upload/init, PUT /v1/upload/{id}/chunk/{n}, GET /v1/upload/{id}, POST /v1/upload/complete.
+
+Chunks arrive in any order and in parallel; each is stored durably (fsync) before it is
+acknowledged, so `GET /v1/upload/{id}` is a safe resume point after a crash on either side. A
+chunk's body is read as it arrives with the upload's chunk size as the cap, so an oversized body is
+refused before it is held in memory. Store calls block (SQLite, fsync): they run in the threadpool.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import PayloadTooLargeError
+from .routes_jobs import service_of, submit
+from .schemas import (
+    UPLOAD_ERROR_RESPONSES,
+    ChunkReceived,
+    JobAccepted,
+    JobRequest,
+    UploadCreated,
+    UploadInit,
+    UploadStatus,
+)
+
+router = APIRouter(tags=["uploads"])
+
+RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}}}}
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to be longer than `cap`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLargeError(f"a chunk of this upload carries at most {cap} bytes; got {declared}",
+                                   details={"max_bytes": cap})
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > cap:
+            raise PayloadTooLargeError(f"a chunk of this upload carries at most {cap} bytes",
+                                       details={"max_bytes": cap})
+    return bytes(body)
+
+
+@router.post("/v1/upload/init", status_code=201, response_model=UploadCreated, summary="Start a chunked upload",
+             responses=UPLOAD_ERROR_RESPONSES)
+async def init_upload(body: UploadInit, request: Request) -> JSONResponse:
+    """Announce a file; PUT its chunks to `chunk_urls` (any order, in parallel), then POST /v1/upload/complete."""
+    store = service_of(request).ready_store()
+    upload = await run_in_threadpool(store.create_upload, body.filename, body.total_size, body.chunk_size,
+                                      body.sha256)
+    first = str(request.url_for("put_chunk", upload_id=upload.upload_id, index="0"))
+    chunk_urls = [first[:-1] + str(index) for index in range(upload.chunk_count)]
+    return JSONResponse({**upload.to_dict(), "chunk_urls": chunk_urls}, status_code=201,
+                        headers={"Location": str(request.url_for("get_upload", upload_id=upload.upload_id))})
+
+
+@router.put("/v1/upload/{upload_id}/chunk/{index}", name="put_chunk", response_model=ChunkReceived,
+            summary="Send one chunk", openapi_extra=RAW_BODY, responses=UPLOAD_ERROR_RESPONSES)
+async def put_chunk(upload_id: str, index: int, request: Request,
+                    content_md5: str | None = Header(None, description="MD5 of the chunk, base64 or hex"),
+                    x_chunk_sha256: str | None = Header(None, description="SHA-256 of the chunk, hex or base64")
+                    ) -> ChunkReceived:
+    """Stored durably before the answer; re-sending a chunk replaces it (idempotent)."""
+    store = service_of(request).ready_store()
+    upload = await run_in_threadpool(store.writable_upload, upload_id, "chunked")  # 404/409/410 before the body
+    data = await read_capped(request, upload.chunk_size)
+    stored = await run_in_threadpool(store.put_chunk, upload_id, index, data, md5=content_md5, sha256=x_chunk_sha256)
+    return ChunkReceived(**stored)
+
+
+@router.get("/v1/upload/{upload_id}", name="get_upload", response_model=UploadStatus,
+            summary="What arrived, what is missing", responses=UPLOAD_ERROR_RESPONSES)
+async def get_upload(upload_id: str, request: Request) -> JSONResponse:
+    """The resume point after a dropped connection or a crash: send the `missing` chunks again."""
+    store = service_of(request).ready_store()
+    upload = await run_in_threadpool(store.get_upload, upload_id)
+    return JSONResponse(upload.to_dict())
+
+
+@router.delete("/v1/upload/{upload_id}", status_code=204, summary="Abandon an upload",
+               responses=UPLOAD_ERROR_RESPONSES)
+async def delete_upload(upload_id: str, request: Request) -> Response:
+    """Remove an upload and its data now, freeing its quota (refused while a job on it is queued or running)."""
+    store = service_of(request).ready_store()
+    await run_in_threadpool(store.delete_upload, upload_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/upload/complete", status_code=202, response_model=JobAccepted,
+             summary="Join the chunks and start the analysis", responses=UPLOAD_ERROR_RESPONSES)
+async def complete_upload(body: JobRequest, request: Request) -> JSONResponse:
+    """409 `upload_incomplete` with the `missing` chunks if some are missing; 400 `checksum_mismatch` if the
+    joined file does not match the sha256 given at init. Repeating it answers the same job."""
+    service = service_of(request)
+    service.ready_runner()  # no job without a model: refuse before joining
+    await run_in_threadpool(service.ready_store().complete_upload, body.upload_id)
+    return await submit(request, body)
