@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from emoserve import LABELS, AudioError, EmotionResult, InvalidParameterError
+from emoserve.errors import NotFoundError
 from emoserve.api.app import create_app
 from emoserve.client import (
     AsyncEmoClient,
@@ -285,3 +286,97 @@ def counting_transport(requests: list) -> httpx.HTTPTransport:
             return super().handle_request(request)
 
     return Counting()
+
+
+# ---- long audio: chunked parallel upload, jobs, resume ----
+
+
+@pytest.fixture(scope="module")
+def long_file(tmp_path_factory):
+    from .samples import long_recording
+
+    path = tmp_path_factory.mktemp("long") / "call.wav"
+    path.write_bytes(wav_bytes(long_recording(12.0, seed=4)))
+    return path
+
+
+CHUNK = 64 * 1024
+
+
+def test_analyze_long_uploads_chunks_in_parallel_and_matches_the_library(client, long_file, tiny_model):
+    sent = []
+    with EmoClient(client.base_url, resume_dir=client.resume_dir, transport=counting_transport(sent)) as counted:
+        timeline = counted.analyze_long(long_file, granularity="frame", return_embedding=True, chunk_size=CHUNK,
+                                        parallel=3)
+    puts = [r for r in sent if r.method == "PUT"]
+    assert len(puts) == -(-long_file.stat().st_size // CHUNK) > 3
+    assert all(len(r.content) <= CHUNK for r in puts)
+    want = tiny_model.analyze_long(long_file, granularity="frame", return_embedding=True)
+    assert isinstance(timeline, LongformResult)
+    assert [(s.start, s.end, s.emotion) for s in timeline.segments] == \
+        [(s.start, s.end, s.emotion) for s in want.segments]
+    assert timeline.overall.emotion == want.overall.emotion
+    assert timeline.frame_scores.shape == want.frame_scores.shape
+    np.testing.assert_allclose(timeline.frame_scores, want.frame_scores, atol=1e-4)
+    np.testing.assert_allclose(timeline.timestamps, want.timestamps)
+    assert timeline.embedding.shape == want.embedding.shape
+    assert not list(client.resume_dir.glob("*.json"))  # nothing left to resume
+
+
+def test_submit_job_wait_and_delete(client, long_file):
+    job = client.submit_long(long_file.read_bytes(), chunk_size=CHUNK)
+    assert job.status in ("queued", "running", "succeeded") and not job.error
+    done = client.wait(job, timeout=60)
+    assert done.status == "succeeded" and done.progress == 1.0 and done.result.segments
+    again = client.job(job.job_id)
+    assert again.result.overall == done.result.overall
+    client.delete_job(job.job_id)
+    with pytest.raises(NotFoundError):
+        client.job(job.job_id)
+
+
+def test_an_interrupted_upload_resumes_with_the_missing_chunks_only(server, tmp_path, long_file):
+    class DropsChunk2(httpx.HTTPTransport):
+        def handle_request(self, request):
+            if request.method == "PUT" and request.url.path.endswith("/chunk/2"):
+                raise httpx.ConnectError("the network went away", request=request)
+            return super().handle_request(request)
+
+    resume_dir = tmp_path / "resume"
+    with EmoClient(server, retries=0, resume_dir=resume_dir, transport=DropsChunk2()) as broken, \
+            pytest.raises(httpx.ConnectError):
+        broken.analyze_long(long_file, chunk_size=CHUNK, parallel=2)
+    (state_file,) = resume_dir.glob("*.json")
+    upload_id = json.loads(state_file.read_text())["upload_id"]
+    missing = httpx.get(f"{server}/v1/upload/{upload_id}").json()["missing"]
+    assert 2 in missing and len(missing) < -(-long_file.stat().st_size // CHUNK)  # chunks after 2 may be cancelled
+
+    sent = []
+    with EmoClient(server, resume_dir=resume_dir, transport=counting_transport(sent)) as again:
+        timeline = again.analyze_long(long_file, chunk_size=CHUNK)
+    assert [r.url.path for r in sent if r.method == "PUT"] == [f"/v1/upload/{upload_id}/chunk/{i}" for i in missing]
+    assert [r.method for r in sent if r.method != "PUT"][0] == "GET" and not sent[0].url.path.endswith("init")
+    assert timeline.segments and not state_file.exists()
+
+
+def test_a_forgotten_upload_starts_over(client, long_file):
+    from emoserve.client import ResumeFile, file_sha256
+
+    ResumeFile(client.resume_dir, client.base_url, file_sha256(long_file)).save(
+        {"upload_id": "0" * 32, "chunk_size": CHUNK})
+    assert client.analyze_long(long_file, chunk_size=CHUNK).segments
+
+
+def test_async_analyze_long_and_preconverted_long_file(server, tmp_path, long_file, tiny_model):
+    mp3 = tmp_path / "call.mp3"
+    samples, rate = sf.read(long_file, dtype="float32")
+    mp3.write_bytes(encode(samples, rate, "mp3"))
+
+    async def main():
+        async with AsyncEmoClient(server, resume_dir=tmp_path / "resume") as client:
+            return await asyncio.gather(client.analyze_long(long_file, chunk_size=CHUNK, parallel=4),
+                                        client.analyze_long(mp3, chunk_size=CHUNK, preconvert=True))
+
+    plain, converted = asyncio.run(main())
+    assert [s.emotion for s in plain.segments] == [s.emotion for s in tiny_model.analyze_long(long_file).segments]
+    assert converted.duration_s == pytest.approx(plain.duration_s, abs=0.1) and converted.segments
