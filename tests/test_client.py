@@ -15,17 +15,16 @@ import pytest
 import soundfile as sf
 
 from emoserve import LABELS, AudioError, EmotionResult, InvalidParameterError
-from emoserve.errors import NotFoundError
 from emoserve.api.app import create_app
 from emoserve.client import (
     AsyncEmoClient,
     AuthenticationError,
     ClientResult,
     EmoClient,
-    LocalClient,
     ServiceUnavailableError,
     parse_multipart,
 )
+from emoserve.errors import NotFoundError
 from emoserve.results import LongformResult
 from emoserve.settings import Settings
 

@@ -125,8 +125,14 @@ def analyze(
 def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddings_dir: Path | None,
             jobs: int) -> list[Failure]:
     """Analyse `jobs` files at a time; rows are written as each finishes; failures are collected, not raised."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     failures: list[Failure] = []
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -196,8 +202,8 @@ def print_summary(rows: list[dict], failures: list[Failure], skipped: int, elaps
     for emotion, count in Counter(row.get("emotion") or "-" for row in rows).most_common():
         summary.add_row(f"  {emotion}", str(count))
     console.print(summary)
-    if failures:
-        table = Table("file", "code", "message", title=f"{len(failures)} failed", title_style="red")
+    if failures:  # one line each, never wrapped: easy to grep and to copy a path from
+        console.print(f"[red]{len(failures)} failed[/red]:")
         for failure in failures:
-            table.add_row(failure.file, failure.code, failure.message)
-        console.print(table)
+            console.print(f"  {failure.file}: {failure.code}: {failure.message}", highlight=False, soft_wrap=True,
+                          markup=False)

@@ -110,7 +110,8 @@ def plot_clusters(points: np.ndarray, labels: np.ndarray, title: str, path: Path
 
 
 def cluster(
-    source: Annotated[Path, typer.Argument(help="folder of .npy embeddings, or a results file of `analyze`")],
+    source: Annotated[Path, typer.Argument(help="folder of .npy embeddings, or a results file of `analyze`",
+                                           exists=True)],
     k: Annotated[str, typer.Option("--k", help="number of clusters, or auto (best silhouette)")] = "auto",
     max_k: Annotated[int, typer.Option(min=2, help="largest k tried by --k auto")] = 10,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="default: beside SOURCE")] = None,

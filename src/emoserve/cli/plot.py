@@ -108,7 +108,8 @@ def draw_segments(ax, segments: list[dict]) -> None:
 
 
 def plot(
-    result: Annotated[Path, typer.Argument(help="a result JSON (API response, analyze --format json/jsonl)")],
+    result: Annotated[Path, typer.Argument(help="a result JSON (API response, analyze --format json/jsonl)",
+                                           exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")] = Path("timeline.png"),
     file: Annotated[str | None, typer.Option(help="which file's result, when RESULT holds several")] = None,
     title: Annotated[str | None, typer.Option(help="figure title")] = None,
