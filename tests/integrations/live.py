@@ -7,6 +7,7 @@ which do not have torch, can start a server with another interpreter.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -95,3 +97,24 @@ def tone_wav(seconds: float = 1.0, frequency: float = 220.0, rate: int = 16_000)
         w.setframerate(rate)
         w.writeframes(frames)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """A static file server for `directory` (audio behind a URL); yields its base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler,
+                                                                    directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def analyze_directly(base: str, path: Path) -> dict:
+    """The server's own answer for a file: what an integration must report."""
+    with open(path, "rb") as f:
+        return httpx.post(base + "/v1/analyze", files={"audio_file": f}, timeout=60).json()

@@ -8,11 +8,7 @@ are skipped elsewhere.
 from __future__ import annotations
 
 import asyncio
-import functools
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 pytest.importorskip("rasa_sdk")
@@ -23,7 +19,7 @@ from rasa_sdk.executor import CollectingDispatcher  # noqa: E402
 
 from emoserve.integrations.rasa import ActionAnalyzeEmotion, parse_rules  # noqa: E402
 
-from .live import serve_in_subprocess, tone_wav  # noqa: E402
+from .live import analyze_directly, serve_directory, serve_in_subprocess, tone_wav  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +51,19 @@ def action_for(server, monkeypatch, **rules) -> ActionAnalyzeEmotion:
     return type("Configured", (ActionAnalyzeEmotion,), rules)()
 
 
-def expected(server, clip) -> dict:
-    return httpx.post(server + "/v1/analyze", files={"audio_file": clip.open("rb")}).json()
-
-
 def test_a_path_in_the_slot_sets_the_emotion_slots(server, clip, monkeypatch):
     action = action_for(server, monkeypatch, escalate={"angry": 0.7})
     events, messages = run(action, tracker(slots={"audio_url": str(clip)}))
-    want = expected(server, clip)
+    want = analyze_directly(server, clip)
     assert events[:2] == [SlotSet("emotion", want["emotion"]), SlotSet("emotion_confidence", want["confidence"])]
     assert action.name() == "action_analyze_emotion"
-    assert messages == [] or want["emotion"] == "angry"
+    assert messages == []  # random:tiny is never that sure of anything
 
 
 def test_a_url_in_the_message_metadata_and_the_handoff_rule(server, clip, monkeypatch):
-    files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler,
-                                                                    directory=str(clip.parent)))
-    threading.Thread(target=files.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{files.server_address[1]}/{clip.name}"
-    want = expected(server, clip)
-    try:
+    want = analyze_directly(server, clip)
+    with serve_directory(clip.parent) as files:
+        url = f"{files}/{clip.name}"
         hands_off = action_for(server, monkeypatch, escalate={want["emotion"]: want["confidence"] - 0.01},
                                handoff_action="action_handoff")
         events, messages = run(hands_off, tracker(metadata={"audio_url": url}))
@@ -83,9 +72,6 @@ def test_a_url_in_the_message_metadata_and_the_handoff_rule(server, clip, monkey
         stays = action_for(server, monkeypatch, escalate={want["emotion"]: want["confidence"] + 0.01})
         events, messages = run(stays, tracker(metadata={"audio_url": url}))
         assert messages == [] and not any(isinstance(e, dict) and e.get("event") == "followup" for e in events)
-    finally:
-        files.shutdown()
-        files.server_close()
 
 
 def test_no_audio_or_a_failure_leaves_the_slots_empty(server, tmp_path, monkeypatch):

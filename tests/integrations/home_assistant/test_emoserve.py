@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-import httpx
 import pytest
 import pytest_socket
 from homeassistant import config_entries, data_entry_flow
@@ -14,7 +9,7 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import async_capture_events
 
-from ..live import serve_in_subprocess, tone_wav
+from ..live import analyze_directly, serve_directory, serve_in_subprocess, tone_wav
 
 DOMAIN = "emoserve"
 
@@ -35,18 +30,8 @@ def clip(tmp_path):
 
 @pytest.fixture
 def file_server(clip):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler,
-                                                                    directory=str(clip.parent)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-def expected(server, clip) -> dict:
-    return httpx.post(server + "/v1/analyze", files={"audio_file": clip.open("rb")}).json()
+    with serve_directory(clip.parent) as base:
+        yield base
 
 
 async def setup_yaml(hass, server, tmp_path) -> None:
@@ -61,7 +46,7 @@ async def test_analyze_a_file_fires_the_event_and_answers(hass, server, clip, tm
     response = await hass.services.async_call(DOMAIN, "analyze", {"file": str(clip)}, blocking=True,
                                               return_response=True)
     await hass.async_block_till_done()
-    want = expected(server, clip)
+    want = analyze_directly(server, clip)
     assert len(events) == 1 and events[0].data == response
     assert response["emotion"] == want["emotion"] and response["confidence"] == pytest.approx(want["confidence"])
     assert response["scores"] == pytest.approx(want["scores"]) and response["source"] == str(clip)
@@ -72,7 +57,7 @@ async def test_analyze_a_url(hass, server, clip, tmp_path, file_server):
     events = async_capture_events(hass, "emoserve_result")
     await hass.services.async_call(DOMAIN, "analyze", {"url": f"{file_server}/{clip.name}"}, blocking=True)
     await hass.async_block_till_done()
-    assert events[0].data["emotion"] == expected(server, clip)["emotion"]
+    assert events[0].data["emotion"] == analyze_directly(server, clip)["emotion"]
 
 
 async def test_refusals(hass, server, clip, tmp_path, file_server):
@@ -101,7 +86,7 @@ async def test_config_flow_checks_the_server_and_sets_up_the_service(hass, serve
     hass.config.allowlist_external_dirs = {str(tmp_path)}
     response = await hass.services.async_call(DOMAIN, "analyze", {"file": str(clip)}, blocking=True,
                                               return_response=True)
-    assert response["emotion"] == expected(server, clip)["emotion"]
+    assert response["emotion"] == analyze_directly(server, clip)["emotion"]
     entry = hass.config_entries.async_entries(DOMAIN)[0]
     assert await hass.config_entries.async_unload(entry.entry_id)
     assert not hass.services.has_service(DOMAIN, "analyze")
