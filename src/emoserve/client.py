@@ -460,7 +460,7 @@ class Flows:
         if parallel < 1:
             raise InvalidParameterError("parallel must be at least 1")
         convert = self.preconvert_format if (self.preconvert if preconvert is None else preconvert) else None
-        with staged_file(audio, convert) as (path, filename):
+        with StagedFile(audio, convert) as (path, filename):
             upload_id, resume_file = yield from self.upload_flow(path, filename, chunk_size, parallel, resume)
             body = {"upload_id": upload_id, "granularity": granularity, "return_embedding": return_embedding,
                     "callback_url": callback_url}
@@ -547,7 +547,7 @@ class Flows:
         yield from self.call("DELETE", f"/v1/jobs/{job_id}")
 
 
-class staged_file:
+class StagedFile:
     """The file to upload: the path itself, or a temp file holding bytes or the pre-converted audio."""
 
     def __init__(self, audio: Any, convert: str | None):
