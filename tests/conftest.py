@@ -19,8 +19,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's model cache."""
+    """No test reads or writes the user's model cache, upload store or logs."""
     monkeypatch.setenv("EMOSERVE_CACHE", str(tmp_path_factory.getbasetemp() / "emoserve-cache"))
+    monkeypatch.setenv("EMOSERVE_DATA_DIR", str(tmp_path_factory.mktemp("emoserve-data")))
+    monkeypatch.setenv("EMOSERVE_LOG_DIR", str(tmp_path_factory.mktemp("emoserve-logs")))
 
 
 def decoder_tensors(config: Emotion2vecConfig, decoder_dim: int, seed: int = 99) -> dict[str, torch.Tensor]:

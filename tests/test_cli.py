@@ -36,5 +36,5 @@ def test_analyze_with_a_random_model(tmp_path):
     path.write_bytes(wav_bytes(sweep(0.5)))
     result = runner.invoke(app, ["analyze", str(path), "--model", "random:tiny", "--format", "json"])
     assert result.exit_code == 0, result.output
-    body = json.loads(result.stdout.strip().splitlines()[-1])
+    (body,) = json.loads(result.stdout)
     assert body["file"] == str(path) and body["model"] == "random:tiny" and body["emotion"]

@@ -1,48 +1,209 @@
-"""`emoserve analyze`: the emotion of audio files, with a local model."""
+"""`emoserve analyze`: the emotion of many files, with a local model or a server, resumable.
+
+Files are analysed `--jobs` at a time: against a server those are concurrent requests (the
+server batches them); locally they go through one `Engine`, which batches them the same way.
+Files over the single-request limit go through the long-audio path (`analyze_long`).
+"""
 
 from __future__ import annotations
 
-import json
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..errors import EmoserveError
-from ..settings import get_settings
+from ..errors import EmoserveError, InvalidParameterError
 from .common import clean_errors, console
+from .outputs import Writer, flat_row, infer_format
+
+AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".webm",
+                    ".mka", ".wma", ".aif", ".aiff", ".caf", ".au", ".amr", ".w64"}
+TOO_LONG = {"audio_too_long", "payload_too_large"}
+
+
+@dataclass(frozen=True)
+class Failure:
+    file: str
+    code: str
+    message: str
+
+
+def collect_files(paths: list[Path], recursive: bool) -> tuple[list[Path], list[Failure]]:
+    """Files as given, and the audio files in folders (sorted; subfolders with `recursive`)."""
+    files, missing = [], []
+    for path in paths:
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            files += sorted(p for p in found if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(Failure(str(path), "not_found", "no such file or folder"))
+    return list(dict.fromkeys(files)), missing
+
+
+def embedding_path(directory: Path, file: Path) -> Path:
+    """DIR/<the file's path, without root or '..'>.npy: one .npy per input, never outside DIR."""
+    parts = [p for p in file.parts if p not in ("..", ".", file.anchor)]
+    return directory.joinpath(*parts[:-1], parts[-1] + ".npy")
+
+
+def analyze_file(client, path: Path, granularity: str, want_embedding: bool) -> tuple[dict, Any]:
+    """(row, embedding) for one file: one request, or the long-audio path when it is over the limit."""
+    try:
+        result = client.analyze(path, granularity=granularity, return_embedding=want_embedding)
+        return {"file": str(path), **result.to_dict()}, result.embedding
+    except EmoserveError as e:
+        if e.code not in TOO_LONG:
+            raise
+    timeline = client.analyze_long(path, granularity=granularity, return_embedding=want_embedding)
+    overall = timeline.overall
+    row = {"file": str(path), "emotion": overall.emotion, "confidence": overall.confidence, **timeline.to_dict()}
+    return row, timeline.embedding
+
+
+def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None):
+    if server and model:
+        raise InvalidParameterError("use --server URL or --model NAME, not both")
+    if server:
+        from ..client import EmoClient
+
+        return EmoClient(server, api_key, preconvert=preconvert)
+    from ..client import LocalClient
+    from ..emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
+    from ..settings import get_settings
+
+    settings = get_settings(model=model, device=device)
+    loaded = EmotionModel.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
+                                          cache_dir=settings.cache, source=settings.source)
+    return LocalClient(loaded, max_duration_s=settings.max_duration_s)
 
 
 def analyze(
-    paths: Annotated[list[Path], typer.Argument(help="audio files")],
-    model: Annotated[str | None, typer.Option(help="model name, model dir or random:tiny|base|large")] = None,
+    paths: Annotated[list[Path], typer.Argument(help="audio files and folders")],
+    server: Annotated[str | None, typer.Option(help="emoserve URL; default: a local model", envvar="EMOSERVE_SERVER",
+                                               show_envvar=True)] = None,
+    model: Annotated[str | None, typer.Option(help="local model: name, model dir or random:tiny|base|large")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --server", envvar="EMOSERVE_API_KEY")] = None,
     granularity: Annotated[str, typer.Option(help="utterance or frame")] = "utterance",
-    output_format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="look into subfolders")] = False,
+    output_format: Annotated[str | None, typer.Option(
+        "--format", help="table, json, jsonl, csv or parquet (default: from --output's suffix, else table)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (default stdout)")] = None,
+    embeddings_dir: Annotated[Path | None, typer.Option(help="save each file's embedding as a .npy here")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="files analysed at once")] = 4,
+    resume: Annotated[bool, typer.Option("--resume", help="skip the files already in --output")] = False,
+    preconvert: Annotated[bool, typer.Option("--preconvert", help="decode to 16 kHz mono FLAC before uploading")]
+    = False,
+    device: Annotated[str | None, typer.Option(help="local model device: auto, cpu, cuda")] = None,
 ) -> None:
-    """Print the emotion of each file."""
-    from ..emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
-
-    settings = get_settings(model=model, device=device)
+    """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     with clean_errors():
-        emotion_model = EmotionModel.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                                     cache_dir=settings.cache, source=settings.source)
-    table = Table("file", "emotion", "confidence", "duration (s)")
-    failures = 0
-    for path in paths:
+        fmt = infer_format(output, output_format)
+        files, failures = collect_files(paths, recursive)
+        writer = Writer(fmt, output, resume)
+        todo = [f for f in files if str(f) not in writer.done]
+        client = make_client(server, model, api_key, preconvert, device)
+        started = time.perf_counter()
         try:
-            result = emotion_model.analyze(path, granularity=granularity)
-        except EmoserveError as e:
-            failures += 1
-            console.print(f"[red]{path}[/red]: {e.code}: {e.message}", highlight=False)
-            continue
-        if output_format == "json":
-            typer.echo(json.dumps({"file": str(path), **result.to_dict()}))
-        else:
-            confidence = f"{result.confidence:.3f}" if result.confidence is not None else "-"
-            table.add_row(str(path), result.emotion or "-", confidence, f"{result.duration_s:.2f}")
-    if output_format != "json":
-        console.print(table)
+            failures += run_all(client, todo, writer, granularity, embeddings_dir, jobs)
+        finally:
+            client.close()
+            writer.close()
+    if fmt == "table":
+        print_table(writer.rows, output)
+    print_summary(writer.rows, failures, len(files) - len(todo), time.perf_counter() - started)
     if failures:
         raise typer.Exit(1)
+
+
+def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddings_dir: Path | None,
+            jobs: int) -> list[Failure]:
+    """Analyse `jobs` files at a time; rows are written as each finishes; failures are collected, not raised."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    failures: list[Failure] = []
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress, \
+            ThreadPoolExecutor(jobs, thread_name_prefix="emoserve-analyze") as pool:
+        task = progress.add_task("analysing", total=len(files))
+        pending = {pool.submit(analyze_file, client, path, granularity, embeddings_dir is not None): path
+                   for path in files}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    path = pending.pop(future)
+                    try:
+                        row, embedding = future.result()
+                    except (EmoserveError, OSError) as e:
+                        failures.append(Failure(str(path), getattr(e, "code", type(e).__name__),
+                                                getattr(e, "message", str(e))))
+                    except Exception as e:  # httpx errors, timeouts: this file fails, the run goes on
+                        failures.append(Failure(str(path), type(e).__name__, str(e)))
+                    else:
+                        if embeddings_dir is not None and embedding is not None:
+                            row["embedding"] = str(save_embedding(embeddings_dir, path, embedding))
+                        writer.add(row)
+                    progress.advance(task)
+        except KeyboardInterrupt:
+            for future in pending:
+                future.cancel()
+            console.print(f"interrupted: {len(writer.rows)} results written; rerun with --resume to continue")
+            raise
+    return failures
+
+
+def save_embedding(directory: Path, file: Path, embedding) -> Path:
+    import numpy as np
+
+    target = embedding_path(directory, file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.save(target, embedding)
+    return target
+
+
+def print_table(rows: list[dict], output: Path | None) -> None:
+    from rich.console import Console
+
+    table = Table("file", "emotion", "confidence", "duration (s)", "kind")
+    for row in map(flat_row, rows):
+        confidence = f"{row['confidence']:.3f}" if row["confidence"] is not None else "-"
+        table.add_row(row["file"], row["emotion"] or "-", confidence, f"{row['duration_s']:.2f}", row["kind"])
+    if output is None:
+        Console().print(table)
+    else:
+        with open(output, "w", encoding="utf-8") as f:
+            Console(file=f, width=200).print(table)
+
+
+def print_summary(rows: list[dict], failures: list[Failure], skipped: int, elapsed: float) -> None:
+    audio_s = sum(row.get("duration_s") or 0.0 for row in rows)
+    summary = Table(title="summary", show_header=False)
+    summary.add_row("analysed", str(len(rows)))
+    summary.add_row("failed", str(len(failures)))
+    if skipped:
+        summary.add_row("skipped (already in output)", str(skipped))
+    summary.add_row("audio", f"{audio_s:.1f} s")
+    summary.add_row("time", f"{elapsed:.1f} s ({len(rows) / elapsed:.2f} files/s)" if elapsed > 0 else "-")
+    for emotion, count in Counter(row.get("emotion") or "-" for row in rows).most_common():
+        summary.add_row(f"  {emotion}", str(count))
+    console.print(summary)
+    if failures:  # one line each, never wrapped: easy to grep and to copy a path from
+        console.print(f"[red]{len(failures)} failed[/red]:")
+        for failure in failures:
+            console.print(f"  {failure.file}: {failure.code}: {failure.message}", highlight=False, soft_wrap=True,
+                          markup=False)
