@@ -40,6 +40,7 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-server")
     port = free_port()
     env = dict(os.environ, EMOSERVE_LOG_DIR=str(home / "logs"), EMOSERVE_CACHE=str(home / "cache"),
+               EMOSERVE_DATA_DIR=str(home / "data"),
                EMOSERVE_MAX_DURATION_S=str(MAX_DURATION_S), GRADIO_TEMP_DIR=str(home / "gradio"))
     command = [sys.executable, "-m", "emoserve", "serve", "--model", "random:tiny", "--port", str(port)]
     # output to a file, not a pipe nobody reads: the access log would fill the pipe and block the server
