@@ -13,7 +13,7 @@ from emoserve.engine import Engine
 from emoserve.errors import AudioError
 from emoserve.longform import analyze_long
 from emoserve.settings import Settings
-from emoserve.ui.analysis import DownloadDir, analyze_clip, analyze_file, engine_predict, export_files, safe_stem
+from emoserve.ui.analysis import DownloadDir, analyze_clip, analyze_file, export_files, safe_stem
 
 from ..samples import conversation, espeak_available, noise, wav_bytes
 
@@ -72,8 +72,7 @@ def test_a_long_file_through_the_engine_equals_longform_on_the_model(tiny_model)
     progress = []
 
     async def with_regions(engine):
-        predict = engine_predict(engine, asyncio.get_running_loop())
-        return await asyncio.to_thread(analyze_long, samples, predict, labels=tiny_model.labels,
+        return await asyncio.to_thread(analyze_long, samples, engine.predict, labels=tiny_model.labels,
                                        model_name=tiny_model.name, granularity="frame", return_embedding=True,
                                        regions=regions, progress=progress.append)
 

@@ -17,15 +17,14 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..engine import Engine
-from ..longform import BatchPredict, LongformOptions, Progress, analyze_long
-from ..results import ClipOutput, EmotionResult, LongformResult, Segment
+from ..longform import LongformOptions, Progress, analyze_long
+from ..results import EmotionResult, LongformResult, Segment
 from ..settings import Settings
 
 
@@ -89,41 +88,10 @@ async def analyze_file(engine: Engine, path: str | Path, granularity: str, setti
                                    max_bytes=settings.ui_max_upload_bytes)
     model = engine.model
     options = dataclasses.replace(LongformOptions.from_settings(settings), max_duration_s=settings.ui_max_long_s)
-    predict = engine_predict(engine, asyncio.get_running_loop())
     result = await asyncio.to_thread(
-        analyze_long, waveform, predict, labels=model.labels, model_name=model.name, granularity=granularity,
+        analyze_long, waveform, engine.predict, labels=model.labels, model_name=model.name, granularity=granularity,
         return_embedding=True, options=options, progress=progress, min_samples=model.config.min_samples)
     return Analysis(Path(path).stem, result, waveform)
-
-
-def engine_predict(engine: Engine, loop: asyncio.AbstractEventLoop) -> BatchPredict:
-    """`longform`'s batch-predict callable on the engine, for a worker thread: a group of clips is
-    submitted at once, so the engine batches them (with other callers' clips) as it batches any."""
-    labels = engine.model.labels
-
-    async def submit_all(waveforms: list[np.ndarray], granularity: str) -> list[EmotionResult]:
-        return await asyncio.gather(*(engine.submit(w, granularity=granularity, return_embedding=True)
-                                      for w in waveforms))
-
-    def predict(waveforms: list[np.ndarray], frames: bool) -> list[ClipOutput]:
-        call = submit_all(waveforms, "frame" if frames else "utterance")
-        results = asyncio.run_coroutine_threadsafe(call, loop).result()
-        return [clip_output(r, len(w), labels) for r, w in zip(results, waveforms, strict=True)]
-
-    return predict
-
-
-def clip_output(result: EmotionResult, num_samples: int, labels: Sequence[str]) -> ClipOutput:
-    """An engine result back into the forward pass's output, which `longform` assembles."""
-    probs = np.array([result.utterance_scores[label] for label in labels], np.float32) \
-        if result.utterance_scores else None
-    if result.granularity == "utterance":
-        return ClipOutput(num_samples, embedding=result.embedding, probs=probs)
-    features = np.asarray(result.embedding)
-    frame_probs = np.asarray(result.scores) if probs is not None else None
-    # the utterance embedding is the mean of the frame features (Emotion2vec.pool)
-    return ClipOutput(num_samples, embedding=features.mean(axis=0), probs=probs, frame_features=features,
-                      frame_probs=frame_probs)
 
 
 # ---- downloads: the result as JSON and CSV, the embedding as .npy ----
