@@ -2,7 +2,8 @@
 # emoserve in two commands:
 #   ./run.sh              set up (once), pull the default model (once), start the service
 #   ./run.sh --api-only   the same, without the web UI
-#   ./run.sh test [ARGS]  set up (once), then the full test suite (ARGS go to pytest)
+#   ./run.sh test [ARGS]  set up (once), then the full test suite (ARGS go to pytest; without ARGS the
+#                         Rasa and Home Assistant integration suites run too, in venvs of their own)
 # Idempotent: a second run skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -36,7 +37,13 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]]; then
 fi
 
 if [[ "$mode" == "test" ]]; then
-    exec "$PY" -m pytest "$@"
+    "$PY" -m pytest "$@"
+    if [[ $# -eq 0 ]]; then
+        # the full suite: Rasa and Home Assistant pin packages that conflict with ours, so their
+        # integration tests run in venvs of their own (built once, then reused)
+        EMOSERVE_SERVER_PYTHON="$PY" bash tests/integrations/run_isolated.sh
+    fi
+    exit 0
 fi
 
 model="${EMOSERVE_MODEL:-emotion2vec_plus_large}"
