@@ -372,3 +372,29 @@ def random_state_dict(config: Emotion2vecConfig, seed: int = 0) -> dict[str, tor
             tensor = torch.randn(shape, generator=gen) / fan_in**0.5
         state[key] = tensor.contiguous()
     return state
+
+
+def random_decoder_tensors(config: Emotion2vecConfig, decoder_dim: int, seed: int = 99) -> dict[str, torch.Tensor]:
+    """Random training-only decoder tensors (FunASR names), as official checkpoints carry them."""
+    gen = torch.Generator().manual_seed(seed)
+    prefix = "d2v_model." + TRAINING_ONLY[0]
+    tensors = {}
+    in_dim = config.embed_dim
+    for i in range(4):
+        tensors[f"{prefix}blocks.{i}.0.weight"] = torch.randn(decoder_dim, in_dim // 16, 7, generator=gen)
+        tensors[f"{prefix}blocks.{i}.0.bias"] = torch.randn(decoder_dim, generator=gen)
+        in_dim = decoder_dim
+    tensors[f"{prefix}proj.weight"] = torch.randn(config.embed_dim, decoder_dim, generator=gen)
+    tensors[f"{prefix}proj.bias"] = torch.randn(config.embed_dim, generator=gen)
+    return tensors
+
+
+def write_random_model_dir(directory: str | Path, config: Emotion2vecConfig, seed: int = 0,
+                           decoder_dim: int = 384) -> Path:
+    """An official-format model directory with every tensor random, the training-only decoder included.
+
+    What tests and benchmarks load into both FunASR and emoserve: the same file, the same tensors.
+    """
+    return save_model_dir(directory, config, random_state_dict(config, seed),
+                          extra_tensors=random_decoder_tensors(config, decoder_dim, seed + 1), decoder_dim=decoder_dim)
+
