@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +97,31 @@ async def client_loop(base: str, clips: list[bytes], stop_at: float, index: int,
                 record.append((0, type(e).__name__, time.perf_counter() - started, len(data), None))
 
 
+class RssSampler:
+    """Samples the server's resident memory twice a second while the load runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.samples, self._stop = pid, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(0.5):
+            self.samples.append((time.monotonic() - started, rss_mb(self.pid)))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, fraction: float) -> float:
+        """RSS at a fraction of the run (0 = first sample, 1 = last)."""
+        return self.samples[min(int(fraction * len(self.samples)), len(self.samples) - 1)][1]
+
+
 async def run_load(base: str, clips: list[bytes], concurrency: int, duration: float) -> tuple[list, float]:
     record: list = []
     stop_at = time.monotonic() + duration
@@ -156,7 +182,8 @@ def main() -> None:
         wait_healthy(base, server)
         asyncio.run(run_load(base, clips, 4, 3.0))  # warm the path before measuring memory
         rss_start = rss_mb(server.pid)
-        record, elapsed = asyncio.run(run_load(base, clips, args.concurrency, args.duration))
+        with RssSampler(server.pid) as sampler:
+            record, elapsed = asyncio.run(run_load(base, clips, args.concurrency, args.duration))
         rss_end = rss_mb(server.pid)
         health = httpx.get(base + "/health", timeout=5).status_code
     finally:
@@ -181,17 +208,22 @@ def main() -> None:
         "clips_per_s": http_rate, "audio_x_realtime": audio_s / elapsed,
         "latency_ms": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
                        "p99": float(np.percentile(latencies, 99))},
-        "rss_mb": {"start": rss_start, "end": rss_end}, "health_after": health,
+        "rss_mb": {"start": rss_start, "at_25%": sampler.at(0.25), "at_50%": sampler.at(0.5),
+                   "max": max(mb for _, mb in sampler.samples), "end": rss_end},
+        "rss_timeline_mb": sampler.samples[::4], "health_after": health,
         "engine_clips_per_s": engine_rate,
         "http_overhead": None if engine_rate is None else 1 - http_rate / engine_rate,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "load_test.json").write_text(json.dumps(result, indent=2))
+    name = f"load_test-{args.model.replace(':', '-')}-c{args.concurrency}"
+    name += f"-q{args.max_queue}" if args.max_queue else ""
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(f"| model | concurrency | duration s | requests | ok | clips/s | ×realtime | p50 ms | p95 ms | p99 ms "
-          f"| RSS start→end MB | engine clips/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+          f"| RSS start / 25% / 50% / max / end MB | engine clips/s |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|---|---|\n"
           f"| {args.model} | {args.concurrency} | {elapsed:.0f} | {len(record)} | {len(ok)} | {http_rate:.2f} "
           f"| {audio_s / elapsed:.1f} | {result['latency_ms']['p50']:.0f} | {result['latency_ms']['p95']:.0f} "
-          f"| {result['latency_ms']['p99']:.0f} | {rss_start:.0f}→{rss_end:.0f} "
+          f"| {result['latency_ms']['p99']:.0f} | {' / '.join(f'{v:.0f}' for v in result['rss_mb'].values())} "
           f"| {engine_rate if engine_rate is None else f'{engine_rate:.2f}'} |")
     print("outcomes:", dict(result["outcomes"]))
     if unacceptable or missing_retry_after or health != 200:

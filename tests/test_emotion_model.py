@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +129,12 @@ def test_bf16_on_cuda_agrees_with_fp32_on_cpu():
         total += 1
         worst = max(worst, max(abs(a.scores[k] - b.scores[k]) for k in a.scores))
     assert same / total >= 0.99 and worst <= 2e-2
+
+
+def test_onednn_kernel_cache_is_bounded_unless_the_user_set_it():
+    code = "import os, emoserve.emotion_model; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"},
+                            capture_output=True, text=True, check=True)
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("32", "7")
