@@ -107,3 +107,12 @@ def test_nan_model_output_is_a_500_json_and_logged(make_client, tmp_path):
     errors = (tmp_path / "logs" / "error.log").read_text()
     assert "req-nan" in errors and "NaN" in errors
     assert client.get("/health").status_code == 200
+
+
+def test_decode_failures_go_to_the_error_log_and_backpressure_does_not(make_client, tmp_path):
+    client = make_client()
+    response = post(client, b"RIFF\x00\x00\x00\x00WAVEnot really", headers={"X-Request-ID": "req-corrupt"})
+    assert response.status_code == 400 and response.json()["error"]["code"] in ("corrupt_audio", "unsupported_format")
+    assert post(client, wav_bytes(noise(16000)), headers={"X-Request-ID": "req-fine"}).status_code == 200
+    errors = (tmp_path / "logs" / "error.log").read_text()
+    assert "req-corrupt" in errors and "WARNING" in errors and "req-fine" not in errors

@@ -73,11 +73,18 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
 
 
+DECODE_FAILURES = {"corrupt_audio", "unsupported_format"}  # the client's file, but worth a trace to debug
+
+
 async def handle_emoserve_error(request: Request, error: EmoserveError) -> JSONResponse:
+    """The error's JSON body; failures of ours (5xx) and undecodable files also go to error.log.
+
+    503s (loading, overloaded) are backpressure, not failures: access.log counts them.
+    """
     status = status_for(error.code)
-    if status >= 500:
-        error_log.error("%s %s -> %s %s: %s", request.method, request.url.path, status, error.code, error.message,
-                        extra={"request_id": request_id(request)})
+    if status >= 500 and status != 503 or error.code in DECODE_FAILURES:
+        error_log.log(logging.ERROR if status >= 500 else logging.WARNING, "%s %s -> %s %s: %s", request.method,
+                      request.url.path, status, error.code, error.message, extra={"request_id": request_id(request)})
     details = {k: v for k, v in error.details.items() if k != "retry_after"}
     return error_response(error.code, error.message, status, retry_headers(error), details)
 

@@ -397,4 +397,3 @@ def write_random_model_dir(directory: str | Path, config: Emotion2vecConfig, see
     """
     return save_model_dir(directory, config, random_state_dict(config, seed),
                           extra_tensors=random_decoder_tensors(config, decoder_dim, seed + 1), decoder_dim=decoder_dim)
-
