@@ -19,10 +19,11 @@ fi
 if [[ ! -x "$venvs/rasa/bin/pytest" ]]; then
     python3 -m venv "$venvs/rasa"
     "$venvs/rasa/bin/pip" install --quiet "rasa-sdk==3.21.1" pytest
-    # rasa-sdk's pins first, then the project's venv for the rest (torch, httpx, numpy, soundfile, ...)
-    site="$("$venvs/rasa/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    "$server_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/zz-emoserve-project.pth"
 fi
+# rasa-sdk's pins first, then this checkout's venv for the rest (torch, httpx, numpy, soundfile, ...).
+# Written on every run: the cached venv may have been built for another checkout.
+site="$("$venvs/rasa/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+"$server_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/zz-emoserve-project.pth"
 
 export PYTHONPATH="$root/src" EMOSERVE_SERVER_PYTHON="$server_python"
 "$venvs/rasa/bin/python" -m pytest -q -p no:cacheprovider tests/integrations/test_rasa.py
