@@ -284,6 +284,16 @@ class Engine:
                                  max_bytes=max_bytes, min_samples=self._model.config.min_samples)
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
 
+    def check_capacity(self) -> None:
+        """Raise `EngineOverloaded` (with a retry-after hint) if the queue is full.
+
+        `submit` checks it; callers may check first to refuse before paying for decoding.
+        """
+        if len(self._pending) >= self.max_queue:
+            self.stats.rejected += 1
+            raise EngineOverloaded(f"the queue is full ({self.max_queue} clips waiting); retry shortly",
+                                   retry_after=self.retry_after())
+
     async def submit(self, waveform: np.ndarray, *, granularity: str = "utterance",
                      return_embedding: bool = False) -> EmotionResult:
         """Queue one 16 kHz mono clip and wait for its batch; the result is this clip's alone."""
@@ -294,10 +304,7 @@ class Engine:
         self._model.check_length(len(waveform))
         if not self.is_running:
             raise EngineNotRunning("the engine is not running (starting up or shutting down)")
-        if len(self._pending) >= self.max_queue:
-            self.stats.rejected += 1
-            raise EngineOverloaded(f"the queue is full ({self.max_queue} clips waiting); retry shortly",
-                                   retry_after=self.retry_after())
+        self.check_capacity()
         request = Request(waveform, granularity, return_embedding, self._loop.create_future())
         self._pending.append(request)
         self.stats.submitted += 1

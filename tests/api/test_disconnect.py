@@ -66,3 +66,47 @@ def test_a_disconnected_client_does_not_cost_model_time(make_client, tiny_model,
     assert engine.stats.completed == computed_before + 1  # only the first clip reached the model
     scrape = client.get("/metrics").text
     assert metric(scrape, "emoserve_engine_clips_cancelled_total") == 1.0
+
+
+def test_a_full_queue_is_a_503_overloaded_with_retry_after_before_decoding(make_client, tiny_model, monkeypatch):
+    client = make_client(max_queue=1, max_batch_size=1)
+    engine = client.app.state.service.engine
+    release, busy = threading.Event(), threading.Event()
+    real_predict = tiny_model.predict
+
+    def held_predict(waveforms, frames=False):
+        busy.set()
+        release.wait(30)
+        return real_predict(waveforms, frames)
+
+    monkeypatch.setattr(tiny_model, "predict", held_predict)
+    decoded = []
+    real_decode = engine.decode
+
+    async def counted_decode(*args, **kwargs):
+        decoded.append(1)
+        return await real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "decode", counted_decode)
+    answers = []
+
+    def post(seed):
+        answers.append(client.post("/v1/analyze", files={"audio_file": ("a.wav", wav_bytes(noise(16000, seed=seed)))}))
+
+    computing = threading.Thread(target=post, args=(1,))
+    computing.start()
+    assert busy.wait(10)
+    waiting = threading.Thread(target=post, args=(2,))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while engine.queue_depth < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refused = client.post("/v1/analyze", files={"audio_file": ("a.wav", wav_bytes(noise(16000, seed=3)))})
+    release.set()
+    computing.join(30)
+    waiting.join(30)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "overloaded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert [a.status_code for a in answers] == [200, 200]
+    assert engine.stats.rejected == 1 and len(decoded) == 2  # refused before its audio was decoded
+    assert metric(client.get("/metrics").text, "emoserve_engine_clips_rejected_total") == 1

@@ -123,6 +123,7 @@ async def analyze(request: Request) -> Response:
     want_audio = parse_bool("return_processed_audio", fields.get("return_processed_audio", "false"))
 
     try:
+        engine.check_capacity()  # a full queue refuses before decoding (after the body: the client reads the 503)
         waveform = await engine.decode(audio.file, max_seconds=settings.max_duration_s, max_bytes=settings.max_bytes)
     finally:
         await audio.close()
