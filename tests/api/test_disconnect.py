@@ -3,6 +3,8 @@
 import threading
 import time
 
+import pytest
+
 from ..samples import noise, wav_bytes
 from .test_middleware import metric
 
@@ -38,9 +40,10 @@ async def post_then_hang_up(app, body: bytes) -> list[dict]:
     return messages
 
 
-def test_a_disconnected_client_does_not_cost_model_time(make_client, tiny_model, monkeypatch):
-    client = make_client()
-    engine = client.app.state.service.engine
+@pytest.fixture
+def hold_model(tiny_model, monkeypatch):
+    """`hold_model()` (after warm-up) makes `predict` block until `release` is set; `busy` is set once a batch
+    is in it."""
     release, busy = threading.Event(), threading.Event()
     real_predict = tiny_model.predict
 
@@ -49,7 +52,18 @@ def test_a_disconnected_client_does_not_cost_model_time(make_client, tiny_model,
         release.wait(30)
         return real_predict(waveforms, frames)
 
-    monkeypatch.setattr(tiny_model, "predict", held_predict)
+    def hold():
+        monkeypatch.setattr(tiny_model, "predict", held_predict)
+        return release, busy
+
+    yield hold
+    release.set()
+
+
+def test_a_disconnected_client_does_not_cost_model_time(make_client, hold_model):
+    client = make_client()
+    engine = client.app.state.service.engine
+    release, busy = hold_model()
     computed_before = engine.stats.completed
     blocker = threading.Thread(target=lambda: client.post(
         "/v1/analyze", files={"audio_file": ("b.wav", wav_bytes(noise(16000)))}))
@@ -68,18 +82,10 @@ def test_a_disconnected_client_does_not_cost_model_time(make_client, tiny_model,
     assert metric(scrape, "emoserve_engine_clips_cancelled_total") == 1.0
 
 
-def test_a_full_queue_is_a_503_overloaded_with_retry_after_before_decoding(make_client, tiny_model, monkeypatch):
+def test_a_full_queue_is_a_503_overloaded_with_retry_after_before_decoding(make_client, hold_model, monkeypatch):
     client = make_client(max_queue=1, max_batch_size=1)
     engine = client.app.state.service.engine
-    release, busy = threading.Event(), threading.Event()
-    real_predict = tiny_model.predict
-
-    def held_predict(waveforms, frames=False):
-        busy.set()
-        release.wait(30)
-        return real_predict(waveforms, frames)
-
-    monkeypatch.setattr(tiny_model, "predict", held_predict)
+    release, busy = hold_model()
     decoded = []
     real_decode = engine.decode
 
