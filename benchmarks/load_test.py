@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,21 +26,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
+from procs import free_port, memory_mib
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_clips(count: int, seed: int = 0) -> list[bytes]:
@@ -107,7 +96,7 @@ class RssSampler:
     def _run(self) -> None:
         started = time.monotonic()
         while not self._stop.wait(0.5):
-            self.samples.append((time.monotonic() - started, rss_mb(self.pid)))
+            self.samples.append((time.monotonic() - started, memory_mib(self.pid)["VmRSS"]))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -181,10 +170,10 @@ def main() -> None:
     try:
         wait_healthy(base, server)
         asyncio.run(run_load(base, clips, 4, 3.0))  # warm the path before measuring memory
-        rss_start = rss_mb(server.pid)
+        rss_start = memory_mib(server.pid)["VmRSS"]
         with RssSampler(server.pid) as sampler:
             record, elapsed = asyncio.run(run_load(base, clips, args.concurrency, args.duration))
-        rss_end = rss_mb(server.pid)
+        rss_end = memory_mib(server.pid)["VmRSS"]
         health = httpx.get(base + "/health", timeout=5).status_code
     finally:
         server.send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from ..samples import noise, wav_bytes
-from .live_server import LiveServer, free_port  # noqa: F401 (tests/ui imports free_port from here)
+from .live_server import LiveServer
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..api.test_server import free_port
+from ..api.live_server import free_port
 from ..samples import espeak_available, noise, speech, wav_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")

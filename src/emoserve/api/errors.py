@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, HTTPConnection
 
 from ..errors import EmoserveError
 
@@ -69,8 +69,9 @@ def retry_headers(error: EmoserveError) -> dict | None:
     return {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
 
 
-def request_id(request: Request) -> str:
-    return getattr(request.state, "request_id", "-")
+def request_id(connection: HTTPConnection) -> str:
+    """The id the middleware gave this request or WebSocket ("-" before it ran)."""
+    return getattr(connection.state, "request_id", "-")
 
 
 DECODE_FAILURES = {"corrupt_audio", "unsupported_format"}  # the client's file, but worth a trace to debug

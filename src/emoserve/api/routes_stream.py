@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ..errors import AudioError, EmoserveError, InvalidParameterError
 from ..streaming import StreamOptions, StreamSession, error_message
-from .errors import status_for
+from .errors import request_id, status_for
 from .service import Service
 
 router = APIRouter()
@@ -114,8 +114,4 @@ async def read_audio(websocket: WebSocket, session: StreamSession, channel: Chan
         else:
             await channel.send(error_message(InvalidParameterError(
                 'send audio as binary messages (16 kHz mono PCM16) and the text "end" to finish')))
-
-
-def request_id(websocket: WebSocket) -> str:
-    return getattr(websocket.state, "request_id", "-")
 
