@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     job_max_wait_s: float = Field(60.0, ge=0, description="longest ?wait= of GET /v1/jobs/{id}; a longer wait is cut "
                                                           "to this")
 
+    # ---- the Rasa action (src/emoserve/integrations/rasa.py): read by the Rasa action server ----
+    rasa_audio_dirs: str = Field("", description="folders (separated like PATH) whose files a chat message may name "
+                                                 "as its audio; empty: local paths are refused")
+    rasa_max_audio_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest voice message the action reads, "
+                                                                          "downloads or decodes, in bytes")
+    rasa_download_timeout_s: float = Field(30.0, gt=0, description="longest download of an audio URL, start to end")
+
     def keys(self) -> list[str]:
         """The configured API keys (env/flag and file together); empty when auth is off."""
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]

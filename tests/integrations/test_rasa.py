@@ -8,6 +8,8 @@ are skipped elsewhere.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 
 import pytest
 
@@ -17,7 +19,7 @@ from rasa_sdk import Tracker  # noqa: E402
 from rasa_sdk.events import FollowupAction, SlotSet  # noqa: E402
 from rasa_sdk.executor import CollectingDispatcher  # noqa: E402
 
-from emoserve.integrations.rasa import ActionAnalyzeEmotion, parse_rules  # noqa: E402
+from emoserve.integrations.rasa import ActionAnalyzeEmotion, failure_text, parse_rules  # noqa: E402
 
 from .live import analyze_directly, serve_directory, serve_in_subprocess, tone_wav  # noqa: E402
 
@@ -51,13 +53,56 @@ def action_for(server, monkeypatch, **rules) -> ActionAnalyzeEmotion:
     return type("Configured", (ActionAnalyzeEmotion,), rules)()
 
 
-def test_a_path_in_the_slot_sets_the_emotion_slots(server, clip, monkeypatch):
+def refusal(events, messages) -> str:
+    """The text the user got, for a message that could not be analysed."""
+    assert events == [SlotSet("emotion", None), SlotSet("emotion_confidence", None)]
+    assert len(messages) == 1 and messages[0]["response"] is None
+    return messages[0]["text"]
+
+
+def test_a_path_in_an_allowed_folder_sets_the_emotion_slots(server, clip, monkeypatch):
+    monkeypatch.setenv("EMOSERVE_RASA_AUDIO_DIRS", str(clip.parent))
     action = action_for(server, monkeypatch, escalate={"angry": 0.7})
     events, messages = run(action, tracker(slots={"audio_url": str(clip)}))
     want = analyze_directly(server, clip)
     assert events[:2] == [SlotSet("emotion", want["emotion"]), SlotSet("emotion_confidence", want["confidence"])]
     assert action.name() == "action_analyze_emotion"
     assert messages == []  # random:tiny is never that sure of anything
+
+
+def test_base64_audio_in_the_message_metadata(server, clip, monkeypatch):
+    want = analyze_directly(server, clip)
+    for audio in (base64.b64encode(clip.read_bytes()).decode(),
+                  "data:audio/wav;base64," + base64.b64encode(clip.read_bytes()).decode()):
+        events, messages = run(action_for(server, monkeypatch), tracker(metadata={"audio": audio}))
+        assert events[:2] == [SlotSet("emotion", want["emotion"]), SlotSet("emotion_confidence", want["confidence"])]
+
+
+def test_local_paths_are_refused_unless_enabled_and_inside_the_folders(server, clip, tmp_path, monkeypatch):
+    monkeypatch.delenv("EMOSERVE_RASA_AUDIO_DIRS", raising=False)
+    for path in ("/dev/zero", str(clip)):
+        text = refusal(*run(action_for(server, monkeypatch), tracker(metadata={"audio_path": path})))
+        assert "local audio files are not accepted" in text
+    allowed = tmp_path / "voice"
+    allowed.mkdir()
+    (allowed / "escape.wav").symlink_to(clip)
+    monkeypatch.setenv("EMOSERVE_RASA_AUDIO_DIRS", f"{allowed}{os.pathsep}/dev")
+    for path in (str(clip), str(allowed / "escape.wav"), str(allowed / ".." / clip.name)):
+        text = refusal(*run(action_for(server, monkeypatch), tracker(metadata={"audio_path": path})))
+        assert "is not in a folder that audio may be read from" in text
+    text = refusal(*run(action_for(server, monkeypatch), tracker(metadata={"audio_path": "/dev/zero"})))
+    assert text == "Sorry, I could not analyse your voice message: /dev/zero is not a regular file"
+
+
+def test_audio_over_the_cap_is_refused_with_a_reply(server, clip, monkeypatch):
+    monkeypatch.setenv("EMOSERVE_RASA_AUDIO_DIRS", str(clip.parent))
+    monkeypatch.setenv("EMOSERVE_RASA_MAX_AUDIO_BYTES", "1000")
+    with serve_directory(clip.parent) as files:
+        for source in ({"audio_path": str(clip)}, {"audio_url": f"{files}/{clip.name}"},
+                       {"audio": base64.b64encode(clip.read_bytes()).decode()}):
+            assert "over 1000 bytes" in refusal(*run(action_for(server, monkeypatch), tracker(metadata=source)))
+    text = refusal(*run(action_for(server, monkeypatch), tracker(metadata={"audio_url": "file:///etc/passwd"})))
+    assert "file: URLs are not accepted" in text
 
 
 def test_a_url_in_the_message_metadata_and_the_handoff_rule(server, clip, monkeypatch):
@@ -74,18 +119,22 @@ def test_a_url_in_the_message_metadata_and_the_handoff_rule(server, clip, monkey
         assert messages == [] and not any(isinstance(e, dict) and e.get("event") == "followup" for e in events)
 
 
-def test_no_audio_or_a_failure_leaves_the_slots_empty(server, tmp_path, monkeypatch):
+def test_no_audio_is_silent_and_every_failure_is_a_reply(server, monkeypatch):
     empty = [SlotSet("emotion", None), SlotSet("emotion_confidence", None)]
     assert run(action_for(server, monkeypatch), tracker()) == (empty, [])
-    broken = tmp_path / "broken.wav"
-    broken.write_bytes(b"not audio" * 50)
-    events, messages = run(action_for(server, monkeypatch, error_response="utter_no_emotion"),
-                           tracker(slots={"audio_url": str(broken)}))
+    broken = {"audio": base64.b64encode(b"not audio" * 50).decode()}
+    events, messages = run(action_for(server, monkeypatch, error_response="utter_no_emotion"), tracker(metadata=broken))
     assert events == empty and [m["response"] for m in messages] == ["utter_no_emotion"]
-    down = action_for("http://127.0.0.1:9", monkeypatch)
-    assert run(down, tracker(slots={"audio_url": str(broken)}))[0] == empty
+    assert messages[0]["reason"].startswith("Sorry, I could not analyse your voice message: ")
+    down = refusal(*run(action_for("http://127.0.0.1:9", monkeypatch), tracker(metadata=broken)))
+    assert down == "Sorry, the emotion service is not available right now; please try again later."
 
+    class Buggy(ActionAnalyzeEmotion):
+        async def analyze(self, audio, filename):
+            raise RuntimeError("a bug")
 
+    text = refusal(*run(Buggy(), tracker(metadata=broken)))
+    assert text == failure_text(RuntimeError()) == "Sorry, something went wrong while analysing your voice message."
 def test_escalation_rules_from_the_environment(monkeypatch):
     monkeypatch.setenv("EMOSERVE_RASA_ESCALATE", "angry:0.6, fearful:0.9")
     action = ActionAnalyzeEmotion()

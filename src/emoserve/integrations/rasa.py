@@ -4,20 +4,22 @@ In the action server's `actions.py` (rasa_sdk registers every `Action` subclass 
 
     from emoserve.integrations.rasa import ActionAnalyzeEmotion   # the action "action_analyze_emotion"
 
-The audio comes from the slot `audio_url` or from the latest message's metadata (`audio_url`,
-`audio_path` or `audio`): a local path or an http(s) URL. The action sets the slots `emotion` and
-`emotion_confidence` and, when a rule of `escalate` matches (default: angry with confidence above
-0.7), sends the response `utter_handoff` (and runs `handoff_action` next, when set). Configure it by
-subclassing, or with the environment: EMOSERVE_SERVER, EMOSERVE_API_KEY, EMOSERVE_RASA_ESCALATE
-("angry:0.7,fearful:0.8"). A service that is down or audio that cannot be analysed leaves both slots
-empty (and sends `error_response` when set): the conversation goes on.
+The audio comes from the slot `audio_url` or from the latest message's metadata: `audio_url` (an
+http(s) URL), `audio` (base64, a data: URI, or a URL) or `audio_path` (a local file, refused unless it lies
+in a folder of EMOSERVE_RASA_AUDIO_DIRS). Whoever chats writes the message, so every source is capped
+(`emoserve.integrations.sources`). The action sets the slots `emotion` and `emotion_confidence` and,
+when a rule of `escalate` matches (default: angry with confidence above 0.7), sends the response
+`utter_handoff` (and runs `handoff_action` next, when set). Configure it by subclassing, or with the
+environment: EMOSERVE_SERVER, EMOSERVE_API_KEY, EMOSERVE_RASA_ESCALATE ("angry:0.7,fearful:0.8") and
+the EMOSERVE_RASA_* limits of emoserve.settings. Any failure (a refused source, a service that is
+down, audio that cannot be analysed) leaves both slots empty and tells the user why, in plain text or
+through `error_response`: the conversation goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +28,9 @@ from rasa_sdk.events import EventType, FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
 from ..client import DEFAULT_URL, AsyncEmoClient, ClientResult
-from ..errors import EmoserveError, InvalidParameterError, PayloadTooLargeError
+from ..errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
+from ..settings import get_settings
+from .sources import AudioPolicy, load_audio
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +47,27 @@ def parse_rules(text: str) -> dict[str, float]:
     return rules
 
 
+def failure_text(error: Exception) -> str:
+    """What the user reads when their voice message could not be analysed (the details go to the log)."""
+    if isinstance(error, AudioError | InvalidParameterError | PayloadTooLargeError):
+        return f"Sorry, I could not analyse your voice message: {error.message}"
+    if isinstance(error, EmoserveError | httpx.HTTPError):
+        return "Sorry, the emotion service is not available right now; please try again later."
+    return "Sorry, something went wrong while analysing your voice message."
+
+
 class ActionAnalyzeEmotion(Action):
     """Analyse the user's audio with emoserve; set `emotion`/`emotion_confidence`; hand off when the rule says."""
 
     audio_slot = "audio_url"
     metadata_keys = ("audio_url", "audio_path", "audio")
+    inline_key = "audio"  # this metadata key may carry the audio itself, base64
     emotion_slot = "emotion"
     confidence_slot = "emotion_confidence"
     escalate: dict[str, float] = {"angry": 0.7}  # emotion → hand off above this confidence
     handoff_response = "utter_handoff"
     handoff_action: str | None = None
-    error_response: str | None = None
-    max_download_bytes = 10 * 1024 * 1024
+    error_response: str | None = None  # on failure, this response (given `reason`) instead of a plain text
     timeout_s = 30.0
 
     def __init__(self) -> None:
@@ -62,36 +75,31 @@ class ActionAnalyzeEmotion(Action):
         self.api_key = os.environ.get("EMOSERVE_API_KEY") or None
         if os.environ.get("EMOSERVE_RASA_ESCALATE"):
             self.escalate = parse_rules(os.environ["EMOSERVE_RASA_ESCALATE"])
+        self.policy = AudioPolicy.for_rasa(get_settings())
 
     def name(self) -> str:
         return "action_analyze_emotion"
 
-    def audio_source(self, tracker: Tracker) -> str | None:
+    def audio_source(self, tracker: Tracker) -> tuple[str, bool] | None:
+        """(value, whether it may be base64) of the first audio in the slot or the message metadata."""
         metadata = (tracker.latest_message or {}).get("metadata") or {}
-        candidates = [tracker.get_slot(self.audio_slot), *(metadata.get(key) for key in self.metadata_keys)]
-        return next((str(c) for c in candidates if c), None)
+        candidates = [(tracker.get_slot(self.audio_slot), False),
+                      *((metadata.get(key), key == self.inline_key) for key in self.metadata_keys)]
+        return next(((str(value), inline) for value, inline in candidates if value), None)
 
-    async def analyze(self, source: str) -> ClientResult:
+    async def analyze(self, audio: bytes, filename: str) -> ClientResult:
         async with AsyncEmoClient(self.server_url, self.api_key, timeout=self.timeout_s) as client:
-            if source.startswith(("http://", "https://")):
-                return await client.analyze(await self.download(source), filename=Path(source).name)
-            return await client.analyze(Path(source))
-
-    async def download(self, url: str) -> bytes:
-        """The voice message, streamed and refused past `max_download_bytes`."""
-        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=True) as http, \
-                http.stream("GET", url) as response:
-            response.raise_for_status()
-            data = bytearray()
-            async for piece in response.aiter_bytes():
-                data += piece
-                if len(data) > self.max_download_bytes:
-                    raise PayloadTooLargeError(f"{url} is over {self.max_download_bytes} bytes")
-            return bytes(data)
+            return await client.analyze(audio, filename=filename)
 
     def should_escalate(self, emotion: str | None, confidence: float | None) -> bool:
         threshold = self.escalate.get(emotion or "")
         return threshold is not None and confidence is not None and confidence > threshold
+
+    def reply_failure(self, dispatcher: CollectingDispatcher, reason: str) -> None:
+        if self.error_response:
+            dispatcher.utter_message(response=self.error_response, reason=reason)
+        else:
+            dispatcher.utter_message(text=reason)
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker,
                   domain: dict[str, Any]) -> list[EventType]:
@@ -100,12 +108,13 @@ class ActionAnalyzeEmotion(Action):
         if source is None:
             log.info("no audio in slot %s or the message metadata: nothing to analyse", self.audio_slot)
             return empty
+        value, inline = source
         try:
-            result = await self.analyze(source)
-        except (EmoserveError, httpx.HTTPError, OSError) as e:
-            log.warning("could not analyse %s: %s", source, e)
-            if self.error_response:
-                dispatcher.utter_message(response=self.error_response)
+            audio, filename = await load_audio(value, self.policy, inline)
+            result = await self.analyze(audio, filename)
+        except Exception as e:  # every failure becomes a reply, never a crash: the conversation goes on
+            log.warning("could not analyse the audio %.100s: %r", value, e)
+            self.reply_failure(dispatcher, failure_text(e))
             return empty
         events: list[EventType] = [SlotSet(self.emotion_slot, result.emotion),
                                    SlotSet(self.confidence_slot, result.confidence)]

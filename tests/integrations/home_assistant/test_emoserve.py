@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 import pytest_socket
+from aiohttp import web
 from homeassistant import config_entries, data_entry_flow
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.setup import async_setup_component
@@ -58,6 +63,76 @@ async def test_analyze_a_url(hass, server, clip, tmp_path, file_server):
     await hass.services.async_call(DOMAIN, "analyze", {"url": f"{file_server}/{clip.name}"}, blocking=True)
     await hass.async_block_till_done()
     assert events[0].data["emotion"] == analyze_directly(server, clip)["emotion"]
+
+
+@contextlib.asynccontextmanager
+async def slow_server(clip: bytes, limit: int) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """aiohttp on 127.0.0.1, as a camera or NAS might send a recording: /clip.wav is `clip` in 8 KiB pieces
+    with a pause after each (Content-Length set); /endless is zeros past `limit` with no length; /announced
+    announces more than `limit`, sends a little, then waits. Yields the base URL and an event set when a
+    client hangs up mid-stream."""
+    hung_up, release = asyncio.Event(), asyncio.Event()
+
+    async def send(request: web.Request, pieces, length: int | None = None) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = length
+        await response.prepare(request)
+        try:
+            for piece in pieces:
+                await response.write(piece)
+                await asyncio.sleep(0.001)
+        except ConnectionError:
+            hung_up.set()
+        return response
+
+    async def clip_wav(request):
+        return await send(request, (clip[i:i + 8192] for i in range(0, len(clip), 8192)), len(clip))
+
+    async def endless(request):
+        return await send(request, [b"\0" * 65536] * (2 * limit // 65536))
+
+    async def announced(request):
+        response = await send(request, [b"\0" * 8192], limit + 1)
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.add_routes([web.get("/clip.wav", clip_wav), web.get("/endless", endless), web.get("/announced", announced)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}", hung_up
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_a_url_sent_slowly_in_small_pieces_is_read_to_the_end(hass, server, tmp_path):
+    big = tmp_path / "clip.wav"
+    big.write_bytes(tone_wav(25, rate=48_000))  # 2.4 MB, 25 s: within the server's limits
+    await setup_yaml(hass, server, tmp_path)
+    from custom_components.emoserve.const import MAX_AUDIO_BYTES
+
+    async with slow_server(big.read_bytes(), MAX_AUDIO_BYTES) as (base, _):
+        response = await hass.services.async_call(DOMAIN, "analyze", {"url": f"{base}/clip.wav"}, blocking=True,
+                                                  return_response=True)
+    want = analyze_directly(server, big)
+    assert response["duration_s"] == pytest.approx(want["duration_s"]) == pytest.approx(25.0)
+    assert response["emotion"] == want["emotion"] and response["scores"] == pytest.approx(want["scores"])
+
+
+async def test_a_url_over_the_limit_is_refused(hass, server, tmp_path):
+    await setup_yaml(hass, server, tmp_path)
+    from custom_components.emoserve.const import MAX_AUDIO_BYTES
+
+    async with slow_server(b"", MAX_AUDIO_BYTES) as (base, hung_up):
+        for path in ("/announced", "/endless"):  # the length said, or the bytes counted while they arrive
+            with pytest.raises(ServiceValidationError, match=f"{path} is over {MAX_AUDIO_BYTES} bytes"):
+                await hass.services.async_call(DOMAIN, "analyze", {"url": base + path}, blocking=True)
+        await asyncio.wait_for(hung_up.wait(), 10)  # the download stopped at the limit, not at the end
 
 
 async def test_refusals(hass, server, clip, tmp_path, file_server):

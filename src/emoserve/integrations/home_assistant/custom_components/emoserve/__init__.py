@@ -99,19 +99,32 @@ def read_allowed_file(hass: HomeAssistant, path: str) -> bytes:
     if not file.is_file():
         raise ServiceValidationError(f"{path} is not a file")
     if file.stat().st_size > MAX_AUDIO_BYTES:
-        raise ServiceValidationError(f"{path} is over {MAX_AUDIO_BYTES} bytes, the limit of one analysis")
-    return file.read_bytes()
+        raise too_large(path)
+    with file.open("rb") as f:
+        data = f.read(MAX_AUDIO_BYTES + 1)  # the file may have grown since
+    if len(data) > MAX_AUDIO_BYTES:
+        raise too_large(path)
+    return data
+
+
+def too_large(source: str) -> ServiceValidationError:
+    return ServiceValidationError(f"{source} is over {MAX_AUDIO_BYTES} bytes, the limit of one analysis")
 
 
 async def download(session, url: str) -> bytes:
+    """The whole body, however it arrives in pieces; refused once it announces or sends more than the limit."""
     import aiohttp
 
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as response:
             response.raise_for_status()
-            data = await response.content.read(MAX_AUDIO_BYTES + 1)
+            if (response.content_length or 0) > MAX_AUDIO_BYTES:
+                raise too_large(url)
+            data = bytearray()
+            async for piece in response.content.iter_any():  # each piece is what has arrived: read to the end
+                data += piece
+                if len(data) > MAX_AUDIO_BYTES:
+                    raise too_large(url)
     except (aiohttp.ClientError, TimeoutError) as e:
         raise HomeAssistantError(f"could not download {url}: {e}") from e
-    if len(data) > MAX_AUDIO_BYTES:
-        raise ServiceValidationError(f"{url} is over {MAX_AUDIO_BYTES} bytes, the limit of one analysis")
-    return data
+    return bytes(data)
