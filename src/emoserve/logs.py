@@ -2,12 +2,15 @@
 
 Each file has its own logger (`emoserve.access`, `emoserve.error`, `emoserve.model_load`); code
 logs a line with `extra={...}` fields and the formatter renders them as text or JSON lines.
+Logged values come from clients (a path may carry a decoded %0A), so the formatters escape control
+characters in everything they write: one record is one line, and no client can forge another.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from logging.handlers import RotatingFileHandler
@@ -16,15 +19,27 @@ from pathlib import Path
 LOG_FILES = {"emoserve.access": "access.log", "emoserve.error": "error.log", "emoserve.model_load": "model_load.log"}
 FIELDS = ("request_id", "client", "method", "path", "status", "latency_ms", "audio_s", "model", "device", "dtype",
           "load_s", "warmup_s", "weights")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 and the Unicode line breaks
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as its escape (\\n, \\x1b, \\u2028): printable, on one line."""
+    return CONTROL.sub(lambda m: SHORT_ESCAPES.get(m[0]) or m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def indented_traceback(text: str) -> str:
+    """A traceback under its record: escaped line by line and indented, so no line of it looks like a record."""
+    return "\n".join("    " + escape_controls(line) for line in text.split("\n"))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         extras = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS if hasattr(record, k))
-        line = f"{stamp} {record.levelname} {record.getMessage()}" + (f" {extras}" if extras else "")
+        line = escape_controls(f"{stamp} {record.levelname} {record.getMessage()}" + (f" {extras}" if extras else ""))
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + indented_traceback(self.formatException(record.exc_info))
         return line
 
 
@@ -35,7 +50,8 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: getattr(record, k) for k in FIELDS if hasattr(record, k)})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # json escapes C0 itself; DEL, C1 and U+2028/9 it leaves raw: written as \uXXXX, the values read back the same
+        return CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(entry, ensure_ascii=False))
 
 
 def setup_logging(log_dir: Path, json_lines: bool = False, max_bytes: int = 10 * 1024 * 1024,

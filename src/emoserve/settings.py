@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="comma-separated API keys; empty: auth off", repr=False)
     api_keys_file: Path | None = Field(None, description="file with one API key per line")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key (or client IP); 0: off")
+    auth_failures_per_minute: int = Field(10, ge=0, description="wrong API keys (API or web UI sign-in) per minute "
+                                                                "per client address; past it, 429 for all; 0: off")
+    metrics_key: str = Field("", description="a key /metrics then needs (Bearer or X-API-Key); empty: /metrics open",
+                             repr=False)
+    forwarded_allow_ips: str = Field("", description="comma-separated proxy addresses or networks (* for any) whose "
+                                                     "X-Forwarded-For/-Proto are trusted; empty: none")
     cors_origins: str = Field("", description="comma-separated allowed CORS origins; * for any; empty: off")
     log_dir: Path = Field(Path("logs"), description="access.log, error.log, model_load.log go here")
     log_json: bool = Field(False, description="write log files as JSON lines")

@@ -1,7 +1,10 @@
 """Auth, rate limit, metrics and logs around every request."""
 
 import json
+import re
+import uuid
 
+import pytest
 import torch
 
 from ..samples import noise, wav_bytes
@@ -43,6 +46,64 @@ def test_rate_limit_answers_429_with_retry_after(make_client):
     limited = client.get("/v1/models")
     assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
     assert client.get("/health").status_code == 200  # health is never limited
+
+
+def test_wrong_keys_get_429_once_the_failed_key_budget_is_spent(make_client):
+    client = make_client(api_keys="right-key")  # the default budget: 10 wrong keys a minute per address
+    wrong = [client.get("/v1/models", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(11)]
+    assert wrong == [401] * 10 + [429]
+    refused = client.get("/v1/models", headers={"X-API-Key": "right-key"})  # even the right key waits: no oracle
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert client.get("/health").status_code == 200
+
+
+def test_missing_keys_do_not_spend_the_failed_key_budget(make_client):
+    client = make_client(api_keys="right-key", auth_failures_per_minute=1)
+    assert [client.get("/v1/models").status_code for _ in range(3)] == [401] * 3
+    assert client.get("/v1/models", headers={"X-API-Key": "right-key"}).status_code == 200
+
+
+def test_the_metrics_key_protects_metrics(make_client):
+    client = make_client(metrics_key="scrape-key")
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-key"}).status_code == 200
+    assert "emoserve_requests_total" in client.get("/metrics", headers={"X-API-Key": "scrape-key"}).text
+    assert client.get("/v1/models").status_code == 200  # the API's own auth is unchanged (off here)
+
+
+def series(scrape: str) -> set[str]:
+    return {line.rsplit(" ", 1)[0] for line in scrape.splitlines() if not line.startswith("#")}
+
+
+def test_metrics_label_route_templates_only_whatever_clients_send(make_client):
+    client = make_client(api_keys="api-key", metrics_key="scrape-key", auth_failures_per_minute=0)
+    key = {"X-API-Key": "api-key"}
+
+    def hostile(n: int, token: str) -> None:  # what an outsider can send: each kind in turn
+        [lambda: client.get(f"/v1/jobs/{token}"),  # refused before any route: 401
+         lambda: client.get(f"/v1/jobs/{token}", headers=key),  # a route template, an unknown id: 404
+         lambda: client.get(f"/{token}/x"),  # no route: 404
+         lambda: client.request("X" + token[:12].upper(), "/v1/models", headers=key)][n % 4]()  # invented method
+
+    def scrape() -> str:
+        return client.get("/metrics", headers={"Authorization": "Bearer scrape-key"}).text
+
+    for n in range(4):
+        hostile(n, uuid.uuid4().hex)
+    scrape()  # the scrape's own series
+    before = scrape()
+    tokens = [uuid.uuid4().hex for _ in range(1000)]
+    for n, token in enumerate(tokens):
+        hostile(n, token)
+    after = scrape()
+    assert series(after) == series(before)  # the same series, only their counts moved
+    assert len(after) - len(before) < 1024
+    assert not any(token[:12] in after or token[:12].upper() in after for token in tokens)
+    labels = set(re.findall(r'route="([^"]*)"', after))
+    assert labels <= {"/v1/jobs/{job_id}", "/v1/models", "/metrics", "/health", "unmatched"}
+    assert 'method="other"' in after
 
 
 def test_cors_when_configured(make_client):
@@ -116,3 +177,18 @@ def test_decode_failures_go_to_the_error_log_and_backpressure_does_not(make_clie
     assert post(client, wav_bytes(noise(16000)), headers={"X-Request-ID": "req-fine"}).status_code == 200
     errors = (tmp_path / "logs" / "error.log").read_text()
     assert "req-corrupt" in errors and "WARNING" in errors and "req-fine" not in errors
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_control_characters_in_requests_cannot_forge_log_lines(make_client, tmp_path, json_lines):
+    client = make_client(log_json=json_lines)
+    forged = "2026-01-01T00:00:00.000Z INFO GET /v1/models 200 request_id=forged"
+    client.get("/v1/x%0a" + forged.replace(" ", "%20") + "%0d%1b[2J", headers={"X-Request-ID": "req-ctl"})
+    lines = (tmp_path / "logs" / "access.log").read_text(encoding="utf-8").split("\n")
+    assert not any(line.startswith(forged[:24]) or "\x1b" in line or "\r" in line for line in lines)
+    mine = [line for line in lines if "req-ctl" in line]
+    assert len(mine) == 1
+    if json_lines:
+        assert json.loads(mine[0])["path"] == "/v1/x\n" + forged + "\r\x1b[2J"  # the value itself, read back
+    else:
+        assert "/v1/x\\n2026-01-01T00:00:00.000Z" in mine[0] and "\\r\\x1b[2J" in mine[0]

@@ -41,3 +41,17 @@ def test_a_refused_websocket_gets_a_real_401_with_the_json_error(tmp_path):
             assert '"end"' in ws.recv(timeout=30)
     finally:
         server.stop()
+
+
+def test_x_forwarded_for_counts_only_from_the_proxies_named(tmp_path):
+    server = LiveServer(tmp_path, forwarded_allow_ips="127.0.0.2").start()  # not 127.0.0.1, which uvicorn trusts
+    try:
+        for proxy in ("127.0.0.1", "127.0.0.2"):
+            with httpx.Client(transport=httpx.HTTPTransport(local_address=proxy)) as client:
+                headers = {"X-Forwarded-For": "127.0.0.9", "X-Request-ID": f"req-via-{proxy}"}
+                assert client.get(server.url("/v1/models"), headers=headers).status_code == 200
+    finally:
+        server.stop()
+    access = (tmp_path / "logs" / "access.log").read_text().splitlines()
+    assert "client=127.0.0.1 " in next(line for line in access if "req-via-127.0.0.1" in line)  # ignored
+    assert "client=127.0.0.9 " in next(line for line in access if "req-via-127.0.0.2" in line)  # honoured

@@ -16,6 +16,9 @@ from emoserve.cli import app as cli
 from emoserve.settings import Settings
 from emoserve.ui import standalone_app
 
+from ..api.conftest import wait_healthy
+from ..samples import noise, wav_bytes
+
 pytest.importorskip("gradio", reason="the web UI needs the `ui` extra")
 
 
@@ -83,6 +86,45 @@ def test_with_api_keys_the_page_asks_for_one_and_the_ui_calls_need_it(make_clien
     assert client.post("/ui/login", data={"username": "me", "password": "secret-key"}).json() == {"success": True}
     assert client.get("/ui/config").status_code == 200
     assert client.get("/v1/models").status_code == 401  # the UI's session is not an API key
+
+
+def test_wrong_sign_ins_spend_the_failed_key_budget_of_wrong_api_keys(make_client):
+    client = make_client(api_keys="secret-key", auth_failures_per_minute=3)
+    assert client.post("/ui/login", data={"username": "me", "password": "wrong-1"}).status_code == 400
+    assert client.get("/v1/models", headers={"X-API-Key": "wrong-2"}).status_code == 401
+    assert client.post("/ui/login", data={"username": "me", "password": "wrong-3"}).status_code == 400
+    refused = client.post("/ui/login", data={"username": "me", "password": "secret-key"})  # even the right key
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert client.get("/v1/models", headers={"X-API-Key": "secret-key"}).status_code == 429
+
+
+def test_the_standalone_ui_throttles_wrong_sign_ins_too(tmp_path):
+    settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False, api_keys="secret-key",
+                        auth_failures_per_minute=1)
+    with TestClient(standalone_app(settings)) as client:
+        assert client.post("/login", data={"username": "me", "password": "wrong"}).status_code == 400
+        assert client.post("/login", data={"username": "me", "password": "secret-key"}).status_code == 429
+
+
+def analyze_over_gradio(client: TestClient, path: str) -> str:
+    """The page's Analyze button, through Gradio's HTTP API: the summary it shows."""
+    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "utterance", False]
+    event = client.post("/ui/gradio_api/call/analyze", json={"data": data}).json()["event_id"]
+    stream = client.get(f"/ui/gradio_api/call/analyze/{event}").text
+    assert "event: complete" in stream, stream
+    return stream
+
+
+def test_ui_analyses_spend_the_request_budget_of_api_calls(make_client):
+    client = make_client(rate_limit_per_minute=2)
+    wait_healthy(client)
+    assert client.get("/v1/models").status_code == 200
+    path = client.post("/ui/gradio_api/upload", files={"files": ("a.wav", wav_bytes(noise(16000)))}).json()[0]
+    assert "emo-summary" in analyze_over_gradio(client, path)
+    refused = analyze_over_gradio(client, path)
+    assert "Rate limit reached; retry in" in refused and "emo-summary" not in refused
+    assert client.get("/v1/models").status_code == 429
 
 
 def test_without_gradio_the_api_serves_and_says_how_to_get_the_ui(make_client, monkeypatch, caplog):

@@ -14,6 +14,7 @@ from .. import __version__
 from ..emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..settings import Settings, get_settings
+from ..throttle import Throttle
 from ..ui import mount_ui
 from . import routes_analyze, routes_health, routes_jobs, routes_stream, routes_tus, routes_uploads
 from .errors import install_error_handlers
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     settings = settings or get_settings()
     setup_logging(settings.log_dir, settings.log_json, settings.log_max_bytes, settings.log_backups)
     service = Service(settings)
+    throttle = Throttle.from_settings(settings)  # one budget per client, whether it calls the API or the UI
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,9 +59,9 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(routes_jobs.router)
     app.include_router(routes_tus.router)
     if not settings.api_only:
-        mount_ui(app, service.ready_engine, settings)  # /ui, in-process on this engine; a warning without Gradio
+        mount_ui(app, service.ready_engine, settings, throttle)  # /ui, on this engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
-                       rate_limit_per_minute=settings.rate_limit_per_minute)
+                       metrics_key=settings.metrics_key, throttle=throttle)
     app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too
     if settings.origins():
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["*"],

@@ -1,6 +1,8 @@
 """One ASGI middleware for what every request shares: request id, auth, rate limit, access log, metrics.
 
 It sits outermost (inside CORS), so even a crash below it answers JSON with an X-Request-ID.
+Metrics are labelled by route template and a known method only: whatever paths and methods
+clients invent, the set of series stays fixed and no id ever reaches /metrics.
 """
 
 from __future__ import annotations
@@ -8,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import math
 import re
-import threading
 import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
+from ..errors import EmoserveError
+from ..throttle import Throttle, client_address
+from .errors import error_response, retry_headers
 from .metrics import ServiceMetrics
 
 access_log = logging.getLogger("emoserve.access")
@@ -25,28 +28,9 @@ error_log = logging.getLogger("emoserve.error")
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DENIAL_EXTENSION = "websocket.http.response"  # ASGI: answer a refused websocket handshake with an HTTP response
-
-
-class TokenBucket:
-    """Per-client request budget: `per_minute` requests, refilled continuously."""
-
-    def __init__(self, per_minute: int):
-        self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
-        self.buckets: dict[str, tuple[float, float]] = {}
-        self.lock = threading.Lock()
-
-    def take(self, client: str) -> float:
-        """0 when allowed, else the seconds to wait."""
-        now = time.monotonic()
-        with self.lock:
-            tokens, last = self.buckets.get(client, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self.buckets[client] = (tokens - 1, now)
-                return 0.0
-            self.buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
+METRICS_PATH = "/metrics"
+UNMATCHED = "unmatched"  # the route label of every request no route answered (unknown paths, refusals)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})  # other methods: "other"
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -67,11 +51,13 @@ def key_is_valid(given: str | None, keys: list[str]) -> bool:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, api_keys: list[str], rate_limit_per_minute: int):
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, api_keys: list[str], metrics_key: str,
+                 throttle: Throttle):
         self.app = app
         self.metrics = metrics
         self.api_keys = api_keys
-        self.limiter = TokenBucket(rate_limit_per_minute) if rate_limit_per_minute > 0 else None
+        self.metrics_keys = [metrics_key] if metrics_key else []
+        self.throttle = throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -93,8 +79,9 @@ class RequestContextMiddleware:
             await send(message)
 
         path = scope["path"]
-        client = (scope.get("client") or ("-", 0))[0]
-        denial = self.check_access(path, headers, client)
+        root_path = scope.get("root_path", "")  # before routing: a mount below extends it
+        client = client_address(scope)
+        denial = self.denial(path, headers, client)
         if denial is not None and (scope["type"] == "http" or DENIAL_EXTENSION in scope.get("extensions", {})):
             await denial(scope, receive, send_with_id)  # a real 401/429 with the JSON body, websockets too
         elif denial is not None:  # a server without the denial extension: close codes 4401/4429
@@ -111,31 +98,54 @@ class RequestContextMiddleware:
                                                                 "when reporting it", 500)
                     with contextlib.suppress(RuntimeError):  # the response had already started: nothing to send
                         await response(scope, receive, send_with_id)
-        self.log(scope, request_id, client, status_holder["status"], time.perf_counter() - started)
+        self.log(scope, root_path, request_id, client, status_holder["status"], time.perf_counter() - started)
 
-    def check_access(self, path: str, headers: Headers, client: str):
-        if not path.startswith("/v1/"):
-            return None
-        given = presented_key(headers)
-        if self.api_keys and not key_is_valid(given, self.api_keys):
-            return error_response("unauthorized", "this server needs an API key: send `Authorization: Bearer KEY` "
-                                                  "or `X-API-Key: KEY`" if not given else "the API key is not valid")
-        if self.limiter is not None:
-            wait = self.limiter.take(given if self.api_keys else client)
-            if wait > 0:
-                return error_response("rate_limited", f"rate limit reached; retry in {math.ceil(wait)} s",
-                                      headers={"Retry-After": str(math.ceil(wait))})
+    def denial(self, path: str, headers: Headers, client: str) -> Response | None:
+        """The 401/429 answer to a request that may not pass, or None."""
+        try:
+            self.check_access(path, headers, client)
+        except EmoserveError as e:
+            return error_response(e.code, e.message, headers=retry_headers(e))
         return None
 
-    def log(self, scope: Scope, request_id: str, client: str, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        route_path = getattr(route, "path", None) or ("unmatched" if status == 404 else scope["path"])
+    def check_access(self, path: str, headers: Headers, client: str) -> None:
+        """Raise the refusal of a request: no or a wrong key (401), or a spent budget (429).
+
+        An address that has spent its failed-key budget is refused before its key is even compared."""
+        keys = self.required_keys(path)
+        given = presented_key(headers)
+        if keys:
+            self.throttle.check_sign_in(client)
+            if not key_is_valid(given, keys):
+                if given:
+                    self.throttle.sign_in_failed(client)
+                raise EmoserveError("the API key is not valid" if given else "this server needs an API key: send "
+                                    "`Authorization: Bearer KEY` or `X-API-Key: KEY`", code="unauthorized")
+        if path.startswith("/v1/"):
+            self.throttle.take_request(given if keys else client)
+
+    def required_keys(self, path: str) -> list[str]:
+        """The keys that open `path` (empty: open to all): the API keys for /v1/*, the metrics key for /metrics."""
+        if path.startswith("/v1/"):
+            return self.api_keys
+        return self.metrics_keys if path == METRICS_PATH else []
+
+    def log(self, scope: Scope, root_path: str, request_id: str, client: str, status: int, seconds: float) -> None:
         method = scope.get("method", "WS")
         state = scope.get("state", {})
         audio_s = state.get("audio_seconds")
         if audio_s:
             self.metrics.audio_seconds.inc(audio_s)
-        self.metrics.observe_request(route_path, method, status, seconds)
+        self.metrics.observe_request(route_template(scope, root_path), method if method in METHODS else "other",
+                                     status, seconds)
         access_log.info("%s %s %s", method, scope["path"], status, extra={
             "request_id": request_id, "client": client, "method": method, "path": scope["path"], "status": status,
             "latency_ms": round(seconds * 1000, 2), "audio_s": round(audio_s, 3) if audio_s else 0.0})
+
+
+def route_template(scope: Scope, root_path: str) -> str:
+    """The path template of the route that answered (a mounted app's under its mount), else `unmatched`."""
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        return UNMATCHED
+    return scope.get("root_path", "")[len(root_path):] + template

@@ -1,4 +1,4 @@
-"""What every command shares: a console, and turning our typed errors into a clean exit."""
+"""What every command shares: a console, turning our typed errors into a clean exit, uvicorn's options."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from ..errors import EmoserveError
+from ..settings import Settings
 
 console = Console(stderr=True)
 
@@ -25,3 +26,15 @@ def clean_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """`uvicorn.run`'s options for our servers: our own access log, a graceful drain, and proxy headers
+    only from the proxies `forwarded_allow_ips` names (uvicorn alone trusts X-Forwarded-For from 127.0.0.1:
+    behind a local proxy, each client could name its own address, and with it a fresh budget)."""
+    proxies = settings.forwarded_allow_ips.strip()
+    options = {"host": settings.host, "port": settings.port, "log_level": "warning", "access_log": False,
+               "timeout_graceful_shutdown": 30, "proxy_headers": bool(proxies)}
+    if proxies:
+        options["forwarded_allow_ips"] = proxies
+    return options

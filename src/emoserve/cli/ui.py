@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..settings import get_settings
-from .common import clean_errors
+from .common import clean_errors, uvicorn_options
 
 
 def ui(
@@ -25,5 +25,4 @@ def ui(
     settings = get_settings(model=model, host=host, port=port, device=device, dtype=dtype)
     with clean_errors():
         app = standalone_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(app, **uvicorn_options(settings))

@@ -1,9 +1,10 @@
 """The web UI (Gradio, the optional `ui` extra): record or upload, see the emotion and its timeline.
 
-    mount_ui(app, service.ready_engine, settings)      # at /ui of the API server (`emoserve serve`)
-    standalone_app(settings)                            # alone, with its own model (`emoserve ui`)
+    mount_ui(app, service.ready_engine, settings, throttle)   # at /ui of the API server (`emoserve serve`)
+    standalone_app(settings)                                   # alone, with its own model (`emoserve ui`)
 
 The UI runs in the server's process and calls its engine directly: no HTTP hop, no second model.
+Its sign-in and its analyses spend the same per-client budgets (`Throttle`) as the API's calls.
 Importing this package does not import Gradio, so the API runs without the extra.
 """
 
@@ -22,6 +23,7 @@ from fastapi.responses import RedirectResponse
 from ..errors import EmoserveError
 from ..logs import setup_logging
 from ..settings import Settings
+from ..throttle import Throttle
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -36,11 +38,12 @@ def ui_available() -> bool:
     return importlib.util.find_spec("gradio") is not None
 
 
-def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings, path: str = UI_PATH,
-             api_docs: str | None = "../docs") -> bool:
+def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings, throttle: Throttle,
+             path: str = UI_PATH, api_docs: str | None = "../docs") -> bool:
     """Serve the UI at `path` of `app` (and redirect `/` to it); without Gradio, warn and leave `app` as it is.
 
     `get_engine` returns the running engine or raises the `EmoserveError` that says why there is none.
+    With API keys, wrong sign-ins spend the address's failed-key budget in `throttle`, as wrong keys do.
     """
     if not ui_available():
         log.warning("web UI disabled: Gradio is not installed. Install the `ui` extra to have it at %s: %s "
@@ -48,9 +51,12 @@ def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings,
         return False
     import gradio as gr
 
-    from .blocks import build_blocks, mount_options
+    from .blocks import SignInThrottle, build_blocks, mount_options
 
-    gr.mount_gradio_app(app, build_blocks(get_engine, settings, api_docs), path=path, **mount_options(settings))
+    blocks = build_blocks(get_engine, settings, throttle, api_docs)
+    gr.mount_gradio_app(app, blocks, path=path, **mount_options(settings))
+    if settings.keys():
+        app.add_middleware(SignInThrottle, login_path=f"{path.rstrip('/')}/login", throttle=throttle)
     if path != "/":
         app.add_api_route("/", lambda: RedirectResponse(f"{path}/"), include_in_schema=False)
     return True
@@ -76,6 +82,6 @@ def standalone_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="emoserve UI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    if not mount_ui(app, service.ready_engine, settings, path="/", api_docs=None):
+    if not mount_ui(app, service.ready_engine, settings, Throttle.from_settings(settings), path="/", api_docs=None):
         raise EmoserveError(f"the web UI needs Gradio: {INSTALL_HINT}", code="ui_unavailable")
     return app

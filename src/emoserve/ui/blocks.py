@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..api.errors import error_response, retry_headers
 from ..api.middleware import key_is_valid
 from ..engine import Engine
 from ..errors import EmoserveError
 from ..settings import Settings
+from ..throttle import Throttle, client_address
 from .analysis import Analysis, DownloadDir, analyze_clip, analyze_file, export_files
 from .charts import message_html, summary_html, timeline_html
 from .examples import example_clips
@@ -36,17 +39,20 @@ HINT = "Upload a file or record from the microphone, then press Analyze."
 EngineGetter = Callable[[], Engine]  # the running engine, or an EmoserveError saying why there is none
 
 
-def build_blocks(get_engine: EngineGetter, settings: Settings, api_docs: str | None = None) -> gr.Blocks:
+def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttle,
+                 api_docs: str | None = None) -> gr.Blocks:
     """The page. `get_engine` is the service's (`Service.ready_engine`): the UI never loads a model itself.
+    Each analysis spends a request of its address's budget in `throttle`, as an API call does.
     `api_docs` links the HTTP API's docs from the header (relative to the page), when there is one."""
     downloads = DownloadDir()
     long_minutes = f"{settings.ui_max_long_s / 60:g}"
 
-    async def analyze(path: str | None, granularity: str, long_file: bool,
+    async def analyze(path: str | None, granularity: str, long_file: bool, request: gr.Request,
                       progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         if not path:
             return message_html(HINT), hidden(), hidden()
         try:
+            throttle.take_request(request.client.host)
             engine = get_engine()
             if long_file:
                 analysis = await analyze_file(engine, path, granularity, settings,
@@ -121,6 +127,39 @@ def mount_options(settings: Settings) -> dict[str, Any]:
         options["auth"] = lambda _user, password: key_is_valid(password, keys)
         options["auth_message"] = "This server needs an API key: sign in with any user name and an API key as password."
     return options
+
+
+class SignInThrottle:
+    """Wrong sign-ins at Gradio's `login_path` spend the address's failed-key budget, as wrong API keys do.
+
+    Gradio checks the password itself (the `auth` of `mount_options`) and answers a wrong one with a
+    4xx, so the budget is kept around its route: refused before it runs, spent by its refusals."""
+
+    def __init__(self, app: ASGIApp, login_path: str, throttle: Throttle):
+        self.app = app
+        self.login_path = login_path
+        self.throttle = throttle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.login_path:
+            await self.app(scope, receive, send)
+            return
+        address = client_address(scope)
+        try:
+            self.throttle.check_sign_in(address)
+        except EmoserveError as e:
+            await error_response(e.code, e.message, headers=retry_headers(e))(scope, receive, send)
+            return
+        statuses = []
+
+        async def send_and_note_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_and_note_status)
+        if statuses and 400 <= statuses[0] < 500:
+            self.throttle.sign_in_failed(address)
 
 
 def header_html(model: str, api_docs: str | None) -> str:
