@@ -56,7 +56,8 @@ def test_the_allow_list_admits_its_networks_and_pins_the_address(url):
 def test_an_allow_listed_ipv4_network_does_not_admit_ipv6_loopback():
     with pytest.raises(InvalidParameterError):
         vet_callback_url("http://[::1]/hook", LOOPBACK_V4)
-    assert vet_callback_url("http://[::1]/hook", (ipaddress.ip_network("::1/128"),)).address == ipaddress.ip_address("::1")
+    target = vet_callback_url("http://[::1]/hook", (ipaddress.ip_network("::1/128"),))
+    assert target.address == ipaddress.ip_address("::1")
 
 
 def test_a_name_that_also_resolves_to_a_refused_address_is_refused(monkeypatch):

@@ -1,6 +1,6 @@
 """Uploads and jobs that survive a restart: an embedded SQLite database (WAL) and files under the data dir.
 
-    DATA_DIR/emoserve.sqlite3       uploads, received chunks, jobs (status, progress, result, error)
+    DATA_DIR/emoserve.sqlite3       uploads, received chunks, jobs (status, progress, result hash, error)
     DATA_DIR/uploads/ID/chunks/N    chunk N as received, fsynced before it is acknowledged
     DATA_DIR/uploads/ID/data        the assembled file (a tus upload grows in data.part, renamed when full)
     DATA_DIR/jobs/ID/               a job's result.json, embedding.npy, and its scratch space while it runs
@@ -785,4 +785,3 @@ def file_sha256(path: Path) -> str:
         while block := f.read(COPY_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 
 from emoserve.labels import LABELS
 
+from ..test_store import looking_slowly
+
 HALF_HOUR_OF_FRAMES = 90_000  # 30 min at one frame per 20 ms: a result of about 17 MB of JSON
 
 
@@ -124,8 +126,9 @@ def test_health_answers_while_16_clients_fetch_a_half_hour_frame_result(client):
     assert latencies and max(latencies) < 1.0, max(latencies)  # blocked for seconds when each GET re-serialised
 
 
-def test_parallel_identical_posts_make_one_job(client):
+def test_parallel_identical_posts_make_one_job(client, monkeypatch):
     upload_id = complete_upload(client)
+    looking_slowly(client.app.state.service.store, monkeypatch)
     start = threading.Barrier(16)
 
     def post(_) -> str:

@@ -56,7 +56,8 @@ async def create_job(body: JobRequest, request: Request) -> JSONResponse:
 
 
 @router.get("/v1/jobs/{job_id}", name="get_job", response_model=JobStatus, summary="A job's status and result",
-            responses=UPLOAD_ERROR_RESPONSES)
+            responses={304: {"description": "If-None-Match names the job's current ETag: nothing changed"},
+                       **UPLOAD_ERROR_RESPONSES})
 async def get_job(job_id: str, request: Request,
                   wait: float = Query(0.0, ge=0, description="block up to this many seconds until the job is done "
                                                              "(cut to the server's limit, 60 s by default)")
