@@ -1,10 +1,17 @@
+import base64
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -12,16 +19,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from emoserve import webhooks
 from emoserve.errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError, UploadIncompleteError
 from emoserve.jobs import JobRunner, ProgressWriter, RunnerConfig
 from emoserve.longform import LongformOptions
 from emoserve.store import Store, UploadLimits
 
 from .samples import SAMPLE_RATE, conversation, espeak_available, noise, wav_bytes
+from .test_store import looking_slowly
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONS = LongformOptions(window_s=3.0, window_overlap_s=0.6)
-FAST = RunnerConfig(poll_s=0.05, callback_attempts=3, callback_backoff_s=0.1, callback_timeout_s=2.0)
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)  # callbacks in tests go to receivers on this machine
+FAST = RunnerConfig(poll_s=0.05, callback_attempts=3, callback_backoff_s=0.1, callback_timeout_s=2.0,
+                    callback_allow_networks=LOOPBACK)
 
 
 def recording(seconds_of_gaps=(1.0, 1.5, 1.0)) -> bytes:
@@ -136,6 +147,41 @@ def test_submitting_checks_its_input_and_repeats_are_the_same_job(store, runner)
         runner.submit("0" * 32)
 
 
+def test_identical_parallel_submissions_make_one_job(store, runner, monkeypatch):
+    upload_id = uploaded(store, recording())
+    looking_slowly(store, monkeypatch)
+    start = threading.Barrier(16)
+
+    def submit(_) -> str:
+        start.wait()
+        return runner.submit(upload_id, "frame", callback_url="http://127.0.0.1:9/cb").job_id
+
+    with ThreadPoolExecutor(16) as pool:
+        job_ids = set(pool.map(submit, range(16)))
+    assert len(job_ids) == 1
+    with store.lock:
+        assert store.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
+
+
+def test_a_failed_job_is_not_handed_out_again_for_a_new_request(store, runner):
+    upload_id = uploaded(store, recording())
+    failed = runner.submit(upload_id)
+    store.finish_job(failed.job_id, error={"code": "internal_error", "message": "boom"})
+    retried = runner.submit(upload_id)
+    assert retried.job_id != failed.job_id and retried.status == "queued"
+    assert runner.submit(upload_id).job_id == retried.job_id
+
+
+def test_callbacks_to_this_host_are_refused_unless_allow_listed(store, tiny_model):
+    upload_id = uploaded(store, recording())
+    strict = make_runner(store, tiny_model, config=RunnerConfig())
+    for url in ("http://127.0.0.1:9/cb", "http://localhost:9/cb", "http://2130706433:9/cb", "http://[::1]:9/cb"):
+        with pytest.raises(InvalidParameterError, match="EMOSERVE_CALLBACK_ALLOW_NETWORKS"):
+            strict.submit(upload_id, callback_url=url)
+    with store.lock:
+        assert store.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+
+
 def test_deleting_a_job_removes_its_result_and_files(store, runner):
     job = runner.submit(uploaded(store, recording()), return_embedding=True)
     runner.start()
@@ -226,12 +272,14 @@ class CallbackServer:
     """A local HTTP server that answers 500 `failures` times, then 200, recording each POST."""
 
     def __init__(self, failures: int):
-        self.failures, self.received = failures, []
+        self.failures, self.received, self.raw = failures, [], []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                server.raw.append((self.headers, raw))
+                body = json.loads(raw)
                 server.received.append((time.monotonic(), body))
                 status = 500 if len(server.received) <= server.failures else 200
                 self.send_response(status)
@@ -242,7 +290,8 @@ class CallbackServer:
                 pass
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/done"
+        self.port = self.http.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/done"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
     def close(self):
@@ -279,6 +328,72 @@ def test_a_callback_that_never_answers_is_given_up_and_jobs_go_on(store, runner)
         assert all(t.is_alive() for t in runner.threads if t.name.startswith("emoserve-job-worker"))
     finally:
         server.close()
+
+
+def verify_signature(secret: str, headers, body: bytes, tolerance_s: int = 300) -> bool:
+    """What a receiver does: the snippet of docs/API.md."""
+    key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+    msg_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+    if abs(time.time() - int(timestamp)) > tolerance_s:
+        return False  # too old (or a replay)
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    expected = "v1," + base64.b64encode(mac).decode()
+    return any(hmac.compare_digest(expected, s) for s in headers["webhook-signature"].split())
+
+
+def test_callbacks_are_signed_with_the_secret_kept_in_the_data_dir(store, runner):
+    server = CallbackServer(failures=1)
+    try:
+        job = runner.submit(uploaded(store, recording()), callback_url=server.url)
+        runner.start()
+        wait_for(lambda: store.get_job(job.job_id).callback_state == "delivered")
+    finally:
+        server.close()
+    secret_file = store.root / "callback_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    (first_headers, first_body), (headers, body) = server.raw
+    assert first_body == body and first_headers["webhook-id"] == headers["webhook-id"] == job.job_id
+    assert headers["content-type"] == "application/json"
+    assert verify_signature(secret, headers, body)
+    assert not verify_signature(secret, headers, body.replace(b'"succeeded"', b'"failed"'))
+    assert not verify_signature("whsec_" + base64.b64encode(b"another key").decode(), headers, body)
+    assert json.loads(body) == store.get_job(job.job_id).to_dict()
+
+
+def test_a_callback_goes_to_the_vetted_address_with_its_own_host_name(store, tiny_model, monkeypatch):
+    monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+    secret = "any text works as a secret"
+    runner = make_runner(store, tiny_model, config=replace(FAST, callback_secret=secret))
+    server = CallbackServer(failures=0)
+    try:
+        url = f"http://hooks.invalid:{server.port}/done"  # no resolver knows it: only the vetted address leads there
+        job = runner.submit(uploaded(store, recording()), callback_url=url)
+        runner.start()
+        wait_for(lambda: store.get_job(job.job_id).callback_state == "delivered")
+    finally:
+        runner.stop()
+        server.close()
+    [(headers, body)] = server.raw
+    assert headers["host"] == f"hooks.invalid:{server.port}"
+    assert verify_signature(secret, headers, body)  # a secret without whsec_: its UTF-8 bytes are the key
+
+
+def test_a_callback_host_that_turns_to_a_refused_address_is_not_sent_to(store, tiny_model, monkeypatch):
+    answers = {"address": "127.0.0.2"}
+    monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address(answers["address"])])
+    config = replace(FAST, callback_allow_networks=(ipaddress.ip_network("127.0.0.2/32"),))
+    runner = make_runner(store, tiny_model, config=config)
+    server = CallbackServer(failures=0)
+    try:
+        job = runner.submit(uploaded(store, recording()), callback_url=f"http://rebinding.invalid:{server.port}/x")
+        answers["address"] = "127.0.0.1"  # DNS rebinding: the name now points where callbacks may not go
+        runner.start()
+        wait_for(lambda: store.get_job(job.job_id).callback_state == "failed")
+    finally:
+        runner.stop()
+        server.close()
+    assert server.raw == [] and store.get_job(job.job_id).callback_attempts == FAST.callback_attempts
 
 
 def test_the_sweeper_runs_in_the_background(tmp_path, tiny_model):
@@ -338,7 +453,7 @@ def test_a_kill_9_mid_job_keeps_finished_results_and_the_restart_finishes_the_re
         assert restarted.get(finished.job_id) == finished
         assert restarted.embedding_file(finished.job_id).read_bytes() == embedding_before
         job_dir = store.job_dir(interrupted.job_id)
-        assert list(job_dir.iterdir()) == [job_dir / "embedding.npy"]  # no scratch left from either attempt
+        assert sorted(job_dir.iterdir()) == [job_dir / "embedding.npy", job_dir / "result.json"]  # no scratch left
     finally:
         restarted.stop()
         store.close()

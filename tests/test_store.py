@@ -1,10 +1,13 @@
 import base64
 import hashlib
+import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -375,3 +378,40 @@ def test_a_kill_9_mid_upload_loses_no_acknowledged_chunk(tmp_path, ten_minutes):
     store.complete_upload(upload.upload_id)
     assert store.upload_file(upload.upload_id).read_bytes() == ten_minutes
     store.close()
+
+
+def looking_slowly(store, monkeypatch) -> None:
+    """Every lookup of an existing job takes a while: it widens the window between looking and inserting."""
+    find_job = store.find_job
+
+    def find_slowly(*args):
+        found = find_job(*args)
+        time.sleep(0.02)
+        return found
+
+    monkeypatch.setattr(store, "find_job", find_slowly)
+
+
+def test_results_kept_in_the_database_by_an_older_version_move_to_files(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    old = sqlite3.connect(data / "emoserve.sqlite3")
+    old.executescript("""CREATE TABLE jobs (id TEXT PRIMARY KEY, upload_id TEXT NOT NULL, options TEXT NOT NULL,
+        status TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, result TEXT, error TEXT, callback_url TEXT,
+        callback_state TEXT, callback_attempts INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, finished_at REAL)""")
+    result = {"segments": [{"start": 0.0, "end": 1.5, "emotion": "happy"}], "note": "ü"}
+    old.executemany("INSERT INTO jobs (id, upload_id, options, status, progress, result, created_at, updated_at)"
+                    " VALUES (?, ?, '{}', ?, ?, ?, 0, 0)",
+                    [("a" * 32, "b" * 32, "succeeded", 1.0, json.dumps(result)),
+                     ("c" * 32, "b" * 32, "queued", 0.0, None)])
+    old.commit()
+    old.close()
+    for _ in range(2):  # moved once; opening again finds nothing left to move
+        store = Store(data)
+        done, queued = store.get_job("a" * 32), store.get_job("c" * 32)
+        assert done.result == result and done.result_path.read_bytes() == json.dumps(result, ensure_ascii=False,
+                                                                                        separators=(",", ":")).encode()
+        assert done.result_sha256 == hashlib.sha256(done.result_path.read_bytes()).hexdigest()
+        assert queued.result is None and queued.result_path is None
+        store.close()

@@ -4,7 +4,8 @@ The store holds every job's state, so the runner keeps nothing that a crash coul
 jobs left `running` by a killed server go back to the queue (and fail for good after
 `max_attempts`, so one poisonous file cannot crash-loop the server); results and embeddings are on
 disk before the status says succeeded. Callbacks are POSTed from their own threads with
-exponential backoff, and a failing callback only logs.
+exponential backoff, signed, and only to addresses `emoserve.webhooks` allows; a failing callback
+only logs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from .errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError
+from . import webhooks
+from .errors import ConflictError, EmoserveError, NotFoundError
 from .longform import RECEPTIVE_FIELD, BatchPredict, LongformOptions, analyze_long
 from .results import check_granularity
 from .store import Job, Store, fsync_dir
@@ -28,7 +30,6 @@ from .store import Job, Store, fsync_dir
 log = logging.getLogger(__name__)
 
 EMBEDDING_FILE = "embedding.npy"
-MAX_CALLBACK_URL = 2048
 
 
 class JobCancelled(Exception):
@@ -46,6 +47,8 @@ class RunnerConfig:
     callback_attempts: int = 5
     callback_backoff_s: float = 2.0
     callback_timeout_s: float = 10.0
+    callback_allow_networks: tuple[webhooks.IPNetwork, ...] = ()  # reachable besides public addresses
+    callback_secret: str = ""  # empty: the one kept in the data dir (made on the first start)
     sweep_interval_s: float = 300.0
     poll_s: float = 1.0  # how often idle workers look for jobs queued by another process
 
@@ -53,7 +56,9 @@ class RunnerConfig:
     def from_settings(cls, settings) -> RunnerConfig:
         return cls(workers=settings.job_workers, max_attempts=settings.job_max_attempts,
                    callback_attempts=settings.callback_attempts, callback_backoff_s=settings.callback_backoff_s,
-                   callback_timeout_s=settings.callback_timeout_s, sweep_interval_s=settings.sweep_interval_s)
+                   callback_timeout_s=settings.callback_timeout_s,
+                   callback_allow_networks=settings.callback_networks(), callback_secret=settings.callback_secret,
+                   sweep_interval_s=settings.sweep_interval_s)
 
 
 class JobRunner:
@@ -76,6 +81,7 @@ class JobRunner:
         self.stopping = threading.Event()
         self.changed = threading.Condition()  # notified when a job is queued or finishes
         self.threads: list[threading.Thread] = []
+        self.signing_key = b""  # set by start(): callbacks are sent only once the runner runs
 
     # ---- lifecycle ----
 
@@ -83,6 +89,9 @@ class JobRunner:
         """Re-queue what a crash left running, resume undelivered callbacks, start workers and the sweeper."""
         if any(t.is_alive() for t in self.threads):
             raise RuntimeError("the job runner is already running")
+        secret = self.config.callback_secret or \
+            webhooks.load_or_create_secret(self.store.root / webhooks.SECRET_FILE)
+        self.signing_key = webhooks.signing_key(secret)
         requeued, failed = self.store.requeue_running(self.config.max_attempts)
         if requeued or failed:
             log.warning("restart: re-queued %d interrupted job(s), failed %d that kept crashing", len(requeued),
@@ -112,12 +121,15 @@ class JobRunner:
 
     def submit(self, upload_id: str, granularity: str = "utterance", return_embedding: bool = False,
                callback_url: str | None = None) -> Job:
-        """Queue the analysis of a complete upload; the same request again returns the same job."""
+        """Queue the analysis of a complete upload; the same request again returns the same job.
+
+        A `callback_url` whose host resolves to an address callbacks may not reach is refused here
+        (and checked again when the callback is sent: the name may point elsewhere by then).
+        """
         options = {"granularity": check_granularity(granularity), "return_embedding": bool(return_embedding)}
         if callback_url is not None:
-            check_callback_url(callback_url)
-        job = self.store.find_job(upload_id, options, callback_url) or \
-            self.store.create_job(upload_id, options, callback_url)
+            webhooks.vet_callback_url(callback_url, self.config.callback_allow_networks)
+        job = self.store.create_job(upload_id, options, callback_url)
         with self.changed:
             self.changed.notify_all()
         return job
@@ -215,19 +227,29 @@ class JobRunner:
     # ---- callbacks and expiry ----
 
     def deliver_callback(self, job: Job) -> None:
-        """POST the final job JSON; retry with exponential backoff; give up with a log line, never raise."""
-        body = job.to_dict()
+        """POST the final job JSON, signed; retry with exponential backoff; give up with a log line, never raise.
+
+        Each attempt resolves and vets the host again and connects to the address it vetted.
+        """
+        try:
+            body = job_json(job)
+        except FileNotFoundError:
+            log.info("job %s was deleted before its callback was sent", job.job_id)
+            return
         attempts = self.config.callback_attempts
         for attempt in range(job.callback_attempts + 1, attempts + 1):
             try:
-                response = httpx.post(job.callback_url, json=body, timeout=self.config.callback_timeout_s)
+                target = webhooks.vet_callback_url(job.callback_url, self.config.callback_allow_networks)
+                headers = {"Content-Type": "application/json",
+                           **webhooks.signature_headers(self.signing_key, job.job_id, body)}
+                response = webhooks.post_pinned(target, body, headers, self.config.callback_timeout_s)
                 if response.is_success:
                     self.store.set_callback_state(job.job_id, "delivered", attempt)
                     log.info("job %s: callback delivered (attempt %d)", job.job_id, attempt)
                     return
                 log.warning("job %s: callback %s answered %d (attempt %d of %d)", job.job_id, job.callback_url,
                             response.status_code, attempt, attempts)
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, EmoserveError) as e:
                 log.warning("job %s: callback %s failed: %s (attempt %d of %d)", job.job_id, job.callback_url, e,
                             attempt, attempts)
             except Exception:
@@ -266,11 +288,7 @@ class ProgressWriter:
             raise JobCancelled(self.job_id)
 
 
-def check_callback_url(url: str) -> str:
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as e:
-        raise InvalidParameterError(f"callback_url is not a URL: {e}") from e
-    if parsed.scheme not in ("http", "https") or not parsed.host or len(url) > MAX_CALLBACK_URL:
-        raise InvalidParameterError(f"callback_url must be an http(s) URL of at most {MAX_CALLBACK_URL} characters")
-    return url
+def job_json(job: Job) -> bytes:
+    """The job JSON as sent: the stored result bytes between the status fields, never parsed."""
+    head, tail = job.json_parts()
+    return head + (job.result_path.read_bytes() if job.result_path is not None else b"null") + tail

@@ -5,9 +5,10 @@ CLI flags override env vars, env vars override defaults: `Settings(**flags)` doe
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
     callback_attempts: int = Field(5, gt=0, description="tries to POST a finished job to its callback_url")
     callback_backoff_s: float = Field(2.0, gt=0, description="first retry delay of a callback; doubles each try")
     callback_timeout_s: float = Field(10.0, gt=0, description="timeout of one callback POST")
+    callback_allow_networks: str = Field(
+        "", description="comma-separated CIDRs that callback_url hosts may resolve to besides public addresses "
+                        "(e.g. 127.0.0.0/8 for hooks on this machine); empty: public addresses only")
+    callback_secret: str = Field(
+        "", repr=False, description="key that signs callbacks (whsec_<base64>, or any text); empty: one made on the "
+                                    "first start and kept in DATA_DIR/callback_secret (mode 0600)")
     longform_max_duration_s: float = Field(4 * 3600, gt=0, description="longest file a job may analyse")
     longform_max_segment_s: float = Field(30.0, gt=0, le=30.0, description="voiced segments are split to this")
     longform_window_s: float = Field(30.0, gt=0, le=30.0, description="window of granularity=frame over long files")
@@ -92,6 +99,12 @@ class Settings(BaseSettings):
     stream_max_buffer_s: float = Field(30.0, gt=0, description="received audio a stream may hold unanalysed; past it "
                                        "the server stops reading (backpressure)")
     stream_max_duration_s: float = Field(4 * 3600, gt=0, description="longest audio one stream may send")
+
+    @field_validator("callback_allow_networks")
+    @classmethod
+    def networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
 
     @model_validator(mode="after")
     def stream_hop_fits(self) -> Settings:
@@ -131,6 +144,14 @@ class Settings(BaseSettings):
 
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def callback_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return parse_networks(self.callback_allow_networks)
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is its /32 or /128); host bits are ignored."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 def get_settings(**overrides) -> Settings:

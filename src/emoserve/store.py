@@ -1,9 +1,9 @@
 """Uploads and jobs that survive a restart: an embedded SQLite database (WAL) and files under the data dir.
 
-    DATA_DIR/emoserve.sqlite3       uploads, received chunks, jobs (status, progress, result, error)
+    DATA_DIR/emoserve.sqlite3       uploads, received chunks, jobs (status, progress, result hash, error)
     DATA_DIR/uploads/ID/chunks/N    chunk N as received, fsynced before it is acknowledged
     DATA_DIR/uploads/ID/data        the assembled file (a tus upload grows in data.part, renamed when full)
-    DATA_DIR/jobs/ID/               a job's embedding.npy and its scratch space while it runs
+    DATA_DIR/jobs/ID/               a job's result.json, embedding.npy, and its scratch space while it runs
 
 The database says what was acknowledged; a file is written, fsynced and renamed into place before
 its row is committed, so a crash (kill -9 included) never leaves an acknowledged chunk or a
@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 
 from .errors import (
@@ -48,6 +49,7 @@ ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000  # an upload's missing list stays small enough to send back
 COPY_BLOCK = 1024 * 1024
 STALE_TEMP_S = 3600  # a temp file this old is left from a crash, not a write in flight
+RESULT_FILE = "result.json"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -78,7 +80,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     options TEXT NOT NULL,
     status TEXT NOT NULL,               -- queued | running | succeeded | failed
     progress REAL NOT NULL DEFAULT 0,
-    result TEXT,
+    result_sha256 TEXT,                 -- of DATA_DIR/jobs/ID/result.json, the job's result; NULL without one
     error TEXT,
     callback_url TEXT,
     callback_state TEXT,                -- pending | delivered | failed; NULL without a callback_url
@@ -131,6 +133,11 @@ def digest_matches(expected: str, algorithm: str, data_digest: bytes) -> bool:
     except (ValueError, binascii.Error) as e:
         raise InvalidParameterError(f"the {algorithm} checksum {expected[:100]!r} is neither hex nor base64") from e
     return secrets.compare_digest(given, data_digest)
+
+
+def json_bytes(value: object) -> bytes:
+    """Compact UTF-8 JSON, byte for byte as Starlette's JSONResponse writes it: a stored result is sent as stored."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def fsync_dir(path: Path) -> None:
@@ -212,7 +219,8 @@ class Job:
     options: dict
     status: str
     progress: float
-    result: dict | None
+    result_path: Path | None  # the result's JSON file, written once when the job succeeded
+    result_sha256: str | None  # of that file, computed when it was written
     error: dict | None
     callback_url: str | None
     callback_state: str | None
@@ -227,10 +235,31 @@ class Job:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @cached_property
+    def result(self) -> dict | None:
+        """The result, parsed on first use. Status reads, `GET /v1/jobs/{id}` and callbacks never parse it:
+        they send the stored bytes (`json_parts`), as a long frame result is tens of MB of JSON."""
+        if self.result_path is None:
+            return None
+        try:
+            return json.loads(self.result_path.read_bytes())
+        except FileNotFoundError as e:
+            raise NotFoundError(f"job {self.job_id} was deleted") from e
+
     def to_dict(self) -> dict:
-        """`GET /v1/jobs/{id}` and the callback body."""
-        return {"job_id": self.job_id, "status": self.status, "progress": self.progress, "result": self.result,
-                "error": self.error, "upload_id": self.upload_id, "options": self.options,
+        """The job JSON of `GET /v1/jobs/{id}` and of the callback, as a dict."""
+        return {**self.fields_before_result(), "result": self.result, **self.fields_after_result()}
+
+    def json_parts(self) -> tuple[bytes, bytes]:
+        """The job JSON around its result: `head + result file (or null) + tail` is `to_dict()` as compact JSON."""
+        head, tail = json_bytes(self.fields_before_result()), json_bytes(self.fields_after_result())
+        return head[:-1] + b',"result":', b"," + tail[1:]
+
+    def fields_before_result(self) -> dict:
+        return {"job_id": self.job_id, "status": self.status, "progress": self.progress}
+
+    def fields_after_result(self) -> dict:
+        return {"error": self.error, "upload_id": self.upload_id, "options": self.options,
                 "created_at": iso(self.created_at), "started_at": iso(self.started_at),
                 "finished_at": iso(self.finished_at)}
 
@@ -261,6 +290,7 @@ class Store:
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(SCHEMA)
+        self.move_results_to_files()
 
     @classmethod
     def from_settings(cls, settings) -> Store:
@@ -554,9 +584,15 @@ class Store:
     # ---- jobs: records; emoserve.jobs.JobRunner drives them ----
 
     def create_job(self, upload_id: str, options: dict, callback_url: str | None = None) -> Job:
-        self.upload_file(upload_id)
+        """The job for this upload, options and callback: the one an identical request already made (unless it
+        failed), or a new one. Looking and inserting share one transaction, so parallel identical requests
+        (a client retrying, a double click) get one job, not one each."""
         job_id, now = new_id(), self.clock()
         with self.transaction() as db:
+            self.upload_file(upload_id)
+            existing = self.find_job(upload_id, options, callback_url)
+            if existing is not None:
+                return existing
             db.execute("INSERT INTO jobs (id, upload_id, options, status, callback_url, callback_state, created_at,"
                        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (job_id, upload_id, json.dumps(options, sort_keys=True), QUEUED, callback_url,
@@ -581,7 +617,14 @@ class Store:
             row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no job with id {job_id}")
-        return job_from_row(row)
+        return self.job_from_row(row)
+
+    def job_from_row(self, row: sqlite3.Row) -> Job:
+        result_path = self.job_dir(row["id"]) / RESULT_FILE if row["result_sha256"] else None
+        return Job(row["id"], row["upload_id"], json.loads(row["options"]), row["status"], row["progress"],
+                   result_path, row["result_sha256"], json.loads(row["error"]) if row["error"] else None,
+                   row["callback_url"], row["callback_state"], row["callback_attempts"], row["attempts"],
+                   row["created_at"], row["updated_at"], row["started_at"], row["finished_at"])
 
     def claim_job(self) -> Job | None:
         """The oldest queued job, now running (one claimer wins, even across processes)."""
@@ -590,7 +633,7 @@ class Store:
             row = db.execute("UPDATE jobs SET status = ?, progress = 0, attempts = attempts + 1, started_at = ?,"
                              " updated_at = ? WHERE id = (SELECT id FROM jobs WHERE status = ? ORDER BY created_at"
                              " LIMIT 1) RETURNING *", (RUNNING, now, now, QUEUED)).fetchone()
-        return job_from_row(row) if row else None
+        return self.job_from_row(row) if row else None
 
     def set_progress(self, job_id: str, progress: float) -> bool:
         """Record progress; False when the job is no longer running (deleted), so the runner can stop."""
@@ -600,15 +643,39 @@ class Store:
         return changed == 1
 
     def finish_job(self, job_id: str, result: dict | None = None, error: dict | None = None) -> Job:
-        """Succeeded with `result`, or failed with `error`, in one commit with the status."""
+        """Succeeded with `result`, or failed with `error`, in one commit with the status.
+
+        The result is serialised once, here, into the job's result file (fsynced before the commit);
+        its SHA-256, kept in the row, is what readers use as ETag without reading the file.
+        """
+        digest = self.write_result(job_id, result) if result is not None else None
         now = self.clock()
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET status = ?, progress = ?, result = ?, error = ?, finished_at = ?,"
+            db.execute("UPDATE jobs SET status = ?, progress = ?, result_sha256 = ?, error = ?, finished_at = ?,"
                        " updated_at = ? WHERE id = ?",
-                       (FAILED if error is not None else SUCCEEDED, 0.0 if error is not None else 1.0,
-                        json.dumps(result) if result is not None else None,
+                       (FAILED if error is not None else SUCCEEDED, 0.0 if error is not None else 1.0, digest,
                         json.dumps(error) if error is not None else None, now, now, job_id))
         return self.get_job(job_id)
+
+    def write_result(self, job_id: str, result: dict) -> str:
+        """Write the result file durably; its SHA-256 (hex)."""
+        data = json_bytes(result)
+        path = self.job_dir(job_id) / RESULT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def move_results_to_files(self) -> None:
+        """A database from before results became files keeps them in a `result` column: move them out, once."""
+        with self.transaction() as db:
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "result" not in columns:
+                return
+            db.execute("ALTER TABLE jobs ADD COLUMN result_sha256 TEXT")
+            for job_id, text in db.execute("SELECT id, result FROM jobs WHERE result IS NOT NULL").fetchall():
+                db.execute("UPDATE jobs SET result_sha256 = ? WHERE id = ?",
+                           (self.write_result(job_id, json.loads(text)), job_id))
+            db.execute("ALTER TABLE jobs DROP COLUMN result")
 
     def release_job(self, job_id: str) -> None:
         """A running job back to the queue, its attempt not counted (the runner stopped, nothing crashed)."""
@@ -640,7 +707,7 @@ class Store:
         with self.lock:
             rows = self.db.execute("SELECT * FROM jobs WHERE callback_state = 'pending' AND status IN (?, ?)"
                                    " ORDER BY finished_at", FINISHED).fetchall()
-        return [job_from_row(r) for r in rows]
+        return [self.job_from_row(r) for r in rows]
 
     def set_callback_state(self, job_id: str, state: str, attempts: int) -> None:
         with self.transaction() as db:
@@ -718,10 +785,3 @@ def file_sha256(path: Path) -> str:
         while block := f.read(COPY_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def job_from_row(row: sqlite3.Row) -> Job:
-    return Job(row["id"], row["upload_id"], json.loads(row["options"]), row["status"], row["progress"],
-               json.loads(row["result"]) if row["result"] else None, json.loads(row["error"]) if row["error"] else None,
-               row["callback_url"], row["callback_state"], row["callback_attempts"], row["attempts"],
-               row["created_at"], row["updated_at"], row["started_at"], row["finished_at"])

@@ -1,14 +1,18 @@
 """Long-audio jobs: POST /v1/jobs, GET /v1/jobs/{id}[?wait=S], GET /v1/jobs/{id}/embedding.npy, DELETE /v1/jobs/{id}.
 
 Store and runner calls block (SQLite, fsync), so they run in the threadpool. `?wait` polls the
-store from the event loop instead of parking a threadpool thread per waiting client.
+store from the event loop instead of parking a threadpool thread per waiting client. A job's
+result (tens of MB of JSON for a long frame job) is streamed from the file written when the job
+succeeded, between the small status fields: never parsed or re-serialised per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import Iterator
+from itertools import chain
 from typing import BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
@@ -52,11 +56,13 @@ async def create_job(body: JobRequest, request: Request) -> JSONResponse:
 
 
 @router.get("/v1/jobs/{job_id}", name="get_job", response_model=JobStatus, summary="A job's status and result",
-            responses=UPLOAD_ERROR_RESPONSES)
+            responses={304: {"description": "If-None-Match names the job's current ETag: nothing changed"},
+                       **UPLOAD_ERROR_RESPONSES})
 async def get_job(job_id: str, request: Request,
                   wait: float = Query(0.0, ge=0, description="block up to this many seconds until the job is done "
                                                              "(cut to the server's limit, 60 s by default)")
-                  ) -> JSONResponse:
+                  ) -> Response:
+    """Answers 304 to `If-None-Match` with the job's current (strong) `ETag`."""
     service = service_of(request)
     store = service.ready_store()
     deadline = asyncio.get_running_loop().time() + min(wait, service.settings.job_max_wait_s)
@@ -65,9 +71,43 @@ async def get_job(job_id: str, request: Request,
         job = await run_in_threadpool(store.get_job, job_id)
         remaining = deadline - asyncio.get_running_loop().time()
         if job.finished or remaining <= 0:
-            return JSONResponse(job.to_dict())
+            return await job_response(job, request)
         await asyncio.sleep(min(delay, remaining))
         delay = min(2 * delay, POLL_MAX_S)
+
+
+async def job_response(job: Job, request: Request) -> Response:
+    """The job JSON: status fields around the stored result bytes, with an ETag computed from the result's
+    hash (taken when it was written) and the status fields, so a conditional GET reads no file."""
+    head, tail = job.json_parts()
+    if job.result_path is None:
+        body = head + b"null" + tail
+        etag = strong_etag(body)
+    else:
+        etag = strong_etag(head + job.result_sha256.encode() + tail)
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    if job.result_path is None:
+        return Response(body, media_type="application/json", headers={"ETag": etag})
+    try:
+        file = await run_in_threadpool(open, job.result_path, "rb")  # a DELETE meanwhile cannot pull it away
+    except FileNotFoundError as e:
+        raise NotFoundError(f"job {job.job_id} was deleted") from e
+    size = len(head) + os.fstat(file.fileno()).st_size + len(tail)
+    return StreamingResponse(chain([head], blocks(file), [tail]), media_type="application/json",
+                             headers={"Content-Length": str(size), "ETag": etag})
+
+
+def strong_etag(data: bytes) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """`If-None-Match` (RFC 9110: `*`, or a list of tags compared weakly) names the current representation."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 @router.get("/v1/jobs/{job_id}/embedding.npy", summary="The embedding of a finished job",
