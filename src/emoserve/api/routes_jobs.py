@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import NotFoundError
 from ..store import Job
+from .numbers import ascii_decimal
 from .schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
 from .service import Service
 
@@ -24,6 +25,7 @@ router = APIRouter(tags=["jobs"])
 
 POLL_FIRST_S, POLL_MAX_S = 0.05, 0.5
 READ_BLOCK = 1024 * 1024
+WaitSeconds = ascii_decimal("wait")
 
 
 def service_of(request: Request) -> Service:
@@ -54,9 +56,9 @@ async def create_job(body: JobRequest, request: Request) -> JSONResponse:
 @router.get("/v1/jobs/{job_id}", name="get_job", response_model=JobStatus, summary="A job's status and result",
             responses=UPLOAD_ERROR_RESPONSES)
 async def get_job(job_id: str, request: Request,
-                  wait: float = Query(0.0, ge=0, description="block up to this many seconds until the job is done "
-                                                             "(cut to the server's limit, 60 s by default)")
-                  ) -> JSONResponse:
+                  wait: Annotated[WaitSeconds, Query(description="block up to this many seconds until the job "
+                                                                 "is done (cut to the server's limit, 60 s by "
+                                                                 "default)")] = 0.0) -> JSONResponse:
     service = service_of(request)
     store = service.ready_store()
     deadline = asyncio.get_running_loop().time() + min(wait, service.settings.job_max_wait_s)
