@@ -191,3 +191,15 @@ def test_a_model_failure_is_an_error_message_and_a_close(make_client):
     assert error["type"] == "error" and error["code"] == "internal_error"
     assert (closed.value.code, closed.value.reason) == (4500, "internal_error")
     assert client.get("/health").status_code == 200
+
+
+def test_streams_over_the_limit_are_refused_at_the_handshake_until_one_ends(make_client):
+    client = make_client(stream_max_concurrent=2, **STREAM)
+    with client.websocket_connect("/v1/stream"), client.websocket_connect("/v1/stream"), \
+            pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/v1/stream"):
+        pass
+    assert refused.value.status_code == 503 and refused.value.headers["retry-after"] == "1"
+    error = refused.value.json()["error"]
+    assert error["code"] == "overloaded" and "STREAM_MAX_CONCURRENT" in error["message"]
+    assert client.app.state.service.open_streams == 0
+    assert stream(client, [pcm16(noise(SAMPLE_RATE))])[-1]["type"] == "end"  # the slots came back
