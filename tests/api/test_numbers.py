@@ -142,3 +142,10 @@ def test_a_refusal_names_the_field_and_shows_the_value_escaped():
     for value, minimum, maximum in [("4", 5, 10), ("11", 5, 10), (None, 0, 10), (12, 0, 20)]:
         with pytest.raises(InvalidParameterError):
             parse_ascii_int(value, "n", minimum, maximum)
+
+
+def test_non_ascii_in_tus_metadata_is_a_400_too(client):
+    """The same class beside the numbers: base64 of a non-ASCII string raised a ValueError the route missed."""
+    response = raw_request(client, "POST", "/v1/tus/", {**TUS, "Upload-Length": "26", "Upload-Metadata": "name ²"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_parameter"
+    assert "Upload-Metadata" in response.json()["error"]["message"]
