@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from procs import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -84,15 +84,6 @@ def print_row(row: dict) -> None:
           f"{row['x_realtime']:>10.1f} {segments:>9} {speech:>9}", flush=True)
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["random:tiny", "random:large"])
@@ -117,7 +108,7 @@ def main() -> None:
     report = {
         "benchmark": "longform end-to-end", "recording_s": args.seconds, "speech_source":
             "espeak-ng" if espeak_available() else "noise", "device": args.device,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0],
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rows": rows,
     }

@@ -1,8 +1,10 @@
-"""Process helpers the benchmark scripts share: a free port, and a server's CPU time and memory (Linux /proc)."""
+"""Process helpers the benchmark scripts share: a free port, a server's CPU time and memory (Linux /proc),
+and the CPU model results are named by."""
 
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from pathlib import Path
 
@@ -23,3 +25,13 @@ def memory_mib(pid: int) -> dict[str, float]:
     """VmRSS (resident now) and VmHWM (resident peak) of a process, MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()

@@ -507,7 +507,7 @@ class Flows:
         return response.json()
 
     def job_flow(self, job_id: str, wait: float | None = None) -> Flow[Job]:
-        params = {"wait": f"{wait:g}"} if wait else None
+        params = {"wait": f"{wait:.3f}"} if wait else None  # plain decimal: the server refuses 1e-05
         timeout = self.timeout + (wait or 0.0)
         response = yield from self.call("GET", f"/v1/jobs/{job_id}", params=params, timeout=timeout)
         body = response.json()

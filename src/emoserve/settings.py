@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     stream_max_buffer_s: float = Field(30.0, gt=0, description="received audio a stream may hold unanalysed; past it "
                                        "the server stops reading (backpressure)")
     stream_max_duration_s: float = Field(4 * 3600, gt=0, description="longest audio one stream may send")
+    stream_idle_timeout_s: float = Field(60.0, gt=0, description="a stream that sends no message for this long is "
+                                         "ended: idle_timeout error, its last results, close 4408")
+    stream_max_concurrent: int = Field(64, ge=1, description="streams open at once; more are refused at the "
+                                       "handshake (HTTP 503 overloaded)")
 
     @field_validator("callback_allow_networks")
     @classmethod

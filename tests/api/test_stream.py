@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from starlette.testclient import WebSocketDenialResponse
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from emoserve import LABELS, EmotionModel
@@ -191,3 +191,32 @@ def test_a_model_failure_is_an_error_message_and_a_close(make_client):
     assert error["type"] == "error" and error["code"] == "internal_error"
     assert (closed.value.code, closed.value.reason) == (4500, "internal_error")
     assert client.get("/health").status_code == 200
+
+
+def test_streams_over_the_limit_are_refused_at_the_handshake_until_one_ends(make_client):
+    client = make_client(stream_max_concurrent=2, **STREAM)
+    with client.websocket_connect("/v1/stream"), client.websocket_connect("/v1/stream"), \
+            pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/v1/stream"):
+        pass
+    assert refused.value.status_code == 503 and refused.value.headers["retry-after"] == "1"
+    error = refused.value.json()["error"]
+    assert error["code"] == "overloaded" and "STREAM_MAX_CONCURRENT" in error["message"]
+    assert client.app.state.service.open_streams == 0
+    assert stream(client, [pcm16(noise(SAMPLE_RATE))])[-1]["type"] == "end"  # the slots came back
+
+
+def test_a_server_without_handshake_responses_closes_a_stream_over_the_limit_with_4503(make_client):
+    started = make_client(stream_max_concurrent=1, **STREAM)
+    started.app.state.service.open_streams = 1  # as if one stream were open
+
+    async def without_denial_responses(scope, receive, send):
+        extensions = {k: v for k, v in scope.get("extensions", {}).items() if k != "websocket.http.response"}
+        await started.app({**scope, "extensions": extensions}, receive, send)
+
+    with TestClient(without_denial_responses).websocket_connect("/v1/stream") as ws:
+        ws.send_text("end")  # a stream let in would answer {"type": "end"} and close 1000
+        error = ws.receive_json()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert error["type"] == "error" and error["code"] == "overloaded"
+    assert (closed.value.code, closed.value.reason) == (4503, "overloaded")

@@ -30,6 +30,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "idle_timeout": 408,  # a WebSocket stream that sent nothing for EMOSERVE_STREAM_IDLE_TIMEOUT_S: close 4408
     "upload_incomplete": 409,
     "conflict": 409,
     "upload_expired": 410,

@@ -22,6 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ..audio import processed_wav
 from ..errors import AudioError, InvalidParameterError
 from ..results import GRANULARITIES, EmotionResult
+from .numbers import declared_length
 from .schemas import ERROR_RESPONSES
 from .service import Service
 
@@ -75,9 +76,9 @@ async def read_form(request: Request, max_bytes: int) -> tuple[UploadFile, dict[
     if not content_type.lower().startswith("multipart/form-data"):
         raise InvalidParameterError("send multipart/form-data with the audio in a field named audio_file")
     limit = max_bytes + FORM_OVERHEAD
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise AudioError(f"the upload is {int(declared)} bytes; the limit is {max_bytes} bytes for one request. "
+    declared = declared_length(request.headers)
+    if declared is not None and declared > limit:
+        raise AudioError(f"the upload is {declared} bytes; the limit is {max_bytes} bytes for one request. "
                          "Use the upload API (/v1/upload/*) for larger files", code="payload_too_large")
     parser = MultiPartParser(request.headers, limited_stream(request, limit), max_files=1, max_fields=len(FIELDS))
     try:

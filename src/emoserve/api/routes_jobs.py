@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from itertools import chain
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import NotFoundError
 from ..store import Job
+from .numbers import ascii_decimal
 from .schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
 from .service import Service
 
@@ -28,6 +29,7 @@ router = APIRouter(tags=["jobs"])
 
 POLL_FIRST_S, POLL_MAX_S = 0.05, 0.5
 READ_BLOCK = 1024 * 1024
+WaitSeconds = ascii_decimal("wait")
 
 
 def service_of(request: Request) -> Service:
@@ -59,9 +61,9 @@ async def create_job(body: JobRequest, request: Request) -> JSONResponse:
             responses={304: {"description": "If-None-Match names the job's current ETag: nothing changed"},
                        **UPLOAD_ERROR_RESPONSES})
 async def get_job(job_id: str, request: Request,
-                  wait: float = Query(0.0, ge=0, description="block up to this many seconds until the job is done "
-                                                             "(cut to the server's limit, 60 s by default)")
-                  ) -> Response:
+                  wait: Annotated[WaitSeconds, Query(description="block up to this many seconds until the job "
+                                                                 "is done (cut to the server's limit, 60 s by "
+                                                                 "default)")] = 0.0) -> Response:
     """Answers 304 to `If-None-Match` with the job's current (strong) `ETag`."""
     service = service_of(request)
     store = service.ready_store()

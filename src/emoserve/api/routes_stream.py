@@ -3,7 +3,9 @@
 The route moves bytes and JSON; `emoserve.streaming.StreamSession` decides everything else.
 After an error the server sends `{"type": "error", "code", "message"}` and, when the stream
 cannot go on, closes with code 4000 + the HTTP status of that error code (4413, 4503, ...), the
-code as the close reason, as the auth middleware does with 4401/4429.
+code as the close reason, as the auth middleware does with 4401/4429. A client silent for
+`stream_idle_timeout_s` is ended as one over the duration limit is (its audio analysed, then the
+close); past `stream_max_concurrent` open streams the handshake is refused with an HTTP 503.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from starlette.websockets import WebSocketDisconnect
 
 from ..errors import AudioError, EmoserveError, InvalidParameterError
 from ..streaming import StreamOptions, StreamSession, error_message
-from .errors import request_id, status_for
+from .errors import error_response, request_id, retry_headers, status_for
+from .middleware import DENIAL_EXTENSION
 from .service import Service
 
 router = APIRouter()
 error_log = logging.getLogger("emoserve.error")
 
 END = "end"
-DISCONNECTED, ENDED, OVER_LIMIT = "disconnected", "ended", "over_limit"
+DISCONNECTED, ENDED = "disconnected", "ended"
+OVER_LIMIT, IDLE = "audio_too_long", "idle_timeout"  # outcomes that end a stream early: their error codes
 
 
 class Channel:
@@ -52,8 +56,32 @@ class Channel:
 @router.websocket("/v1/stream")
 async def stream(websocket: WebSocket) -> None:
     """Binary messages: PCM16 audio; the text "end" flushes and ends the stream (docs/streaming.md)."""
-    await websocket.accept()
     service: Service = websocket.app.state.service
+    limit = service.settings.stream_max_concurrent
+    if service.open_streams >= limit:
+        await refuse(websocket, EmoserveError(f"{limit} streams are open, this server's limit "
+                                              "(EMOSERVE_STREAM_MAX_CONCURRENT): retry shortly", code="overloaded"))
+        return
+    service.open_streams += 1
+    try:
+        await serve(websocket, service)
+    finally:
+        service.open_streams -= 1
+
+
+async def refuse(websocket: WebSocket, error: EmoserveError) -> None:
+    """Before the handshake: an HTTP error answer with its JSON body, as the middleware refuses a wrong key;
+    a server that cannot answer a handshake with HTTP gets the error message and its close code instead."""
+    if DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(error.code, error.message, headers=retry_headers(error)))
+    else:
+        await websocket.accept()
+        await Channel(websocket).fail(error)
+
+
+async def serve(websocket: WebSocket, service: Service) -> None:
+    """One accepted stream, from the handshake to its close."""
+    await websocket.accept()
     channel = Channel(websocket)
     try:
         engine = service.ready_engine()
@@ -63,7 +91,7 @@ async def stream(websocket: WebSocket) -> None:
         return
     session = StreamSession(engine, options, channel.send)
     analysis = asyncio.create_task(session.run())
-    reading = asyncio.create_task(read_audio(websocket, session, channel))
+    reading = asyncio.create_task(read_audio(websocket, session, channel, service.settings.stream_idle_timeout_s))
     try:
         await asyncio.wait({analysis, reading}, return_when=asyncio.FIRST_COMPLETED)
         if reading.done():
@@ -72,8 +100,8 @@ async def stream(websocket: WebSocket) -> None:
                 return
             await analysis
             await channel.send({"type": "end"})
-            await channel.close(1000 if outcome == ENDED else 4000 + status_for("audio_too_long"),
-                                "" if outcome == ENDED else "audio_too_long")
+            code, reason = (1000, "") if outcome == ENDED else (4000 + status_for(outcome), outcome)
+            await channel.close(code, reason)
         else:
             analysis.result()  # the analysis ends before the reading only by failing
     except EmoserveError as error:
@@ -94,11 +122,19 @@ async def stream(websocket: WebSocket) -> None:
         websocket.state.audio_seconds = session.seconds
 
 
-async def read_audio(websocket: WebSocket, session: StreamSession, channel: Channel) -> str:
-    """Feed the session until the client ends, leaves, or passes the duration limit."""
+async def read_audio(websocket: WebSocket, session: StreamSession, channel: Channel, idle_timeout_s: float) -> str:
+    """Feed the session until the client ends, leaves, passes the duration limit or sends nothing for
+    `idle_timeout_s` (time the server itself stops reading, for backpressure, is not the client's idleness)."""
     while True:
         await session.wait_for_room()
-        message = await websocket.receive()
+        try:
+            message = await asyncio.wait_for(websocket.receive(), idle_timeout_s)
+        except TimeoutError:
+            await channel.send(error_message(EmoserveError(
+                f"no message for {idle_timeout_s:g} s (EMOSERVE_STREAM_IDLE_TIMEOUT_S): the stream ends; send audio "
+                "or an empty binary message to keep it open", code="idle_timeout")))
+            session.end()
+            return IDLE
         if message["type"] == "websocket.disconnect":
             return DISCONNECTED
         if message.get("bytes") is not None:

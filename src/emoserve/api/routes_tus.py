@@ -11,7 +11,6 @@ https://tus.io/protocols/resumable-upload
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import tempfile
 from email.utils import formatdate
@@ -33,6 +32,7 @@ from ..errors import (
 )
 from ..store import EXPIRED, UPLOADING, Store, Upload, digest_matches
 from .errors import error_response
+from .numbers import declared_length, parse_ascii_int
 from .routes_jobs import service_of
 from .schemas import UPLOAD_ERROR_RESPONSES
 
@@ -80,12 +80,6 @@ def check_version(request: Request) -> None:
         raise EmoserveError(f"Tus-Resumable must be {TUS_VERSION}; got {given!r}", code="unsupported_tus_version")
 
 
-def header_int(value: str | None, name: str) -> int:
-    if value is None or not value.isdigit():
-        raise InvalidParameterError(f"{name} must be a non-negative integer; got {value!r}")
-    return int(value)
-
-
 def http_date(timestamp: float) -> str:
     return formatdate(timestamp, usegmt=True)
 
@@ -101,7 +95,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
             raise InvalidParameterError(f"Upload-Metadata: bad or repeated pair {pair[:60]!r}")
         try:
             metadata[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as e:
+        except ValueError as e:  # not base64 (binascii.Error), non-ASCII text, or not UTF-8
             raise InvalidParameterError(f"Upload-Metadata: the value of {key[:40]!r} is not base64 of UTF-8 "
                                         "text") from e
     return metadata
@@ -157,7 +151,7 @@ async def create(request: Request, upload_length: str | None = Header(None),
     store = service_of(request).ready_store()
     if upload_defer_length is not None:
         raise InvalidParameterError("Upload-Defer-Length is not supported: send Upload-Length")
-    length = header_int(upload_length, "Upload-Length")
+    length = parse_ascii_int(upload_length, "Upload-Length")
     upload = await run_in_threadpool(store.create_tus_upload, length, parse_metadata(upload_metadata))
     return Response(status_code=201, headers={
         "Location": str(request.url_for("tus_upload", upload_id=upload.upload_id)), **expiry_headers(upload)})
@@ -184,7 +178,7 @@ async def patch(upload_id: str, request: Request, upload_offset: str | None = He
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != OFFSET_STREAM:
         raise EmoserveError(f"a PATCH body must be sent as Content-Type: {OFFSET_STREAM}",
                             code="unsupported_media_type")
-    offset = header_int(upload_offset, "Upload-Offset")
+    offset = parse_ascii_int(upload_offset, "Upload-Offset")
     checksum = parse_checksum(upload_checksum)
     if upload.state != UPLOADING:
         raise ConflictError(f"upload {upload_id} is already complete", details={"offset": upload.offset})
@@ -192,8 +186,8 @@ async def patch(upload_id: str, request: Request, upload_offset: str | None = He
         raise ConflictError(f"Upload-Offset is {upload.offset}, not {offset}: HEAD the upload and resume there",
                             details={"offset": upload.offset})
     room = upload.total_size - offset
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > room:
+    declared = declared_length(request.headers)
+    if declared is not None and declared > room:
         raise PayloadTooLargeError(f"{declared} bytes at offset {offset} overrun the upload's length "
                                    f"{upload.total_size}")
     piece_bytes = store.limits.max_chunk_bytes

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import PayloadTooLargeError
+from .numbers import ascii_int, declared_length
 from .routes_jobs import service_of, submit
 from .schemas import (
     UPLOAD_ERROR_RESPONSES,
@@ -26,14 +27,15 @@ from .schemas import (
 
 router = APIRouter(tags=["uploads"])
 
+ChunkIndex = ascii_int("the chunk index")
 RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}}}
 
 
 async def read_capped(request: Request, cap: int) -> bytes:
     """The request body, refused (413) as soon as it is known to be longer than `cap`."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
+    declared = declared_length(request.headers)
+    if declared is not None and declared > cap:
         raise PayloadTooLargeError(f"a chunk of this upload carries at most {cap} bytes; got {declared}",
                                    details={"max_bytes": cap})
     body = bytearray()
@@ -60,7 +62,7 @@ async def init_upload(body: UploadInit, request: Request) -> JSONResponse:
 
 @router.put("/v1/upload/{upload_id}/chunk/{index}", name="put_chunk", response_model=ChunkReceived,
             summary="Send one chunk", openapi_extra=RAW_BODY, responses=UPLOAD_ERROR_RESPONSES)
-async def put_chunk(upload_id: str, index: int, request: Request,
+async def put_chunk(upload_id: str, index: ChunkIndex, request: Request,
                     content_md5: str | None = Header(None, description="MD5 of the chunk, base64 or hex"),
                     x_chunk_sha256: str | None = Header(None, description="SHA-256 of the chunk, hex or base64")
                     ) -> ChunkReceived:

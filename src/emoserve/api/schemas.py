@@ -82,7 +82,7 @@ Granularity = Literal["utterance", "frame"]
 
 
 class UploadInit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # sizes are JSON integers, not "12", 12.0 or true
 
     filename: str | None = Field(None, max_length=4096, description="shown back to you; never a path on the server")
     total_size: int = Field(gt=0, description="bytes of the whole file (≤ the server's limit, 2 GB by default)")

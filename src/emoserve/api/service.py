@@ -36,6 +36,7 @@ class Service:
     model: EmotionModel | None = None
     store: Store | None = None
     runner: JobRunner | None = None
+    open_streams: int = 0  # WebSocket streams being served, against settings.stream_max_concurrent
     metrics: ServiceMetrics = field(init=False)
 
     def __post_init__(self) -> None:
