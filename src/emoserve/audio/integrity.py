@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import AudioError
+from ..errors import AudioError
 
 SAMPLE_RATE = 16_000
 MIN_RATE = 8_000

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 import numpy as np
 
-from .errors import (
+from ..errors import (
     AudioError,
     ChecksumMismatchError,
     ConflictError,
@@ -45,8 +45,8 @@ from .errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
-from .labels import LABELS
-from .results import EmotionResult, LongformResult, Overall, Segment, check_granularity
+from ..labels import LABELS
+from ..results import EmotionResult, LongformResult, Overall, Segment, check_granularity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -262,7 +262,7 @@ def preconvert(source: Any, target: BinaryIO, fmt: str = "flac", sample_rate: in
     """
     import soundfile as sf
 
-    from .audio import SAMPLE_RATE, stream_audio
+    from ..audio import SAMPLE_RATE, stream_audio
 
     if fmt not in PRECONVERT_FORMATS:
         raise InvalidParameterError(f"preconvert format must be {' or '.join(PRECONVERT_FORMATS)}, got {fmt!r}")
@@ -406,7 +406,7 @@ class Flows:
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, preconvert: bool,
                  preconvert_format: str, resume_dir: str | Path | None):
-        from .settings import get_settings
+        from ..settings import get_settings
 
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -426,7 +426,7 @@ class Flows:
         return response.json()
 
     def models_flow(self) -> Flow[list]:
-        from .emotion_model import ModelInfo
+        from ..emotion_model import ModelInfo
 
         response = yield from self.call("GET", "/v1/models")
         return [ModelInfo(m["name"], tuple(m["labels"]), m["sample_rate"], m["frame_rate"], m["embedding_dim"],
@@ -804,7 +804,7 @@ class LocalClient:
         self.max_duration_s = max_duration_s
         self.engine = None
         if batching:
-            from .engine import Engine
+            from ..engine import Engine
 
             self.engine = Engine(model)
 
@@ -829,7 +829,7 @@ class LocalClient:
                 return_processed_audio: bool = False, *, sample_rate: int | None = None,
                 preconvert: bool | None = None, filename: str | None = None) -> ClientResult:
         """`preconvert` and `filename` are accepted for parity with `EmoClient` and change nothing here."""
-        from .audio import decode_audio, processed_wav
+        from ..audio import decode_audio, processed_wav
 
         check_granularity(granularity)
         if self.engine is not None:
