@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 
 from .errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError
-from .longform import RECEPTIVE_FIELD, BatchPredict, LongformOptions, analyze_long
+from .longform import BatchPredict, LongformOptions, analyze_long
+from .model.config import RECEPTIVE_FIELD
 from .results import check_granularity
 from .store import Job, Store, fsync_dir
 

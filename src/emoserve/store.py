@@ -43,6 +43,7 @@ from .errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
+from .files import file_sha256
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000  # an upload's missing list stays small enough to send back
@@ -710,14 +711,6 @@ def remove_stale_temps(directory: Path) -> int:
             if time.time() - temp.stat().st_mtime > STALE_TEMP_S:
                 removed += remove_path(temp)
     return removed
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(COPY_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def job_from_row(row: sqlite3.Row) -> Job:

@@ -24,6 +24,8 @@ import httpx
 import numpy as np
 
 from ..errors import EmoserveError, InvalidParameterError, NotFoundError, UploadExpiredError
+from ..files import file_sha256
+from ..model.config import SAMPLE_RATE
 from ..results import LongformResult, check_granularity
 from .parse import ClientResult, Job, job_from_body, result_from_response
 
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PRECONVERT_FORMATS = {"flac": ("FLAC", "PCM_16", "audio/flac", ".flac"), "wav": ("WAV", "PCM_16", "audio/wav", ".wav")}
-HASH_BLOCK = 1 << 20
 JOB_POLL_S = 30.0  # the longest single `?wait=` long-poll; the server answers earlier when the job ends
 RETRYABLE_CODES = {"model_loading", "overloaded"}  # model_unavailable is a broken deployment: retrying won't help
 
@@ -53,7 +54,7 @@ def preconvert(source: Any, target: BinaryIO, fmt: str = "flac", sample_rate: in
     """
     import soundfile as sf
 
-    from ..audio import SAMPLE_RATE, stream_audio
+    from ..audio import stream_audio
 
     if fmt not in PRECONVERT_FORMATS:
         raise InvalidParameterError(f"preconvert format must be {' or '.join(PRECONVERT_FORMATS)}, got {fmt!r}")
@@ -76,7 +77,7 @@ def encode_upload(audio: Any, sample_rate: int | None, convert: str | None,
         import soundfile as sf
 
         buffer = io.BytesIO()
-        sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate or 16_000, format="WAV", subtype="FLOAT")
+        sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate or SAMPLE_RATE, format="WAV", subtype="FLOAT")
         return filename or "audio.wav", buffer.getvalue(), "audio/wav"
     if isinstance(audio, str | Path):
         return filename or Path(audio).name, Path(audio).read_bytes(), "application/octet-stream"
@@ -85,14 +86,6 @@ def encode_upload(audio: Any, sample_rate: int | None, convert: str | None,
     if hasattr(audio, "read"):
         return filename or Path(getattr(audio, "name", "audio")).name, audio.read(), "application/octet-stream"
     raise InvalidParameterError(f"audio must be a path, bytes, a file object or a numpy array, not {type(audio)}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_chunk(path: Path, index: int, chunk_size: int) -> bytes:
