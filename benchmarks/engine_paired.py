@@ -32,7 +32,8 @@ import torch
 
 from emoserve.cli.bench import machine_info, synthetic_clip
 from emoserve.emotion_model import RANDOM_CONFIGS, EmotionModel
-from emoserve.model.checkpoint import random_state_dict, save_model_dir
+from emoserve.model.checkpoint import random_state_dict
+from emoserve.testing import save_model_dir
 
 
 def main() -> None:

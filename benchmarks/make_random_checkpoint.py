@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from emoserve.model.checkpoint import write_random_model_dir
 from emoserve.model.config import BASE, PLUS_BASE, PLUS_LARGE, TINY
+from emoserve.testing import write_random_model_dir
 
 SIZES = {"tiny": (TINY, 64), "base": (PLUS_BASE, 384), "base-nohead": (BASE, 384), "large": (PLUS_LARGE, 768)}
 

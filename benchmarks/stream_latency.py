@@ -41,11 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.samples import espeak_available, long_recording  # noqa: E402
 
-from emoserve.longform import HOP  # noqa: E402
+from emoserve.model.config import HOP, SAMPLE_RATE  # noqa: E402
 from emoserve.streaming import FrameWindows, StreamOptions  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-SAMPLE_RATE = 16_000
 
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from emoserve import EmotionModel
-from emoserve.model.checkpoint import write_random_model_dir
 from emoserve.model.config import Emotion2vecConfig
+from emoserve.testing import write_random_model_dir
 
 
 def pytest_collection_modifyitems(config, items):

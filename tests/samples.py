@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16_000
+from emoserve.model.config import SAMPLE_RATE
 
 
 def sweep(seconds: float, rate: int = SAMPLE_RATE, f0: float = 100.0, f1: float = 4000.0,

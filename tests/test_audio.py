@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import asyncio
 import faulthandler
 import io
 import re
 import struct
-import threading
 import tracemalloc
 
 import numpy as np
@@ -15,18 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emoserve import AudioError
-from emoserve.audio import (
-    MAX_CHANNELS,
-    SAMPLE_RATE,
-    Resampler,
-    StreamedAudio,
-    decode_audio,
-    decode_audio_async,
-    open_input,
-    processed_wav,
-    read_with_pyav,
-    stream_audio,
-)
+from emoserve.audio import MAX_CHANNELS, SAMPLE_RATE, StreamedAudio, decode_audio, processed_wav, stream_audio
+from emoserve.audio.inputs import open_input
+from emoserve.audio.readers import read_with_pyav
+from emoserve.audio.sink import Resampler
 from tests.samples import (
     ENCODINGS,
     audio_file,
@@ -83,12 +73,11 @@ def pcm16_fmt(channels: int, rate: int) -> bytes:
 
 
 class CountingReader(io.RawIOBase):
-    """A seekable binary file that counts the bytes decoders read and the threads they read from."""
+    """A seekable binary file that counts the bytes decoders read."""
 
     def __init__(self, data: bytes):
         self.data = io.BytesIO(data)
         self.bytes_read = 0
-        self.threads: set[str] = set()
 
     def readable(self) -> bool:
         return True
@@ -97,7 +86,6 @@ class CountingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        self.threads.add(threading.current_thread().name)
         count = self.data.readinto(buffer)
         self.bytes_read += count
         return count
@@ -630,7 +618,7 @@ def test_an_hour_that_compresses_to_kilobytes_is_refused_in_bounded_memory():
     assert peak < 10e6  # the whole hour at 16 kHz float32 would be 230 MB
 
 
-# ---- output and async ----
+# ---- output ----
 
 def test_processed_wav_is_16khz_mono_pcm16_of_the_samples():
     samples = decode_audio(tone(0.5, 44_100), sample_rate=44_100)
@@ -638,17 +626,6 @@ def test_processed_wav_is_16khz_mono_pcm16_of_the_samples():
     info = sf.info(io.BytesIO(wav))
     assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
     np.testing.assert_allclose(decode_audio(wav), samples, atol=1e-4)
-
-
-def test_async_decoding_runs_on_the_decode_pool():
-    data = wav_bytes(tone(0.5, 44_100), 44_100, "FLOAT")
-    reader = CountingReader(data)
-    samples = asyncio.run(decode_audio_async(reader, max_seconds=1.0))
-    np.testing.assert_array_equal(samples, decode_audio(data))
-    assert reader.threads and all(name.startswith("emoserve-decode") for name in reader.threads)
-    with pytest.raises(AudioError) as caught:
-        asyncio.run(decode_audio_async(data, max_seconds=0.1))
-    assert caught.value.code == "audio_too_long"
 
 
 # ---- streaming ----

@@ -22,8 +22,8 @@ from emoserve.client import (
     ClientResult,
     EmoClient,
     ServiceUnavailableError,
-    parse_multipart,
 )
+from emoserve.client.parse import parse_multipart
 from emoserve.errors import NotFoundError
 from emoserve.results import LongformResult
 from emoserve.settings import Settings
@@ -360,7 +360,8 @@ def test_an_interrupted_upload_resumes_with_the_missing_chunks_only(server, tmp_
 
 
 def test_a_forgotten_upload_starts_over(client, long_file):
-    from emoserve.client import ResumeFile, file_sha256
+    from emoserve.client.flows import ResumeFile
+    from emoserve.files import file_sha256
 
     ResumeFile(client.resume_dir, client.base_url, file_sha256(long_file)).save(
         {"upload_id": "0" * 32, "chunk_size": CHUNK})

@@ -12,7 +12,8 @@ from emoserve import EmotionModel
 from emoserve.audio import decode_audio
 from emoserve.engine import Engine
 from emoserve.errors import AudioError, InvalidParameterError, PayloadTooLargeError
-from emoserve.longform import HOP, LongformOptions, frame_count
+from emoserve.longform import LongformOptions, frame_count
+from emoserve.model.config import HOP
 from emoserve.results import ClipOutput
 from emoserve.settings import Settings
 from emoserve.streaming import (

@@ -23,7 +23,8 @@ import httpx
 
 from . import webhooks
 from .errors import ConflictError, EmoserveError, NotFoundError
-from .longform import RECEPTIVE_FIELD, BatchPredict, LongformOptions, analyze_long
+from .longform import BatchPredict, LongformOptions, analyze_long
+from .model.config import RECEPTIVE_FIELD
 from .results import check_granularity
 from .store import Job, Store, fsync_dir
 

@@ -29,16 +29,15 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioSource, stream_audio
+from .audio import AudioSource, stream_audio
 from .batching import plan_batches
 from .errors import AudioError, InvalidParameterError
+from .model.config import HOP, RECEPTIVE_FIELD, SAMPLE_RATE
 from .results import ClipOutput, LongformResult, Segment, check_granularity, frame_timestamps, make_segment, overall_of
 
 BatchPredict = Callable[[list[np.ndarray], bool], list[ClipOutput]]
 Progress = Callable[[float], None]
 
-HOP = 320  # samples per frame: the conv extractor's total stride
-RECEPTIVE_FIELD = 400  # samples one frame sees; also the shortest clip the emotion2vec models accept
 DECODE_SHARE = 0.1  # of the progress bar: the first pass (decode + VAD); the model takes the rest
 
 

@@ -44,6 +44,7 @@ from .errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
+from .files import file_sha256
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000  # an upload's missing list stays small enough to send back
@@ -779,9 +780,3 @@ def remove_stale_temps(directory: Path) -> int:
     return removed
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(COPY_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()

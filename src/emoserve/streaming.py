@@ -27,11 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
 from .engine import Engine, EngineOverloaded
 from .errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
 from .longform import (
-    HOP,
     LongformOptions,
     SpeechDetector,
     fit_length,
@@ -40,7 +38,7 @@ from .longform import (
     overlap_middle,
     split_long,
 )
-from .model.config import FRAME_RATE
+from .model.config import FRAME_RATE, HOP, SAMPLE_RATE
 from .results import EmotionResult, Segment
 
 Send = Callable[[dict], Awaitable[None]]

@@ -377,8 +377,9 @@ def run_bench(model: str, device: str, modes: list[str], clips: int, concurrenci
     """The whole benchmark; returns the report and writes it as JSON and markdown to `output_dir`."""
     from ..emotion_model import RANDOM_CONFIGS, resolve_device
     from ..model import hub
-    from ..model.checkpoint import load_model_dir, random_state_dict, save_model_dir
+    from ..model.checkpoint import load_model_dir, random_state_dict
     from ..settings import get_settings
+    from ..testing import save_model_dir
 
     device = str(resolve_device(device))
     settings = get_settings()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 SAMPLE_RATE = 16_000
 FRAME_RATE = 50  # frames per second: the conv extractor's total stride is 320 samples
+HOP = SAMPLE_RATE // FRAME_RATE  # samples per frame: the conv extractor's total stride
+RECEPTIVE_FIELD = 400  # samples one frame sees; also the shortest clip the emotion2vec models accept
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from ..audio import SAMPLE_RATE
-from ..model.config import FRAME_RATE
+from ..model.config import FRAME_RATE, SAMPLE_RATE
 from .analysis import Analysis
 
 # label → (colour, emoji); one colour per emotion everywhere: bars, areas, segments, legend
