@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from emoserve.cli.bench import machine_info, synthetic_clip
-from emoserve.emotion_model import RANDOM_CONFIGS, EmotionModel
+from emoserve.inference.emotion_model import RANDOM_CONFIGS, EmotionModel
 from emoserve.model.checkpoint import random_state_dict
 from emoserve.testing import save_model_dir
 

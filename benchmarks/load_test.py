@@ -121,8 +121,8 @@ async def run_load(base: str, clips: list[bytes], concurrency: int, duration: fl
 
 def engine_throughput(model: str, clips: list[bytes], concurrency: int, duration: float) -> float:
     """Clips/s of the in-process engine on the same clips (no HTTP), for the overhead figure."""
-    from emoserve.emotion_model import EmotionModel
-    from emoserve.engine import Engine
+    from emoserve.inference.emotion_model import EmotionModel
+    from emoserve.inference.engine import Engine
     from emoserve.settings import get_settings
 
     async def run() -> float:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from tests.samples import espeak_available, long_recording  # noqa: E402
 
 from emoserve.model.config import HOP, SAMPLE_RATE  # noqa: E402
-from emoserve.streaming import FrameWindows, StreamOptions  # noqa: E402
+from emoserve.timeline.streaming import FrameWindows, StreamOptions  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

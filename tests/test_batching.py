@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emoserve.batching import plan_batches, select_batch
+from emoserve.inference.batching import plan_batches, select_batch
 
 lengths_strategy = st.lists(st.integers(400, 500_000), min_size=1, max_size=60)
 

@@ -25,7 +25,7 @@ from emoserve.client import (
 )
 from emoserve.client.parse import parse_multipart
 from emoserve.errors import NotFoundError
-from emoserve.results import LongformResult
+from emoserve.inference.results import LongformResult
 from emoserve.settings import Settings
 
 from .integrations.live import serve_in_thread

@@ -132,7 +132,7 @@ def test_bf16_on_cuda_agrees_with_fp32_on_cpu():
 
 
 def test_onednn_kernel_cache_is_bounded_unless_the_user_set_it():
-    code = "import os, emoserve.emotion_model; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    code = "import os, emoserve.inference.emotion_model; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     theirs = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"},

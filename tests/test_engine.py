@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from emoserve import AudioError, EmotionModel, InvalidParameterError
-from emoserve.engine import (
+from emoserve.errors import EmoserveError
+from emoserve.inference.engine import (
     BatchStats,
     ClipTooLarge,
     Engine,
@@ -15,7 +16,6 @@ from emoserve.engine import (
     EngineOverloaded,
     is_out_of_memory,
 )
-from emoserve.errors import EmoserveError
 from emoserve.settings import Settings
 
 from .samples import noise, sweep, wav_bytes

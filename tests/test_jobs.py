@@ -21,9 +21,9 @@ import soundfile as sf
 
 from emoserve import webhooks
 from emoserve.errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError, UploadIncompleteError
-from emoserve.jobs import JobRunner, ProgressWriter, RunnerConfig
-from emoserve.longform import LongformOptions
-from emoserve.store import Store, UploadLimits
+from emoserve.jobs.runner import JobRunner, ProgressWriter, RunnerConfig
+from emoserve.jobs.store import Store, UploadLimits
+from emoserve.timeline.longform import LongformOptions
 
 from .samples import SAMPLE_RATE, conversation, espeak_available, noise, wav_bytes
 from .test_store import looking_slowly

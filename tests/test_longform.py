@@ -9,7 +9,8 @@ import torch
 
 from emoserve.audio import decode_audio
 from emoserve.errors import AudioError, InvalidParameterError
-from emoserve.longform import (
+from emoserve.inference.results import ClipOutput, Segment, overall_of
+from emoserve.timeline.longform import (
     DECODE_SHARE,
     HOP,
     LongformOptions,
@@ -22,7 +23,6 @@ from emoserve.longform import (
     silero_sequence_model,
     split_long,
 )
-from emoserve.results import ClipOutput, Segment, overall_of
 
 from .samples import SAMPLE_RATE, conversation, encode, espeak_available, noise, speech, sweep, tone, wav_bytes
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emoserve.errors import EmoserveError, InvalidParameterError
-from emoserve.results import ClipOutput, check_granularity, frame_timestamps, make_result
+from emoserve.inference.results import ClipOutput, check_granularity, frame_timestamps, make_result
 
 LABELS = ("a", "b", "c")
 

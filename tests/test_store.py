@@ -23,7 +23,7 @@ from emoserve.errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
-from emoserve.store import Store, UploadLimits
+from emoserve.jobs.store import Store, UploadLimits
 
 from .samples import long_recording, wav_bytes
 

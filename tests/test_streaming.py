@@ -10,13 +10,13 @@ from silero_vad import get_speech_timestamps_from_probs
 
 from emoserve import EmotionModel
 from emoserve.audio import decode_audio
-from emoserve.engine import Engine
 from emoserve.errors import AudioError, InvalidParameterError, PayloadTooLargeError
-from emoserve.longform import LongformOptions, frame_count
+from emoserve.inference.engine import Engine
+from emoserve.inference.results import ClipOutput
 from emoserve.model.config import HOP
-from emoserve.results import ClipOutput
 from emoserve.settings import Settings
-from emoserve.streaming import (
+from emoserve.timeline.longform import LongformOptions, frame_count
+from emoserve.timeline.streaming import (
     FrameWindows,
     PcmDecoder,
     SampleBuffer,
@@ -374,7 +374,7 @@ def test_an_overloaded_engine_is_reported_and_the_frames_still_come(monkeypatch)
         return predict(waveforms, frames=frames)
 
     model.predict = slow_predict
-    monkeypatch.setattr("emoserve.streaming.MAX_RETRY_WAIT_S", 0.05)
+    monkeypatch.setattr("emoserve.timeline.streaming.MAX_RETRY_WAIT_S", 0.05)
 
     async def main():
         async with Engine(model, warmup=False, max_batch_size=1, max_queue=1, max_wait_ms=0) as engine:

@@ -11,7 +11,8 @@ from .labels import LABELS
 
 __version__ = "0.1.0"
 
-LAZY = {"EmotionModel": "emotion_model", "ModelInfo": "emotion_model", "EmotionResult": "results"}
+LAZY = {"EmotionModel": "inference.emotion_model", "ModelInfo": "inference.emotion_model",
+        "EmotionResult": "inference.results"}
 
 __all__ = [
     "LABELS",

@@ -46,7 +46,7 @@ class ModelNotFoundError(EmoserveError):
     code = "model_not_found"
 
 
-# ---- long audio: uploads and jobs (emoserve.store, emoserve.jobs) ----
+# ---- long audio: uploads and jobs (emoserve.jobs.store, emoserve.jobs.runner) ----
 
 
 class NotFoundError(EmoserveError):

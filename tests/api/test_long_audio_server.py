@@ -16,7 +16,7 @@ import httpx
 import pytest
 from tusclient import client as tus
 
-from emoserve.store import Store
+from emoserve.jobs.store import Store
 
 from ..samples import long_recording, wav_bytes
 from .live_server import LiveServer

@@ -9,8 +9,8 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from emoserve import LABELS, EmotionModel
-from emoserve.api.service import Service
-from emoserve.longform import frame_count
+from emoserve.runtime import Service
+from emoserve.timeline.longform import frame_count
 
 from ..samples import SAMPLE_RATE, conversation, espeak_available, noise, sweep, tone
 from ..test_streaming import chunks, frame_rows, heard, pcm16

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from emoserve.engine import Engine
 from emoserve.errors import AudioError
-from emoserve.longform import analyze_long
+from emoserve.inference.engine import Engine
 from emoserve.settings import Settings
+from emoserve.timeline.longform import analyze_long
 from emoserve.ui.analysis import DownloadDir, analyze_clip, analyze_file, export_files, safe_stem
 
 from ..samples import conversation, espeak_available, noise, wav_bytes

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from emoserve.audio import decode_audio
+from emoserve.inference.results import EmotionResult, LongformResult, Overall, Segment
 from emoserve.labels import LABELS
-from emoserve.results import EmotionResult, LongformResult, Overall, Segment
 from emoserve.ui.analysis import Analysis
 from emoserve.ui.charts import bin_means, message_html, summary_html, timeline_html
 

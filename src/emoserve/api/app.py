@@ -11,16 +11,21 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
-from ..emotion_model import EmotionModel
+from ..inference.emotion_model import EmotionModel
 from ..logs import setup_logging
+from ..runtime import Service
 from ..settings import Settings, get_settings
 from ..throttle import Throttle
 from ..ui import mount_ui
-from . import routes_analyze, routes_health, routes_jobs, routes_stream, routes_tus, routes_uploads
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
+from .routes import analyze as routes_analyze
+from .routes import health as routes_health
+from .routes import jobs as routes_jobs
+from .routes import stream as routes_stream
+from .routes import tus as routes_tus
+from .routes import uploads as routes_uploads
 from .schemas import ErrorBody, FrameResult, UtteranceResult
-from .service import Service
 
 DESCRIPTION = """Speech emotion recognition with emotion2vec.
 

@@ -75,7 +75,7 @@ def make_client(server: str | None, model: str | None, api_key: str | None, prec
 
         return EmoClient(server, api_key, preconvert=preconvert)
     from ..client import LocalClient
-    from ..emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
+    from ..inference.emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
     from ..settings import get_settings
 
     settings = get_settings(model=model, device=device)

@@ -187,7 +187,7 @@ async def closed_loop(engine, clips: list[np.ndarray], concurrency: int, request
 
 
 def load_mode(model_dir: Path, mode: str, device: str, cache: Path):
-    from ..emotion_model import EmotionModel
+    from ..inference.emotion_model import EmotionModel
 
     return EmotionModel.from_pretrained(str(model_dir), device=device,
                                         dtype="bfloat16" if mode == "bf16" else "float32", cache_dir=cache,
@@ -197,7 +197,7 @@ def load_mode(model_dir: Path, mode: str, device: str, cache: Path):
 def bench_engine(model_dir: Path, mode: str, device: str, cache: Path, workloads: list[Workload],
                  concurrencies: list[int], threads: int | None) -> tuple[list[Run], dict, dict[str, dict]]:
     """Every workload × concurrency for one mode; also each clip's result (concurrency 1) for accuracy."""
-    from ..engine import Engine
+    from ..inference.engine import Engine
 
     runs: list[Run] = []
     results: dict[str, dict] = {}
@@ -375,7 +375,7 @@ def run_bench(model: str, device: str, modes: list[str], clips: int, concurrenci
               low_s: float, high_s: float, baseline: bool, baseline_ncpu: list[int | None], threads: int | None,
               output_dir: Path, seed: int = 0) -> dict:
     """The whole benchmark; returns the report and writes it as JSON and markdown to `output_dir`."""
-    from ..emotion_model import RANDOM_CONFIGS, resolve_device
+    from ..inference.emotion_model import RANDOM_CONFIGS, resolve_device
     from ..model import hub
     from ..model.checkpoint import load_model_dir, random_state_dict
     from ..settings import get_settings

@@ -25,8 +25,8 @@ import numpy as np
 
 from ..errors import EmoserveError, InvalidParameterError, NotFoundError, UploadExpiredError
 from ..files import file_sha256
+from ..inference.results import LongformResult, check_granularity
 from ..model.config import SAMPLE_RATE
-from ..results import LongformResult, check_granularity
 from .parse import ClientResult, Job, job_from_body, result_from_response
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class Flows:
         return response.json()
 
     def models_flow(self) -> Flow[list]:
-        from ..emotion_model import ModelInfo
+        from ..inference.emotion_model import ModelInfo
 
         response = yield from self.call("GET", "/v1/models")
         return [ModelInfo(m["name"], tuple(m["labels"]), m["sample_rate"], m["frame_rate"], m["embedding_dim"],

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..results import LongformResult
+from ..inference.results import LongformResult
 from .flows import Call, Flow, Flows, Sleep, Together
 from .local import LocalClient
 from .parse import ClientResult, Job, error_from_response

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..results import EmotionResult, LongformResult, check_granularity
+from ..inference.results import EmotionResult, LongformResult, check_granularity
 from .parse import ClientResult
 
 
@@ -21,7 +21,7 @@ class LocalClient:
         self.max_duration_s = max_duration_s
         self.engine = None
         if batching:
-            from ..engine import Engine
+            from ..inference.engine import Engine
 
             self.engine = Engine(model)
 

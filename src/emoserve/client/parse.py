@@ -22,8 +22,8 @@ from ..errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
+from ..inference.results import EmotionResult, LongformResult, Overall, Segment
 from ..labels import LABELS
-from ..results import EmotionResult, LongformResult, Overall, Segment
 
 # ---- errors: the server's code → the library's typed error ----
 

@@ -26,7 +26,7 @@ from ..settings import Settings
 from ..throttle import Throttle
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from ..inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings,
 
 def standalone_app(settings: Settings) -> FastAPI:
     """The UI alone at `/`, loading `settings.model` in the background (the page says so meanwhile)."""
-    from ..api.service import Service
+    from ..runtime import Service
 
     setup_logging(settings.log_dir, settings.log_json, settings.log_max_bytes, settings.log_backups)
     service = Service(settings)

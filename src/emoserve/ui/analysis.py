@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import Engine
-from ..longform import LongformOptions, Progress, analyze_long
-from ..results import EmotionResult, LongformResult, Segment
+from ..inference.engine import Engine
+from ..inference.results import EmotionResult, LongformResult, Segment
 from ..settings import Settings
+from ..timeline.longform import LongformOptions, Progress, analyze_long
 
 
 @dataclass(frozen=True)

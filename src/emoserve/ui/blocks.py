@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.errors import error_response, retry_headers
 from ..api.middleware import key_is_valid
-from ..engine import Engine
 from ..errors import EmoserveError
+from ..inference.engine import Engine
 from ..settings import Settings
 from ..throttle import Throttle, client_address
 from .analysis import Analysis, DownloadDir, analyze_clip, analyze_file, export_files

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import (
+from ...errors import (
     ChecksumMismatchError,
     ConflictError,
     EmoserveError,
@@ -30,11 +30,11 @@ from ..errors import (
     PayloadTooLargeError,
     UploadExpiredError,
 )
-from ..store import EXPIRED, UPLOADING, Store, Upload, digest_matches
-from .errors import error_response
-from .numbers import declared_length, parse_ascii_int
-from .routes_jobs import service_of
-from .schemas import UPLOAD_ERROR_RESPONSES
+from ...jobs.store import EXPIRED, UPLOADING, Store, Upload, digest_matches
+from ..errors import error_response
+from ..numbers import declared_length, parse_ascii_int
+from ..schemas import UPLOAD_ERROR_RESPONSES
+from .jobs import service_of
 
 PREFIX = "/v1/tus"
 TUS_VERSION = "1.0.0"

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import Engine, EngineOverloaded
-from .errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
+from ..errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
+from ..inference.engine import Engine, EngineOverloaded
+from ..inference.results import EmotionResult, Segment
+from ..model.config import FRAME_RATE, HOP, SAMPLE_RATE
 from .longform import (
     LongformOptions,
     SpeechDetector,
@@ -38,8 +40,6 @@ from .longform import (
     overlap_middle,
     split_long,
 )
-from .model.config import FRAME_RATE, HOP, SAMPLE_RATE
-from .results import EmotionResult, Segment
 
 Send = Callable[[dict], Awaitable[None]]
 

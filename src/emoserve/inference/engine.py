@@ -35,13 +35,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from .audio import AudioSource, decode_audio
+from ..audio import AudioSource, decode_audio
+from ..errors import EmoserveError, InvalidParameterError
+from ..model.config import SAMPLE_RATE
+from ..settings import Settings
 from .batching import select_batch
 from .emotion_model import EmotionModel
-from .errors import EmoserveError, InvalidParameterError
-from .model.config import SAMPLE_RATE
 from .results import ClipOutput, EmotionResult, check_granularity, make_result
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -29,11 +29,19 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .audio import AudioSource, stream_audio
-from .batching import plan_batches
-from .errors import AudioError, InvalidParameterError
-from .model.config import HOP, RECEPTIVE_FIELD, SAMPLE_RATE
-from .results import ClipOutput, LongformResult, Segment, check_granularity, frame_timestamps, make_segment, overall_of
+from ..audio import AudioSource, stream_audio
+from ..errors import AudioError, InvalidParameterError
+from ..inference.batching import plan_batches
+from ..inference.results import (
+    ClipOutput,
+    LongformResult,
+    Segment,
+    check_granularity,
+    frame_timestamps,
+    make_segment,
+    overall_of,
+)
+from ..model.config import HOP, RECEPTIVE_FIELD, SAMPLE_RATE
 
 BatchPredict = Callable[[list[np.ndarray], bool], list[ClipOutput]]
 Progress = Callable[[float], None]

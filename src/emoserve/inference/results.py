@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EmoserveError, InvalidParameterError
-from .model.config import FRAME_RATE, SAMPLE_RATE
+from ..errors import EmoserveError, InvalidParameterError
+from ..model.config import FRAME_RATE, SAMPLE_RATE
 
 GRANULARITIES = ("utterance", "frame")
 

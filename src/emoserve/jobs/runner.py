@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from . import webhooks
-from .errors import ConflictError, EmoserveError, NotFoundError
-from .longform import BatchPredict, LongformOptions, analyze_long
-from .model.config import RECEPTIVE_FIELD
-from .results import check_granularity
+from .. import webhooks
+from ..errors import ConflictError, EmoserveError, NotFoundError
+from ..inference.results import check_granularity
+from ..model.config import RECEPTIVE_FIELD
+from ..timeline.longform import BatchPredict, LongformOptions, analyze_long
 from .store import Job, Store, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class RunnerConfig:
 
 
 class JobRunner:
-    """Pulls queued jobs from the store and analyses their uploads with `emoserve.longform`.
+    """Pulls queued jobs from the store and analyses their uploads with `emoserve.timeline.longform`.
 
     `predict` is the batch-predict callable (`EmotionModel.predict`, or the engine's); `labels`,
     `model_name` and `min_samples` describe the model behind it.

@@ -19,12 +19,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..audio import processed_wav
-from ..errors import AudioError, InvalidParameterError
-from ..results import GRANULARITIES, EmotionResult
-from .numbers import declared_length
-from .schemas import ERROR_RESPONSES
-from .service import Service
+from ...audio import processed_wav
+from ...errors import AudioError, InvalidParameterError
+from ...inference.results import GRANULARITIES, EmotionResult
+from ...runtime import Service
+from ..numbers import declared_length
+from ..schemas import ERROR_RESPONSES
 
 router = APIRouter()
 

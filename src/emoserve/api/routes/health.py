@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..results import GRANULARITIES
-from .schemas import ERROR_RESPONSES, Health, ModelsList
-from .service import Service
+from ...inference.results import GRANULARITIES
+from ...runtime import Service
+from ..schemas import ERROR_RESPONSES, Health, ModelsList
 
 router = APIRouter()
 

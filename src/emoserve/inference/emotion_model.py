@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioSource, decode_audio
+from ..audio import AudioSource, decode_audio
+from ..errors import AudioError, InvalidParameterError
+from ..labels import LABELS, UNUSED_PREFIX
+from ..model import hub
+from ..model.checkpoint import load_model_dir, random_state_dict
+from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
+from ..model.emotion2vec import Emotion2vec
+from ..settings import get_settings
+from ..timeline.longform import LongformOptions, analyze_long
 from .batching import plan_batches
-from .errors import AudioError, InvalidParameterError
-from .labels import LABELS, UNUSED_PREFIX
-from .longform import LongformOptions, analyze_long
-from .model import hub
-from .model.checkpoint import load_model_dir, random_state_dict
-from .model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
-from .model.emotion2vec import Emotion2vec
 from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
-from .settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class EmotionModel:
                      regions: Sequence[tuple[float, float]] | None = None,
                      options: LongformOptions | None = None) -> LongformResult:
         """A file of any length: voiced segments with their emotion, the duration-weighted whole, and
-        (granularity="frame") scores for every 20 ms of the file. See `emoserve.longform`."""
+        (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`."""
         return analyze_long(audio, self.predict, labels=self.labels, model_name=self.name, granularity=granularity,
                             return_embedding=return_embedding, sample_rate=sample_rate, regions=regions,
                             options=options or LongformOptions.from_settings(get_settings()), progress=progress,

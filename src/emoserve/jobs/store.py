@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
-from .errors import (
+from ..errors import (
     ChecksumMismatchError,
     ConflictError,
     InvalidParameterError,
@@ -44,7 +44,7 @@ from .errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
-from .files import file_sha256
+from ..files import file_sha256
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000  # an upload's missing list stays small enough to send back
@@ -582,7 +582,7 @@ class Store:
                                         else {"offset": upload.received_bytes})
         return self.data_path(upload_id)
 
-    # ---- jobs: records; emoserve.jobs.JobRunner drives them ----
+    # ---- jobs: records; emoserve.jobs.runner.JobRunner drives them ----
 
     def create_job(self, upload_id: str, options: dict, callback_url: str | None = None) -> Job:
         """The job for this upload, options and callback: the one an identical request already made (unless it

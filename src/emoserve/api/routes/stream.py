@@ -1,6 +1,6 @@
 """WebSocket /v1/stream: 16 kHz mono PCM16 in, frame and utterance messages out as they become final.
 
-The route moves bytes and JSON; `emoserve.streaming.StreamSession` decides everything else.
+The route moves bytes and JSON; `emoserve.timeline.streaming.StreamSession` decides everything else.
 After an error the server sends `{"type": "error", "code", "message"}` and, when the stream
 cannot go on, closes with code 4000 + the HTTP status of that error code (4413, 4503, ...), the
 code as the close reason, as the auth middleware does with 4401/4429. A client silent for
@@ -17,11 +17,11 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ..errors import AudioError, EmoserveError, InvalidParameterError
-from ..streaming import StreamOptions, StreamSession, error_message
-from .errors import error_response, request_id, retry_headers, status_for
-from .middleware import DENIAL_EXTENSION
-from .service import Service
+from ...errors import AudioError, EmoserveError, InvalidParameterError
+from ...runtime import Service
+from ...timeline.streaming import StreamOptions, StreamSession, error_message
+from ..errors import error_response, request_id, retry_headers, status_for
+from ..middleware import DENIAL_EXTENSION
 
 router = APIRouter()
 error_log = logging.getLogger("emoserve.error")

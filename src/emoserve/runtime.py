@@ -12,14 +12,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ..emotion_model import EmotionModel
-from ..engine import Engine
-from ..errors import EmoserveError
-from ..jobs import JobRunner, RunnerConfig
-from ..longform import LongformOptions
-from ..settings import Settings
-from ..store import Store
-from .metrics import ServiceMetrics
+from .api.metrics import ServiceMetrics
+from .errors import EmoserveError
+from .inference.emotion_model import EmotionModel
+from .inference.engine import Engine
+from .jobs.runner import JobRunner, RunnerConfig
+from .jobs.store import Store
+from .settings import Settings
+from .timeline.longform import LongformOptions
 
 load_log = logging.getLogger("emoserve.model_load")
 error_log = logging.getLogger("emoserve.error")

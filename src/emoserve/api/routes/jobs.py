@@ -19,11 +19,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import NotFoundError
-from ..store import Job
-from .numbers import ascii_decimal
-from .schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
-from .service import Service
+from ...errors import NotFoundError
+from ...jobs.store import Job
+from ...runtime import Service
+from ..numbers import ascii_decimal
+from ..schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
 
 router = APIRouter(tags=["jobs"])
 

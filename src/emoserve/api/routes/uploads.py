@@ -12,10 +12,9 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import PayloadTooLargeError
-from .numbers import ascii_int, declared_length
-from .routes_jobs import service_of, submit
-from .schemas import (
+from ...errors import PayloadTooLargeError
+from ..numbers import ascii_int, declared_length
+from ..schemas import (
     UPLOAD_ERROR_RESPONSES,
     ChunkReceived,
     JobAccepted,
@@ -24,6 +23,7 @@ from .schemas import (
     UploadInit,
     UploadStatus,
 )
+from .jobs import service_of, submit
 
 router = APIRouter(tags=["uploads"])
 
