@@ -1,4 +1,5 @@
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -7,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from emoserve.errors import (
     ChecksumMismatchError,
     ConflictError,
+    InsufficientStorageError,
     InvalidParameterError,
     NotFoundError,
     PayloadTooLargeError,
@@ -23,6 +26,7 @@ from emoserve.errors import (
     UploadExpiredError,
     UploadIncompleteError,
 )
+from emoserve.jobs import store as store_module
 from emoserve.jobs.store import Store, UploadLimits
 
 from .samples import long_recording, wav_bytes
@@ -415,3 +419,268 @@ def test_results_kept_in_the_database_by_an_older_version_move_to_files(tmp_path
         assert done.result_sha256 == hashlib.sha256(done.result_path.read_bytes()).hexdigest()
         assert queued.result is None and queued.result_path is None
         store.close()
+
+
+# ---- disk: quotas on bytes on disk, a full disk as a typed 507, DELETE and the sweep when it is full ----
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def test_the_disk_quota_counts_completed_tus_and_in_flight_uploads(tmp_path):
+    store = Store(tmp_path / "data", UploadLimits(max_chunk_bytes=1000, max_disk_bytes=3000))
+    done = store.create_upload("a.wav", 1000, 1000)
+    store.put_chunk(done.upload_id, 0, b"a" * 1000)
+    store.complete_upload(done.upload_id)
+    tus = store.create_tus_upload(1000)
+    store.append(tus.upload_id, 0, b"t" * 1000)
+    assert store.get_upload(tus.upload_id).state == "complete"
+    store.create_tus_upload(1000)  # in flight: its bytes are on their way
+    with pytest.raises(InsufficientStorageError) as info:
+        store.create_upload("b.wav", 1, 1)  # 3000 bytes held: completed files count until they are removed
+    assert info.value.code == "insufficient_storage" and "DELETE /v1/upload/" in info.value.message
+    assert info.value.details == {"max_disk_bytes": 3000}
+    with pytest.raises(InsufficientStorageError):
+        store.create_tus_upload(1)
+    assert store.storage_problem() is not None
+    store.delete_upload(done.upload_id)
+    assert store.storage_problem() is None
+    store.create_upload("b.wav", 1000, 1000)
+    store.close()
+
+
+def test_upload_bytes_never_take_the_disk_below_the_free_space_kept(tmp_path, monkeypatch):
+    store = Store(tmp_path / "data", UploadLimits(max_chunk_bytes=1000, min_free_bytes=10_000))
+    chunked, tus = store.create_upload("a.wav", 1500, 1000), store.create_tus_upload(2000)
+    monkeypatch.setattr(store_module, "free_bytes", lambda path: 10_500)
+    for call in (lambda: store.create_upload("b.wav", 1000, 1000), lambda: store.create_tus_upload(1000),
+                 lambda: store.put_chunk(chunked.upload_id, 0, b"x" * 1000),
+                 lambda: store.append(tus.upload_id, 0, b"x" * 1000)):
+        with pytest.raises(InsufficientStorageError):
+            call()
+    assert store.put_chunk(chunked.upload_id, 1, b"x" * 500)["size"] == 500  # the last chunk's 500 bytes fit
+    assert store.get_upload(chunked.upload_id).received == [1]
+    assert store.get_upload(tus.upload_id).offset == 0
+    assert store.storage_problem() is None
+    monkeypatch.setattr(store_module, "free_bytes", lambda path: 9_999)
+    assert "almost full" in store.storage_problem()
+    store.close()
+
+
+def test_a_full_disk_is_a_typed_error_that_leaves_no_file_behind(store, monkeypatch):
+    chunked = store.create_upload("a.wav", 2000, 1000)
+    store.put_chunk(chunked.upload_id, 0, b"a" * 1000)
+    tus = store.create_tus_upload(3000)
+    store.append(tus.upload_id, 0, b"t" * 1000)
+    before = files_under(store.root / "uploads")
+    monkeypatch.setattr(os, "fsync", disk_full)  # where a full disk shows: the write that must reach it
+    with pytest.raises(InsufficientStorageError) as info:
+        store.put_chunk(chunked.upload_id, 1, b"b" * 1000)
+    assert info.value.code == "insufficient_storage"
+    with pytest.raises(InsufficientStorageError):
+        store.append(tus.upload_id, 1000, b"u" * 1000)
+    monkeypatch.undo()
+    store.put_chunk(chunked.upload_id, 1, b"b" * 1000)
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(InsufficientStorageError):
+        store.complete_upload(chunked.upload_id)
+    assert files_under(store.root / "uploads") == sorted(before + [f"{chunked.upload_id}/chunks/1"])
+    assert (store.upload_dir(tus.upload_id) / "data.part").stat().st_size == 1000  # the refused bytes are cut off
+    monkeypatch.undo()
+    assert store.get_upload(tus.upload_id).offset == 1000
+    assert store.append(tus.upload_id, 1000, b"u" * 2000) == 3000
+    assert store.complete_upload(chunked.upload_id).state == "complete"
+
+
+class FullOnCommit:
+    """The store's connection, whose COMMIT fails with SQLite's "disk is full" while `full()` says so."""
+
+    def __init__(self, db: sqlite3.Connection, full):
+        self.db, self.full = db, full
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT" and self.full():
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+def test_a_commit_on_a_full_disk_is_a_typed_error_and_the_store_goes_on(store):
+    real_db = store.db
+    store.db = FullOnCommit(real_db, full=lambda: True)
+    with pytest.raises(InsufficientStorageError):
+        store.create_upload("a.wav", 10, 10)
+    assert not real_db.in_transaction  # rolled back: the write lock is not held forever
+    store.db = real_db
+    upload = store.create_upload("a.wav", 10, 10)
+    assert [u.upload_id for u in [store.get_upload(upload.upload_id)]] == [upload.upload_id]
+
+
+def test_delete_frees_the_space_first_so_it_works_on_a_full_disk(store):
+    upload = store.create_tus_upload(100)
+    store.append(upload.upload_id, 0, b"x" * 100)
+    directory = store.upload_dir(upload.upload_id)
+    real_db = store.db
+    store.db = FullOnCommit(real_db, full=directory.exists)  # the row's delete needs the space its files free
+    store.delete_upload(upload.upload_id)
+    store.db = real_db
+    assert not directory.exists()
+    with pytest.raises(NotFoundError):
+        store.get_upload(upload.upload_id)
+
+
+def test_the_sweep_removes_what_a_crash_left_without_a_row(store):
+    upload = store.create_upload("a.wav", 2000, 1000)
+    orphan = store.root / "uploads" / ("e" * 32)
+    (orphan / "chunks").mkdir(parents=True)
+    (orphan / "data").write_bytes(b"x" * 100)
+    join_temp = store.upload_dir(upload.upload_id) / ".data.0000.tmp"
+    join_temp.write_bytes(b"half a join")
+    os.utime(join_temp, (1, 1))  # hours old: no join in flight takes that long
+    report = store.sweep()
+    assert report.removed_paths == 2 and not orphan.exists() and not join_temp.exists()
+    assert store.upload_dir(upload.upload_id).is_dir()
+
+
+# ---- bodies reach disk piece by piece ----
+
+
+def test_a_chunk_is_written_as_it_arrives_and_only_a_whole_one_is_kept(store):
+    upload = store.create_upload("a.wav", 2500, 1000)
+    chunks = store.upload_dir(upload.upload_id) / "chunks"
+    with store.receive_chunk(upload.upload_id, 0) as receiver:
+        receiver.write(b"a" * 400)
+        receiver.write(b"b" * 400)
+        assert len(files_under(chunks)) == 1  # a temp file, not a chunk yet
+    assert files_under(chunks) == [] and store.get_upload(upload.upload_id).received == []  # cut short: nothing
+    with store.receive_chunk(upload.upload_id, 2) as receiver, pytest.raises(ConflictError) as info:
+        receiver.write(b"x" * 300)
+        receiver.write(b"x" * 300)  # the last chunk is 500 bytes: refused at the first byte too many
+    assert info.value.details == {"index": 2, "expected_size": 500}
+    with store.receive_chunk(upload.upload_id, 0, sha256=hashlib.sha256(b"ab" * 500).hexdigest()) as receiver:
+        for _ in range(500):
+            receiver.write(b"ab")
+        assert receiver.commit() == {"index": 0, "size": 1000}
+    assert files_under(chunks) == ["0"] and store.chunk_path(upload.upload_id, 0).read_bytes() == b"ab" * 500
+
+
+def test_one_tus_append_at_a_time_and_a_cut_short_body_keeps_what_arrived(store):
+    upload = store.create_tus_upload(3000)
+    with store.tus_appender(upload.upload_id, 0) as appender:
+        appender.write(b"a" * 1000)
+        with pytest.raises(ConflictError, match="in progress"):
+            store.append(upload.upload_id, 0, b"b" * 1000)
+        appender.keep_what_arrived()
+    assert store.get_upload(upload.upload_id).offset == 1000
+    checksum = ("sha1", base64.b64encode(hashlib.sha1(b"c" * 1000).digest()).decode())
+    with store.tus_appender(upload.upload_id, 1000, checksum=checksum) as appender:
+        appender.write(b"c" * 500)
+        appender.keep_what_arrived()  # half a body cannot match its checksum: nothing is kept
+    assert store.get_upload(upload.upload_id).offset == 1000
+    assert (store.upload_dir(upload.upload_id) / "data.part").stat().st_size == 1000
+
+
+# ---- tus concatenation ----
+
+
+def test_a_tus_final_upload_joins_complete_partials_in_the_order_given(store):
+    first, second = os.urandom(1500), os.urandom(700)
+    a = store.create_tus_upload(len(first), partial=True)
+    b = store.create_tus_upload(len(second), partial=True)
+    store.append(a.upload_id, 0, first)
+    with pytest.raises(UploadIncompleteError) as info:
+        store.create_tus_final([a.upload_id, b.upload_id])
+    assert info.value.details == {"upload_id": b.upload_id, "offset": 0}
+    store.append(b.upload_id, 0, second)
+    final = store.create_tus_final([b.upload_id, a.upload_id], {"filename": "call.wav"})
+    assert final.state == "complete" and final.kind == "tus" and final.filename == "call.wav"
+    assert final.total_size == len(first) + len(second) and final.partial_ids == [b.upload_id, a.upload_id]
+    assert final.sha256 == hashlib.sha256(second + first).hexdigest()
+    assert store.upload_file(final.upload_id).read_bytes() == second + first
+    assert store.create_job(final.upload_id, {"granularity": "utterance"}).upload_id == final.upload_id
+    with pytest.raises(ConflictError, match="partial"):
+        store.upload_file(a.upload_id)  # a piece of a file is never analysed alone
+    plain = store.create_tus_upload(10)
+    store.append(plain.upload_id, 0, b"0123456789")
+    for ids, error in (([], InvalidParameterError), ([plain.upload_id], InvalidParameterError),
+                       ([final.upload_id], InvalidParameterError), (["../" + a.upload_id], NotFoundError),
+                       (["0" * 32], NotFoundError)):
+        with pytest.raises(error):
+            store.create_tus_final(ids)
+    assert store.create_tus_final([a.upload_id]).total_size == len(first)  # a partial may serve again
+
+
+def test_a_tus_final_upload_counts_against_the_quotas_and_a_failed_join_leaves_nothing(tmp_path, monkeypatch):
+    store = Store(tmp_path / "data", UploadLimits(max_bytes=2500, max_chunk_bytes=1000, max_disk_bytes=5000))
+    parts = [store.create_tus_upload(1000, partial=True) for _ in range(2)]
+    for part in parts:
+        store.append(part.upload_id, 0, b"p" * 1000)
+    ids = [p.upload_id for p in parts]
+    with pytest.raises(PayloadTooLargeError):
+        store.create_tus_final(ids * 3)  # 3000 bytes > the 2500 one upload may have
+    before = files_under(store.root / "uploads")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(InsufficientStorageError):
+        store.create_tus_final(ids)
+    monkeypatch.undo()
+    assert files_under(store.root / "uploads") == before
+    assert store.db.execute("SELECT COUNT(*) FROM uploads").fetchone()[0] == 2
+    store.create_tus_final(ids)  # 2000 partial + 2000 final bytes held
+    with pytest.raises(InsufficientStorageError):
+        store.create_tus_final(ids)  # 2000 more is over the 5000 on disk
+    store.close()
+
+
+# ---- a real full disk: a tiny tmpfs in a user namespace, where the system allows one ----
+
+FILL_A_TINY_DISK = textwrap.dedent("""
+    import sys
+    from emoserve.jobs import store as store_module
+    from emoserve.errors import InsufficientStorageError
+    from emoserve.jobs.store import Store, UploadLimits
+
+    # as on a file system whose user quota (EDQUOT) statvfs does not show: only the writes find out
+    store_module.free_bytes = lambda path: 1 << 60
+    store = Store(sys.argv[1], UploadLimits(max_chunk_bytes=256 * 1024))
+    uploads, refused = [], None
+    while refused is None:
+        upload = store.create_tus_upload(1024 * 1024)
+        uploads.append(upload.upload_id)
+        try:
+            for offset in range(0, 1024 * 1024, 256 * 1024):
+                store.append(upload.upload_id, offset, bytes(256 * 1024))
+        except InsufficientStorageError as e:
+            refused = e
+    print("refused", refused.code)
+    for upload_id in uploads:
+        store.delete_upload(upload_id)
+    again = store.create_tus_upload(256 * 1024)
+    print("after delete", store.append(again.upload_id, 0, bytes(256 * 1024)))
+""")
+
+
+def test_a_real_full_disk_is_refused_with_insufficient_storage_and_delete_frees_it(tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(FILL_A_TINY_DISK)
+    command = f"mount -t tmpfs -o size=3m tmpfs {mount} && {sys.executable} {script} {mount}/data"
+    try:
+        result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
+                                env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True,
+                                timeout=120)
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here")
+    if "mount" in result.stderr and result.returncode != 0 and "refused" not in result.stdout:
+        pytest.skip(f"no user namespaces with tmpfs here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["refused insufficient_storage", f"after delete {256 * 1024}"]

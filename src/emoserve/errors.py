@@ -89,3 +89,25 @@ class QuotaExceededError(EmoserveError):
     """Too many uploads in flight, or too many bytes held for them: retry when some finish or expire."""
 
     code = "quota_exceeded"
+
+
+class InsufficientStorageError(EmoserveError):
+    """The disk (or the disk quota of uploads) is full: nothing of the request was kept (507).
+
+    Raised for the uploads quota and for ENOSPC/EDQUOT and SQLite's "disk is full" alike, so a
+    full disk is a typed refusal that says what to do, never a 500.
+    """
+
+    code = "insufficient_storage"
+
+
+class RequestTimeoutError(EmoserveError):
+    """A request body stopped arriving (no byte for the idle timeout): what came is not kept (408)."""
+
+    code = "request_timeout"
+
+
+class UploadBodiesBusyError(EmoserveError):
+    """As many upload bodies as allowed are arriving already: retry after `retry_after` seconds (503)."""
+
+    code = "overloaded"

@@ -12,8 +12,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from .api.bodies import BodySlots
 from .api.metrics import ServiceMetrics
-from .errors import EmoserveError
+from .errors import EmoserveError, InsufficientStorageError
 from .inference.emotion_model import EmotionModel
 from .inference.engine import Engine
 from .jobs.runner import JobRunner, RunnerConfig
@@ -23,6 +24,7 @@ from .timeline.longform import LongformOptions
 
 load_log = logging.getLogger("emoserve.model_load")
 error_log = logging.getLogger("emoserve.error")
+log = logging.getLogger(__name__)
 
 RUNNER_STOP_S = 60.0  # a job hands its work back at its next batch; a callback POST times out on its own
 
@@ -38,9 +40,11 @@ class Service:
     runner: JobRunner | None = None
     open_streams: int = 0  # WebSocket streams being served, against settings.stream_max_concurrent
     metrics: ServiceMetrics = field(init=False)
+    upload_bodies: BodySlots = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(lambda: self.engine.stats if self.engine else None)
+        self.upload_bodies = BodySlots(self.settings.upload_max_concurrent_bodies)
 
     async def load(self, model: EmotionModel | None = None) -> None:
         """Open the store, load (unless given) and warm up the model, start the engine and the job runner.
@@ -50,7 +54,9 @@ class Service:
         s = self.settings
         engine = None
         try:
-            self.store = await asyncio.to_thread(Store.from_settings, s)
+            store = await asyncio.to_thread(Store.from_settings, s)
+            await asyncio.to_thread(sweep_at_start, store)
+            self.store = store
             started = time.perf_counter()
             engine = await asyncio.to_thread(Engine.from_settings, s, model)  # loads the model unless given
             model = engine.model
@@ -113,3 +119,17 @@ class Service:
     def check_not_failed(self) -> None:
         if self.status == "failed":
             raise EmoserveError(f"the model failed to load: {self.error}", code="model_unavailable")
+
+
+def sweep_at_start(store: Store) -> None:
+    """Clear what a crash or a full disk left (files no row owns, old temp files) before taking uploads.
+
+    A disk too full for the sweep's own commit does not stop the service: /health says degraded.
+    """
+    try:
+        report = store.sweep()
+    except InsufficientStorageError as e:
+        error_log.error("start-up sweep: %s", e.message)
+        return
+    if report.removed_paths or report.expired_uploads:
+        log.info("start-up sweep: %s", report)

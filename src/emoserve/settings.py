@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     upload_max_chunk_bytes: int = Field(5 * 1024**2, gt=0, description="largest chunk (and the default chunk size)")
     upload_max_active: int = Field(64, gt=0, description="uploads in flight at once; more are refused")
     upload_max_active_bytes: int = Field(20 * 1024**3, gt=0, description="bytes announced by uploads in flight")
+    upload_max_disk_bytes: int = Field(40 * 1024**3, gt=0, description="bytes all uploads together may hold on disk "
+                                       "(in flight, completed, tus; each counts its size until its files are "
+                                       "removed); more are refused with 507 insufficient_storage")
+    data_min_free_bytes: int = Field(1024**3, ge=0, description="free space kept on the data dir's file system: "
+                                     "upload bytes that would go below it are refused (507) and /health says "
+                                     "degraded")
+    upload_body_timeout_s: float = Field(30.0, gt=0, description="a chunk or tus PATCH body that sends no byte for "
+                                         "this long is cut off (408 request_timeout)")
+    upload_max_concurrent_bodies: int = Field(32, gt=0, description="chunk and tus PATCH bodies received at once; "
+                                              "more get 503 overloaded with Retry-After")
     upload_expiry_s: float = Field(24 * 3600, gt=0, description="an idle unfinished upload expires after this")
     upload_keep_completed_s: float = Field(24 * 3600, gt=0, description="a completed upload's file is kept this long")
     job_keep_s: float = Field(7 * 24 * 3600, gt=0, description="finished jobs and their results are kept this long")

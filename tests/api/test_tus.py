@@ -30,7 +30,8 @@ def test_options_announce_the_version_extensions_and_limits(client):
     response = client.options("/v1/tus/")
     assert response.status_code == 204
     assert response.headers["tus-version"] == "1.0.0" and response.headers["tus-resumable"] == "1.0.0"
-    assert set(response.headers["tus-extension"].split(",")) == {"creation", "termination", "expiration", "checksum"}
+    assert set(response.headers["tus-extension"].split(",")) == {"creation", "termination", "expiration", "checksum",
+                                                                 "concatenation"}
     assert int(response.headers["tus-max-size"]) == 2 * 1024**3
     assert "sha1" in response.headers["tus-checksum-algorithm"].split(",")
 
@@ -140,3 +141,61 @@ def test_method_override_termination_and_unknown_ids(client, tmp_path):
     assert client.head(f"/v1/tus/{chunked}", headers=TUS).status_code == 404  # not a tus upload
     response = client.get(url, headers=TUS)
     assert response.status_code == 405 and response.headers["tus-resumable"] == "1.0.0"
+
+
+def test_concatenation_joins_partial_uploads_into_a_final_one_that_feeds_a_job(client, tmp_path):
+    from ..samples import long_recording, wav_bytes
+
+    data = wav_bytes(long_recording(8.0, seed=4))
+    cut = len(data) // 3
+    urls = []
+    for piece in (data[:cut], data[cut:]):  # as tus-js-client and Uppy send with parallelUploads
+        url = create(client, len(piece), **{"Upload-Concat": "partial"})
+        assert patch(client, url, piece, 0).status_code == 204
+        head = client.head(url, headers=TUS)
+        assert head.headers["upload-concat"] == "partial" and head.headers["upload-offset"] == str(len(piece))
+        urls.append(url)
+    filename = base64.b64encode(b"call.wav").decode()
+    response = client.post("/v1/tus/", headers={**TUS, "Upload-Concat": f"final;{urls[0]} {urls[1]}",
+                                                "Upload-Metadata": f"filename {filename}"})
+    assert response.status_code == 201, response.text
+    final = response.headers["location"]
+    head = client.head(final, headers=TUS)
+    assert head.headers["upload-concat"] == f"final;{urls[0]} {urls[1]}"
+    assert head.headers["upload-offset"] == head.headers["upload-length"] == str(len(data))
+    final_id = final.rsplit("/", 1)[1]
+    assert (tmp_path / "data" / "uploads" / final_id / "data").read_bytes() == data
+    status = client.get(f"/v1/upload/{final_id}").json()
+    assert status["state"] == "complete" and status["filename"] == "call.wav"
+    assert status["sha256"] == hashlib.sha256(data).hexdigest()
+    response = patch(client, final, b"x", len(data))
+    assert response.status_code == 403 and response.headers["tus-resumable"] == "1.0.0"
+    response = client.post("/v1/jobs", json={"upload_id": urls[0].rsplit("/", 1)[1]})
+    assert response.status_code == 409 and "partial" in response.json()["error"]["message"]
+    job = client.post("/v1/upload/complete", json={"upload_id": final_id}).json()
+    assert client.get(job["status_url"], params={"wait": 60}).json()["status"] == "succeeded"
+
+
+def test_concatenation_refuses_what_the_extension_does_not_allow(client):
+    partial = create(client, 10, **{"Upload-Concat": "partial"})
+    plain = create(client, 10)
+    for url in (partial, plain):
+        patch(client, url, b"0123456789", 0)
+    unfinished = create(client, 10, **{"Upload-Concat": "partial"})
+    path = "/v1/tus/" + partial.rsplit("/", 1)[1]
+    cases = [
+        ({"Upload-Concat": f"final;{partial}", "Upload-Length": "10"}, 400, "invalid_parameter"),
+        ({"Upload-Concat": "final;"}, 400, "invalid_parameter"),
+        ({"Upload-Concat": "parallel"}, 400, "invalid_parameter"),
+        ({"Upload-Concat": f"final;{partial} {plain}"}, 400, "invalid_parameter"),  # not made as a partial
+        ({"Upload-Concat": f"final;{partial} http://testserver/v1/upload/{'0' * 32}"}, 400, "invalid_parameter"),
+        ({"Upload-Concat": f"final;{partial} {unfinished}"}, 409, "upload_incomplete"),
+        ({"Upload-Concat": f"final;{partial} http://testserver/v1/tus/{'0' * 32}"}, 404, "not_found"),
+        ({"Upload-Concat": f"final;{partial} http://testserver/v1/tus/..%2F..%2Fsecret"}, 404, "not_found"),
+    ]
+    for headers, status, code in cases:
+        response = client.post("/v1/tus/", headers={**TUS, **headers})
+        assert response.status_code == status and response.json()["error"]["code"] == code, (headers, response.text)
+    response = client.post("/v1/tus/", headers={**TUS, "Upload-Concat": f"final;{path} {path}"})  # paths work too
+    assert response.status_code == 201
+    assert client.head(response.headers["location"], headers=TUS).headers["upload-length"] == "20"

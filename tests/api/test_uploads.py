@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
+import os
 import random
 import time
 
 import numpy as np
 import pytest
+
+from emoserve.jobs import store as store_module
 
 from ..samples import long_recording, wav_bytes
 from .conftest import wait_healthy
@@ -276,8 +280,14 @@ def test_idle_uploads_expire_and_the_sweep_shows_over_http(make_client, tmp_path
     directory = tmp_path / "data" / "uploads" / upload["upload_id"]
     assert directory.is_dir()
     deadline = time.monotonic() + 10
-    while client.get(f"/v1/upload/{upload['upload_id']}").json()["state"] != "expired" or directory.exists():
-        assert time.monotonic() < deadline, "the sweep did not expire the upload and remove its files"
+
+    def swept() -> bool:  # both uploads: the tus one was made a moment later and may expire one sweep later
+        chunked_gone = client.get(f"/v1/upload/{upload['upload_id']}").json()["state"] == "expired"
+        tus_gone = client.head(tus_url, headers={"Tus-Resumable": "1.0.0"}).status_code == 410
+        return chunked_gone and tus_gone and not directory.exists()
+
+    while not swept():
+        assert time.monotonic() < deadline, "the sweep did not expire the uploads and remove their files"
         time.sleep(0.05)
     for response in (client.put(upload["chunk_urls"][1], content=bytes(CHUNK)),
                      client.post("/v1/upload/complete", json={"upload_id": upload["upload_id"]}),
@@ -335,3 +345,63 @@ def test_the_upload_and_job_routes_are_in_the_openapi_schema(client):
     for name in ("UploadInit", "UploadCreated", "UploadStatus", "JobRequest", "JobAccepted", "JobStatus",
                  "LongformResult", "Segment"):
         assert name in schema["components"]["schemas"], name
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_answers_507_insufficient_storage_and_delete_still_works(client, monkeypatch, tmp_path):
+    upload = init(client, bytes(2 * CHUNK)).json()
+    assert client.put(upload["chunk_urls"][0], content=bytes(CHUNK)).status_code == 200
+    tus_url = client.post("/v1/tus/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10"}).headers["location"]
+    monkeypatch.setattr(os, "fsync", disk_full)  # the disk fills up
+    for response in (client.put(upload["chunk_urls"][1], content=bytes(CHUNK)),
+                     client.patch(tus_url, content=b"0123456789", headers={
+                         "Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                         "Content-Type": "application/offset+octet-stream"})):
+        assert response.status_code == 507, response.text
+        error = error_of(response)
+        assert error["code"] == "insufficient_storage" and "retry later" in error["message"]
+    assert client.delete(f"/v1/upload/{upload['upload_id']}").status_code == 204
+    assert client.delete(tus_url, headers={"Tus-Resumable": "1.0.0"}).status_code == 204
+    assert list((tmp_path / "data" / "uploads").iterdir()) == []
+
+
+def test_completed_and_tus_uploads_count_against_the_disk_quota(make_client):
+    client = make_client(upload_max_disk_bytes=3 * CHUNK)
+    send_all(client, bytes(2 * CHUNK))  # complete, no longer in flight: its chunks are still on disk
+    tus = {"Tus-Resumable": "1.0.0"}
+    url = client.post("/v1/tus/", headers={**tus, "Upload-Length": str(CHUNK)}).headers["location"]
+    client.patch(url, content=bytes(CHUNK), headers={**tus, "Upload-Offset": "0",
+                                                      "Content-Type": "application/offset+octet-stream"})
+    for response in (init(client, bytes(1)), client.post("/v1/tus/", headers={**tus, "Upload-Length": "1"})):
+        assert response.status_code == 507 and error_of(response)["code"] == "insufficient_storage"
+        assert "DELETE /v1/upload/" in error_of(response)["message"]
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert "EMOSERVE_UPLOAD_MAX_DISK_BYTES" in health.json()["reason"]
+    assert client.delete(url, headers=tus).status_code == 204
+    assert init(client, bytes(1)).status_code == 201
+    assert client.get("/health").json()["status"] == "healthy"
+
+
+def test_health_says_degraded_while_the_disk_is_almost_full(client, monkeypatch):
+    assert "reason" not in client.get("/health").json()
+    monkeypatch.setattr(store_module, "free_bytes", lambda path: 1024)  # under the 1 GiB kept free
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "degraded" and "almost full" in health.json()["reason"]
+    assert health.json()["model"] == "random:tiny"
+    response = init(client, bytes(10))
+    assert response.status_code == 507 and error_of(response)["code"] == "insufficient_storage"
+
+
+def test_the_service_clears_what_a_crash_left_before_taking_uploads(make_client, tmp_path):
+    uploads = tmp_path / "data" / "uploads"
+    orphan = uploads / ("d" * 32)
+    (orphan / "chunks").mkdir(parents=True)
+    (orphan / "chunks" / "0").write_bytes(bytes(1000))
+    client = make_client()
+    assert client.get("/health").json()["status"] == "healthy"
+    assert not orphan.exists()

@@ -31,6 +31,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "idle_timeout": 408,  # a WebSocket stream that sent nothing for EMOSERVE_STREAM_IDLE_TIMEOUT_S: close 4408
+    "request_timeout": 408,  # an upload body that stopped arriving; the connection is closed
     "upload_incomplete": 409,
     "conflict": 409,
     "upload_expired": 410,
@@ -45,6 +46,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_loading": 503,
     "model_unavailable": 503,
     "overloaded": 503,
+    "insufficient_storage": 507,
 }
 DEFAULT_RETRY_AFTER_S = {503: 1, 429: 30}  # 429 here: upload quotas, freed as uploads finish or expire
 CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
@@ -88,7 +90,10 @@ async def handle_emoserve_error(request: Request, error: EmoserveError) -> JSONR
         error_log.log(logging.ERROR if status >= 500 else logging.WARNING, "%s %s -> %s %s: %s", request.method,
                       request.url.path, status, error.code, error.message, extra={"request_id": request_id(request)})
     details = {k: v for k, v in error.details.items() if k != "retry_after"}
-    return error_response(error.code, error.message, status, retry_headers(error), details)
+    headers = retry_headers(error)
+    if status == 408:  # the rest of the body will not be read: the connection cannot carry another request
+        headers = {**(headers or {}), "Connection": "close"}
+    return error_response(error.code, error.message, status, headers, details)
 
 
 async def handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

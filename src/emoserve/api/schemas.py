@@ -24,11 +24,13 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["healthy", "loading", "failed"]
+    status: Literal["healthy", "degraded", "loading", "failed"]
     model: str
     granularity_supported: list[str] = ["utterance", "frame"]
     weights: str | None = Field(None, description='"random" for the random:* test models')
     error: str | None = Field(None, description="why the model failed to load (status failed)")
+    reason: str | None = Field(None, description="why the service is degraded (the model answers; uploads are "
+                                                 "refused for lack of disk space)")
 
 
 class ModelDescription(BaseModel):

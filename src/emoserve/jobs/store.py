@@ -2,7 +2,8 @@
 
     DATA_DIR/emoserve.sqlite3       uploads, received chunks, jobs (status, progress, result hash, error)
     DATA_DIR/uploads/ID/chunks/N    chunk N as received, fsynced before it is acknowledged
-    DATA_DIR/uploads/ID/data        the assembled file (a tus upload grows in data.part, renamed when full)
+    DATA_DIR/uploads/ID/data        the assembled file (a tus upload grows in data.part, renamed when full;
+                                a tus final upload is its partial uploads joined in order)
     DATA_DIR/jobs/ID/               a job's result.json, embedding.npy, and its scratch space while it runs
 
 The database says what was acknowledged; a file is written, fsynced and renamed into place before
@@ -10,12 +11,20 @@ its row is committed, so a crash (kill -9 included) never leaves an acknowledged
 finished result behind, and never shows a half-written file as received. Ids are 32 random hex
 digits, checked against a strict pattern before a path is built from them; filenames users send
 are kept as text and never become paths.
+
+Bytes on disk are bounded: every upload, in flight or complete, counts its size against
+`max_disk_bytes` until its files are removed, upload bytes never take the file system below
+`min_free_bytes` (so SQLite, DELETE and the sweep keep room to work), and a full disk anyway
+(ENOSPC, EDQUOT, SQLITE_FULL) is a typed 507 `insufficient_storage`, never a 500. Request bodies
+reach disk piece by piece through `ChunkReceiver` and `TusAppender`, never whole in memory.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -28,7 +37,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -37,6 +46,7 @@ from pathlib import Path
 from ..errors import (
     ChecksumMismatchError,
     ConflictError,
+    InsufficientStorageError,
     InvalidParameterError,
     NotFoundError,
     PayloadTooLargeError,
@@ -45,12 +55,17 @@ from ..errors import (
     UploadIncompleteError,
 )
 from ..files import file_sha256
+from ..settings import Settings
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000  # an upload's missing list stays small enough to send back
 COPY_BLOCK = 1024 * 1024
+CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")  # of tus Upload-Checksum
 STALE_TEMP_S = 3600  # a temp file this old is left from a crash, not a write in flight
 RESULT_FILE = "result.json"
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = ("the server's disk is full: nothing more of this request was stored; retry later, and delete uploads "
+             "you no longer need (DELETE /v1/upload/{id})")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -66,7 +81,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     state TEXT NOT NULL,                -- uploading | complete | expired
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    concat TEXT                         -- tus concatenation: NULL, 'partial', or 'final;ID ID ...' (its partials)
 );
 CREATE TABLE IF NOT EXISTS chunks (
     upload_id TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
@@ -152,28 +168,59 @@ def fsync_dir(path: Path) -> None:
 def write_durably(path: Path, data: bytes) -> None:
     """Write to a unique temp file, fsync, rename over `path`, fsync the directory: all or nothing."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """A full disk (ENOSPC, EDQUOT, SQLite's SQLITE_FULL) becomes a 507 that says what to do, never a 500."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in FULL_DISK_ERRNOS:
+            raise
+        raise InsufficientStorageError(DISK_FULL) from e
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        raise InsufficientStorageError(DISK_FULL) from e
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for us on the file system that holds `path`."""
+    return shutil.disk_usage(path).free
+
+
+def setting_default(name: str):
+    """A default of settings.py, the one place defaults live."""
+    return Settings.model_fields[name].default
 
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_bytes: int = 2 * 1024**3
-    max_chunk_bytes: int = 5 * 1024**2
-    max_active: int = 64
-    max_active_bytes: int = 20 * 1024**3
-    expiry_s: float = 24 * 3600
-    keep_completed_s: float = 24 * 3600
-    keep_jobs_s: float = 7 * 24 * 3600
+    max_bytes: int = setting_default("upload_max_bytes")
+    max_chunk_bytes: int = setting_default("upload_max_chunk_bytes")
+    max_active: int = setting_default("upload_max_active")
+    max_active_bytes: int = setting_default("upload_max_active_bytes")
+    max_disk_bytes: int = setting_default("upload_max_disk_bytes")
+    min_free_bytes: int = setting_default("data_min_free_bytes")
+    expiry_s: float = setting_default("upload_expiry_s")
+    keep_completed_s: float = setting_default("upload_keep_completed_s")
+    keep_jobs_s: float = setting_default("job_keep_s")
 
     @classmethod
     def from_settings(cls, settings) -> UploadLimits:
         return cls(max_bytes=settings.upload_max_bytes, max_chunk_bytes=settings.upload_max_chunk_bytes,
                    max_active=settings.upload_max_active, max_active_bytes=settings.upload_max_active_bytes,
+                   max_disk_bytes=settings.upload_max_disk_bytes, min_free_bytes=settings.data_min_free_bytes,
                    expiry_s=settings.upload_expiry_s, keep_completed_s=settings.upload_keep_completed_s,
                    keep_jobs_s=settings.job_keep_s)
 
@@ -194,6 +241,18 @@ class Upload:
     updated_at: float
     expires_at: float
     received: list[int] = field(default_factory=list)
+    concat: str | None = None  # tus concatenation: None, "partial", or "final;ID ID ..."
+
+    @property
+    def is_partial(self) -> bool:
+        """A tus partial upload: a piece of a file, joined into a final upload, never analysed alone."""
+        return self.concat == "partial"
+
+    @property
+    def partial_ids(self) -> list[str]:
+        """The partial uploads a tus final upload was joined from, in order (empty for any other upload)."""
+        kind, _, ids = (self.concat or "").partition(";")
+        return ids.split() if kind == "final" else []
 
     @property
     def missing(self) -> list[int]:
@@ -292,6 +351,9 @@ class Store:
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(SCHEMA)
         self.move_results_to_files()
+        with self.transaction() as db:  # a database made before tus concatenation gets its column
+            if "concat" not in {row[1] for row in db.execute("PRAGMA table_info(uploads)")}:
+                db.execute("ALTER TABLE uploads ADD COLUMN concat TEXT")
 
     @classmethod
     def from_settings(cls, settings) -> Store:
@@ -303,15 +365,20 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: one writer at a time, across threads and processes, checks and writes together."""
-        with self.lock:
+        """BEGIN IMMEDIATE: one writer at a time, across threads and processes, checks and writes together.
+
+        A COMMIT that fails (a full disk) is rolled back too, so the connection never stays stuck
+        in a transaction that holds the write lock.
+        """
+        with self.lock, storage_errors():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
 
     # ---- paths: only ever built from checked ids ----
 
@@ -357,11 +424,57 @@ class Store:
         return self.insert_upload("chunked", clean_filename(filename), total_size, chunk_size, chunk_count,
                                   sha256.lower() if sha256 else None, {})
 
-    def create_tus_upload(self, total_size: int, metadata: dict[str, str] | None = None) -> Upload:
-        """tus creation: one file that grows by appends at its offset (`append`)."""
+    def create_tus_upload(self, total_size: int, metadata: dict[str, str] | None = None, *,
+                          partial: bool = False) -> Upload:
+        """tus creation: one file that grows by appends at its offset (`append`); `partial`: a piece of a
+        file, for `create_tus_final` (tus concatenation)."""
         self.check_total_size(total_size)
         metadata = dict(metadata or {})
-        return self.insert_upload("tus", clean_filename(metadata.get("filename")), total_size, 0, 0, None, metadata)
+        return self.insert_upload("tus", clean_filename(metadata.get("filename")), total_size, 0, 0, None, metadata,
+                                  concat="partial" if partial else None)
+
+    def create_tus_final(self, partial_ids: list[str], metadata: dict[str, str] | None = None) -> Upload:
+        """tus concatenation: a complete upload made of complete partial uploads, joined in the order given.
+
+        The partials are streamed into one new file (never whole in memory) under their locks, so
+        none is deleted or expired halfway; the final counts against the quotas like any upload,
+        and a failed join (a full disk) leaves no row and no file behind. Partials stay usable for
+        other finals until they expire.
+        """
+        if not partial_ids or len(partial_ids) > MAX_CHUNKS:
+            raise InvalidParameterError(f"a final upload joins 1 to {MAX_CHUNKS} partial uploads; got "
+                                        f"{len(partial_ids)}")
+        ids = [check_id(upload_id, "upload") for upload_id in partial_ids]
+        metadata = dict(metadata or {})
+        with ExitStack() as locks:
+            for upload_id in sorted(set(ids)):  # one order for everyone: two finals never deadlock
+                locks.enter_context(self.upload_lock(upload_id))
+            partials = [self.joinable_partial(upload_id) for upload_id in ids]
+            total_size = sum(p.total_size for p in partials)
+            self.check_total_size(total_size)
+            final = self.insert_upload("tus", clean_filename(metadata.get("filename")), total_size, 0, 0, None,
+                                       metadata, concat="final;" + " ".join(ids))
+            try:
+                sources = [self.data_path(p.upload_id) for p in partials]
+                sha256 = self.join_files(sources, self.data_path(final.upload_id))
+                self.mark_complete(final.upload_id, sha256)
+            except BaseException:
+                self.delete_upload(final.upload_id)
+                raise
+        return self.get_upload(final.upload_id)
+
+    def joinable_partial(self, upload_id: str) -> Upload:
+        upload = self.get_upload(upload_id)
+        if upload.kind != "tus" or not upload.is_partial:
+            raise InvalidParameterError(f"upload {upload_id} is not a partial upload: create the parts with "
+                                        "Upload-Concat: partial")
+        if upload.state == EXPIRED:
+            raise UploadExpiredError(f"partial upload {upload_id} expired and its data was removed: upload it again")
+        if upload.state != COMPLETE:
+            raise UploadIncompleteError(f"partial upload {upload_id} has {upload.received_bytes} of "
+                                        f"{upload.total_size} bytes: finish it before joining it",
+                                        details={"upload_id": upload_id, "offset": upload.received_bytes})
+        return upload
 
     def check_total_size(self, total_size: int) -> None:
         if not isinstance(total_size, int) or total_size <= 0:
@@ -371,8 +484,9 @@ class Store:
                                        details={"max_bytes": self.limits.max_bytes})
 
     def insert_upload(self, kind: str, filename: str, total_size: int, chunk_size: int, chunk_count: int,
-                      sha256: str | None, metadata: dict) -> Upload:
+                      sha256: str | None, metadata: dict, *, concat: str | None = None) -> Upload:
         upload_id, now = new_id(), self.clock()
+        self.check_free_space(total_size)
         with self.transaction() as db:
             active, active_bytes = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(total_size), 0) FROM uploads WHERE state = ?", (UPLOADING,)).fetchone()
@@ -383,12 +497,42 @@ class Store:
                 raise QuotaExceededError(
                     f"uploads in flight hold {active_bytes} bytes; {total_size} more is over the limit of "
                     f"{self.limits.max_active_bytes}", details={"max_active_bytes": self.limits.max_active_bytes})
+            held = self.disk_bytes(db)
+            if held + total_size > self.limits.max_disk_bytes:
+                raise InsufficientStorageError(
+                    f"uploads hold {held} bytes on disk; {total_size} more is over the limit of "
+                    f"{self.limits.max_disk_bytes}: delete uploads you no longer need (DELETE /v1/upload/{{id}}) or "
+                    "retry once finished ones expire", details={"max_disk_bytes": self.limits.max_disk_bytes})
             db.execute("INSERT INTO uploads (id, kind, filename, total_size, chunk_size, chunk_count, sha256, metadata,"
-                       " state, created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (upload_id, kind, filename, total_size, chunk_size, chunk_count, sha256, json.dumps(metadata),
-                        UPLOADING, now, now, now + self.limits.expiry_s))
-        (self.upload_dir(upload_id) / "chunks").mkdir(parents=True, exist_ok=True)
+                       " state, created_at, updated_at, expires_at, concat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                       " ?)", (upload_id, kind, filename, total_size, chunk_size, chunk_count, sha256,
+                               json.dumps(metadata), UPLOADING, now, now, now + self.limits.expiry_s, concat))
+        with storage_errors():
+            (self.upload_dir(upload_id) / "chunks").mkdir(parents=True, exist_ok=True)
         return self.get_upload(upload_id)
+
+    def disk_bytes(self, db: sqlite3.Connection) -> int:
+        """Bytes the uploads hold on disk or are about to: each upload's size, from creation until its files go."""
+        return db.execute("SELECT COALESCE(SUM(total_size), 0) FROM uploads WHERE state != ?", (EXPIRED,)).fetchone()[0]
+
+    def check_free_space(self, incoming: int) -> None:
+        """Refuse (507) bytes that would leave less than `min_free_bytes` free on the data dir's file system."""
+        if free_bytes(self.root) - incoming < self.limits.min_free_bytes:
+            raise InsufficientStorageError("the server's disk is almost full: nothing of this request was stored; "
+                                           "retry later, and delete uploads you no longer need "
+                                           "(DELETE /v1/upload/{id})")
+
+    def storage_problem(self) -> str | None:
+        """Why uploads are refused for lack of space, if they are: /health reports it (status degraded)."""
+        if free_bytes(self.root) < self.limits.min_free_bytes:
+            return ("the data disk is almost full (less free than EMOSERVE_DATA_MIN_FREE_BYTES): uploads are refused "
+                    "until space is freed")
+        with self.lock:
+            held = self.disk_bytes(self.db)
+        if held >= self.limits.max_disk_bytes:
+            return ("uploads hold all the disk space allowed (EMOSERVE_UPLOAD_MAX_DISK_BYTES): new uploads are "
+                    "refused until some are deleted or expire")
+        return None
 
     def get_upload(self, upload_id: str) -> Upload:
         check_id(upload_id, "upload")
@@ -400,7 +544,7 @@ class Store:
                 "SELECT idx FROM chunks WHERE upload_id = ? ORDER BY idx", (upload_id,))]
         return Upload(row["id"], row["kind"], row["filename"], row["total_size"], row["chunk_size"],
                       row["chunk_count"], row["sha256"], json.loads(row["metadata"]), row["received_bytes"],
-                      row["state"], row["created_at"], row["updated_at"], row["expires_at"], received)
+                      row["state"], row["created_at"], row["updated_at"], row["expires_at"], received, row["concat"])
 
     def writable_upload(self, upload_id: str, kind: str) -> Upload:
         upload = self.get_upload(upload_id)
@@ -415,24 +559,25 @@ class Store:
     def put_chunk(self, upload_id: str, index: int, data: bytes, *, md5: str | None = None,
                   sha256: str | None = None) -> dict:
         """`PUT /v1/upload/{id}/chunk/{n}`: store chunk n durably, then acknowledge; re-sending is harmless."""
+        with self.receive_chunk(upload_id, index, md5=md5, sha256=sha256) as receiver:
+            receiver.write(data)
+            return receiver.commit()
+
+    def receive_chunk(self, upload_id: str, index: int, *, md5: str | None = None,
+                      sha256: str | None = None) -> ChunkReceiver:
+        """A chunk to be written as its bytes arrive (the HTTP route's way: a body is never held whole)."""
         upload = self.writable_upload(upload_id, "chunked")
         if not isinstance(index, int) or not 0 <= index < upload.chunk_count:
             raise InvalidParameterError(f"chunk index must be 0 to {upload.chunk_count - 1}; got {index!r}")
-        expected = min(upload.chunk_size, upload.total_size - index * upload.chunk_size)
-        if len(data) > self.limits.max_chunk_bytes:
-            raise PayloadTooLargeError(f"a chunk may carry at most {self.limits.max_chunk_bytes} bytes")
-        if len(data) != expected:
-            raise ConflictError(f"chunk {index} must be {expected} bytes; got {len(data)}",
-                                details={"index": index, "expected_size": expected})
-        digest = hashlib.sha256(data)
-        if md5 is not None and not digest_matches(md5, "MD5", hashlib.md5(data).digest()):
-            raise ChecksumMismatchError(f"chunk {index} does not match its MD5: re-send it", details={"index": index})
-        if sha256 is not None and not digest_matches(sha256, "SHA-256", digest.digest()):
-            raise ChecksumMismatchError(f"chunk {index} does not match its SHA-256: re-send it",
-                                        details={"index": index})
-        path = self.chunk_path(upload_id, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, data)
+        receiver = ChunkReceiver(self, upload, index, md5=md5, sha256=sha256)
+        try:
+            self.check_free_space(receiver.expected)
+        except BaseException:
+            receiver.close()
+            raise
+        return receiver
+
+    def record_chunk(self, upload_id: str, index: int, size: int, sha256: str) -> None:
         now = self.clock()
         with self.transaction() as db:
             state = db.execute("SELECT state FROM uploads WHERE id = ?", (upload_id,)).fetchone()
@@ -441,10 +586,9 @@ class Store:
             if state[0] != UPLOADING:
                 raise ConflictError(f"upload {upload_id} was completed while chunk {index} arrived")
             db.execute("INSERT OR REPLACE INTO chunks (upload_id, idx, size, sha256) VALUES (?, ?, ?, ?)",
-                       (upload_id, index, len(data), digest.hexdigest()))
+                       (upload_id, index, size, sha256))
             db.execute("UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
                        (now, now + self.limits.expiry_s, upload_id))
-        return {"index": index, "size": len(data)}
 
     def complete_upload(self, upload_id: str) -> Upload:
         """Join the chunks into one file, streaming (never the whole file in memory), checking the sha256.
@@ -472,29 +616,39 @@ class Store:
             shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
             raise UploadIncompleteError(f"upload {upload_id} misses {len(missing)} chunk(s): {shown}; send them first",
                                         details={"missing": missing})
-        target = self.data_path(upload_id)
+        self.check_free_space(upload.total_size)  # chunks and the joined file are both on disk for a moment
+        chunks = [self.chunk_path(upload_id, index) for index in range(upload.chunk_count)]
+        sha256 = self.join_files(chunks, self.data_path(upload_id), expected_sha256=upload.sha256)
+        self.mark_complete(upload_id, sha256)
+        shutil.rmtree(self.upload_dir(upload_id) / "chunks", ignore_errors=True)
+        return self.get_upload(upload_id)
+
+    def join_files(self, sources: list[Path], target: Path, expected_sha256: str | None = None) -> str:
+        """Stream `sources` in order into `target` (1 MB at a time), fsynced and renamed into place; its SHA-256.
+
+        Nothing is left behind when it fails: not the temp file, not a `target` that is not whole.
+        """
         temp = target.with_name(f".data.{secrets.token_hex(4)}.tmp")
         whole = hashlib.sha256()
         try:
-            with open(temp, "wb") as out:
-                for index in range(upload.chunk_count):
-                    with open(self.chunk_path(upload_id, index), "rb") as chunk:
-                        while block := chunk.read(COPY_BLOCK):
-                            whole.update(block)
-                            out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            if upload.sha256 and whole.hexdigest() != upload.sha256:
-                raise ChecksumMismatchError(
-                    f"the joined file's SHA-256 is {whole.hexdigest()}, not {upload.sha256}: some chunk was corrupted;"
-                    " re-send the chunks and complete again", details={"sha256": whole.hexdigest()})
-            os.replace(temp, target)
+            with storage_errors():
+                with open(temp, "wb") as out:
+                    for source in sources:
+                        with open(source, "rb") as part:
+                            while block := part.read(COPY_BLOCK):
+                                whole.update(block)
+                                out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if expected_sha256 and whole.hexdigest() != expected_sha256:
+                    raise ChecksumMismatchError(
+                        f"the joined file's SHA-256 is {whole.hexdigest()}, not {expected_sha256}: some chunk was "
+                        "corrupted; re-send the chunks and complete again", details={"sha256": whole.hexdigest()})
+                os.replace(temp, target)
+                fsync_dir(target.parent)
         finally:
             temp.unlink(missing_ok=True)
-        fsync_dir(target.parent)
-        self.mark_complete(upload_id, whole.hexdigest())
-        shutil.rmtree(self.upload_dir(upload_id) / "chunks", ignore_errors=True)
-        return self.get_upload(upload_id)
+        return whole.hexdigest()
 
     def mark_complete(self, upload_id: str, sha256: str) -> None:
         """Only an upload still uploading completes: one the sweep expired meanwhile stays expired."""
@@ -513,39 +667,28 @@ class Store:
         The bytes are fsynced before the offset moves; bytes past the committed offset (left by a
         crash mid-append) are cut off first. `checksum` is the tus (algorithm, base64 digest).
         """
-        with self.upload_lock(upload_id):
-            upload = self.writable_upload(upload_id, "tus")
-            if offset != upload.received_bytes:
-                raise ConflictError(f"Upload-Offset is {upload.received_bytes}, not {offset}",
-                                    details={"offset": upload.received_bytes})
-            if offset + len(data) > upload.total_size:
-                raise PayloadTooLargeError(f"{len(data)} bytes at offset {offset} overrun the upload's length "
-                                           f"{upload.total_size}")
-            if checksum is not None:
-                algorithm, value = checksum
-                if algorithm.lower() not in ("md5", "sha1", "sha256"):
-                    raise InvalidParameterError(f"checksum algorithm {algorithm!r}: use md5, sha1 or sha256")
-                if not digest_matches(value, algorithm, hashlib.new(algorithm.lower(), data).digest()):
-                    raise ChecksumMismatchError(f"the {len(data)} bytes at offset {offset} do not match their checksum")
-            partial = self.upload_dir(upload_id) / "data.part"
-            partial.touch(exist_ok=True)
-            with open(partial, "r+b") as f:
-                f.truncate(offset)
-                f.seek(offset)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            new_offset = offset + len(data)
-            now = self.clock()
-            with self.transaction() as db:
-                changed = db.execute("UPDATE uploads SET received_bytes = ?, updated_at = ?, expires_at = ?"
-                                     " WHERE id = ? AND state = ?",
-                                     (new_offset, now, now + self.limits.expiry_s, upload_id, UPLOADING)).rowcount
-            if not changed:
-                raise UploadExpiredError(f"upload {upload_id} expired while bytes arrived: start a new upload")
-            if new_offset == upload.total_size:
-                self.finish_tus(upload_id)
-            return new_offset
+        with self.tus_appender(upload_id, offset, checksum=checksum) as appender:
+            appender.write(data)
+            return appender.finish()
+
+    def tus_appender(self, upload_id: str, offset: int, *, checksum: tuple[str, str] | None = None) -> TusAppender:
+        """An append to be written as its bytes arrive (the HTTP route's way: a body is never held whole)."""
+        if checksum is not None and checksum[0].lower() not in CHECKSUM_ALGORITHMS:
+            raise InvalidParameterError(f"checksum algorithm {checksum[0]!r}: use {', '.join(CHECKSUM_ALGORITHMS)}")
+        self.writable_upload(upload_id, "tus")
+        return TusAppender(self, upload_id, offset, checksum)
+
+    def commit_offset(self, upload_id: str, old_offset: int, new_offset: int) -> None:
+        """Move a tus offset over bytes already fsynced; only from where it was (one appender at a time)."""
+        now = self.clock()
+        with self.transaction() as db:
+            changed = db.execute("UPDATE uploads SET received_bytes = ?, updated_at = ?, expires_at = ?"
+                                 " WHERE id = ? AND state = ? AND received_bytes = ?",
+                                 (new_offset, now, now + self.limits.expiry_s, upload_id, UPLOADING,
+                                  old_offset)).rowcount
+        if not changed:
+            raise UploadExpiredError(f"upload {upload_id} expired or was deleted while bytes arrived: start a new "
+                                     "upload")
 
     def finish_tus(self, upload_id: str) -> Upload:
         partial, target = self.upload_dir(upload_id) / "data.part", self.data_path(upload_id)
@@ -556,25 +699,31 @@ class Store:
         return self.get_upload(upload_id)
 
     def delete_upload(self, upload_id: str) -> None:
-        """tus termination, or a client giving up: the row and every byte go (not under a job still to run)."""
+        """tus termination, or a client giving up: the row and every byte go (not under a job still to run).
+
+        The files go first, inside the transaction that deletes the row: on a full disk the
+        row's delete needs the space they free, and no other writer sees the row without them.
+        """
         self.get_upload(upload_id)
-        with self.upload_lock(upload_id):  # not in the middle of an append or a join
-            with self.transaction() as db:
-                pending = db.execute("SELECT COUNT(*) FROM jobs WHERE upload_id = ? AND status IN (?, ?)",
-                                     (upload_id, QUEUED, RUNNING)).fetchone()[0]
-                if pending:
-                    raise ConflictError(f"upload {upload_id} has {pending} job(s) queued or running: delete them or "
-                                        "wait for them to finish first")
-                db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-            shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
+        with self.upload_lock(upload_id), self.transaction() as db:  # not in the middle of a join
+            pending = db.execute("SELECT COUNT(*) FROM jobs WHERE upload_id = ? AND status IN (?, ?)",
+                                 (upload_id, QUEUED, RUNNING)).fetchone()[0]
+            if pending:
+                raise ConflictError(f"upload {upload_id} has {pending} job(s) queued or running: delete them or "
+                                    "wait for them to finish first")
+            remove_path(self.upload_dir(upload_id))
+            db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
         with self.lock:
             self.upload_locks.pop(upload_id, None)
 
     def upload_file(self, upload_id: str) -> Path:
-        """The complete file, for a job; refused while chunks are missing."""
+        """The complete file, for a job; refused while chunks are missing, and for tus partial uploads."""
         upload = self.get_upload(upload_id)
         if upload.state == EXPIRED:
             raise UploadExpiredError(f"upload {upload_id} expired and its data was removed: upload it again")
+        if upload.is_partial:
+            raise ConflictError(f"upload {upload_id} is a tus partial upload, a piece of a file: join the pieces "
+                                "with Upload-Concat: final;... and use the final upload")
         if upload.state != COMPLETE:
             missing = upload.missing
             raise UploadIncompleteError(f"upload {upload_id} is not complete: POST /v1/upload/complete first",
@@ -663,7 +812,8 @@ class Store:
         data = json_bytes(result)
         path = self.job_dir(job_id) / RESULT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, data)
+        with storage_errors():
+            write_durably(path, data)
         return hashlib.sha256(data).hexdigest()
 
     def move_results_to_files(self) -> None:
@@ -739,9 +889,9 @@ class Store:
                 with self.upload_lock(entry.name) if state else nullcontext():  # not while it is being joined
                     removed += remove_path(entry)
             elif state == COMPLETE and (entry / "chunks").exists():
-                removed += remove_path(entry / "chunks")
+                removed += remove_path(entry / "chunks") + remove_stale_temps(entry)
             else:
-                removed += remove_stale_temps(entry / "chunks")
+                removed += remove_stale_temps(entry / "chunks") + remove_stale_temps(entry)
         for entry in (self.root / "jobs").iterdir():
             if not self.job_exists(entry.name):
                 removed += remove_path(entry)
@@ -762,6 +912,177 @@ class Store:
             return self.db.execute("SELECT 1 FROM jobs WHERE id = ?", (name,)).fetchone() is not None
 
 
+class ChunkReceiver:
+    """One chunk on its way to disk: written and hashed piece by piece as it arrives, never held whole.
+
+    The bytes go to a temp file that becomes chunk N only once it has exactly the chunk's size,
+    matches the checksums given and is fsynced; a body cut short, too long, timed out or refused
+    by a full disk leaves nothing (`close` removes the temp file).
+    """
+
+    def __init__(self, store: Store, upload: Upload, index: int, *, md5: str | None, sha256: str | None):
+        self.store, self.upload_id, self.index = store, upload.upload_id, index
+        self.chunk_size = upload.chunk_size
+        self.expected = min(upload.chunk_size, upload.total_size - index * upload.chunk_size)
+        self.md5, self.sha256 = md5, sha256
+        self.md5_digest = hashlib.md5() if md5 is not None else None
+        self.sha256_digest = hashlib.sha256()
+        self.size = 0
+        self.path = store.chunk_path(upload.upload_id, index)
+        self.temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        with storage_errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.temp, "wb")  # noqa: SIM115 (open while the body arrives; closed by close)
+
+    def __enter__(self) -> ChunkReceiver:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        """The next piece of the body; refused as soon as the body is longer than the chunk."""
+        size = self.size + len(data)
+        if size > self.chunk_size:
+            raise PayloadTooLargeError(f"a chunk of this upload carries at most {self.chunk_size} bytes",
+                                       details={"max_bytes": self.chunk_size})
+        if size > self.expected:
+            raise ConflictError(f"chunk {self.index} must be {self.expected} bytes; got more",
+                                details={"index": self.index, "expected_size": self.expected})
+        with storage_errors():
+            self.file.write(data)
+        self.size = size
+        self.sha256_digest.update(data)
+        if self.md5_digest is not None:
+            self.md5_digest.update(data)
+
+    def commit(self) -> dict:
+        """The whole body arrived: check it, make it chunk N durably, record it; the acknowledgement."""
+        if self.size != self.expected:
+            raise ConflictError(f"chunk {self.index} must be {self.expected} bytes; got {self.size}",
+                                details={"index": self.index, "expected_size": self.expected})
+        details = {"index": self.index}
+        if self.md5_digest is not None and not digest_matches(self.md5, "MD5", self.md5_digest.digest()):
+            raise ChecksumMismatchError(f"chunk {self.index} does not match its MD5: re-send it", details=details)
+        if self.sha256 is not None and not digest_matches(self.sha256, "SHA-256", self.sha256_digest.digest()):
+            raise ChecksumMismatchError(f"chunk {self.index} does not match its SHA-256: re-send it", details=details)
+        with storage_errors():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temp, self.path)
+            fsync_dir(self.path.parent)
+        self.store.record_chunk(self.upload_id, self.index, self.size, self.sha256_digest.hexdigest())
+        return {"index": self.index, "size": self.size}
+
+    def close(self) -> None:
+        """Whatever was not committed goes: no temp file outlives its request."""
+        with suppress(OSError):  # closing flushes: on a full disk that fails, the file goes anyway
+            self.file.close()
+        self.temp.unlink(missing_ok=True)
+
+
+class TusAppender:
+    """One tus PATCH body appended at the upload's offset as it arrives; the offset moves only over fsynced bytes.
+
+    One at a time per upload: an exclusive lock (flock, across threads and processes) on the
+    upload's lock file; a second PATCH meanwhile gets 409 instead of interleaving bytes. Without a
+    checksum the offset is committed every `max_chunk_bytes` and at the end, so a dropped or stalled
+    connection keeps what arrived; with one, only at the end and only if the bytes match. Bytes past
+    the committed offset are cut off by `close` (and by the next appender, after a crash).
+    """
+
+    def __init__(self, store: Store, upload_id: str, offset: int, checksum: tuple[str, str] | None):
+        self.store, self.upload_id = store, upload_id
+        self.checksum = checksum
+        self.digest = hashlib.new(checksum[0].lower()) if checksum is not None else None
+        self.sync_bytes = store.limits.max_chunk_bytes
+        directory = store.upload_dir(upload_id)
+        self.part_path = directory / "data.part"
+        try:
+            with storage_errors():
+                self.lock_file = open(directory / ".lock", "ab")  # noqa: SIM115 (held while the body arrives)
+        except FileNotFoundError:
+            raise NotFoundError(f"upload {upload_id} was deleted") from None
+        self.file = None
+        self.committed = self.offset = offset
+        try:
+            try:
+                fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConflictError(f"another PATCH to upload {upload_id} is in progress: HEAD it once that one "
+                                    "ends, and resume from its offset") from None
+            upload = store.writable_upload(upload_id, "tus")  # again, now that nobody else appends
+            if offset != upload.received_bytes:
+                raise ConflictError(f"Upload-Offset is {upload.received_bytes}, not {offset}",
+                                    details={"offset": upload.received_bytes})
+            self.total_size = upload.total_size
+            with storage_errors():
+                self.file = os.fdopen(os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
+                self.file.truncate(offset)  # a crash's bytes past the committed offset
+                self.file.seek(offset)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> TusAppender:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        """The next piece of the body; refused past the upload's length, or once the upload was deleted."""
+        if self.offset + len(data) > self.total_size:
+            raise PayloadTooLargeError(f"the body overruns the upload's length {self.total_size} at offset "
+                                       f"{self.offset}")
+        if os.fstat(self.file.fileno()).st_nlink == 0:
+            raise NotFoundError(f"upload {self.upload_id} was deleted while bytes arrived")
+        self.store.check_free_space(len(data))
+        with storage_errors():
+            self.file.write(data)
+        self.offset += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        elif self.offset - self.committed >= self.sync_bytes:
+            self.commit()
+
+    def commit(self) -> None:
+        with storage_errors():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.store.commit_offset(self.upload_id, self.committed, self.offset)
+        self.committed = self.offset
+
+    def finish(self) -> int:
+        """The whole body arrived: check its checksum, commit, complete the upload when full; the new offset."""
+        if self.digest is not None and not digest_matches(self.checksum[1], self.checksum[0],
+                                                          self.digest.digest()):
+            raise ChecksumMismatchError(f"the {self.offset - self.committed} bytes do not match their "
+                                        f"{self.checksum[0]} checksum: nothing was stored; send them again")
+        if self.offset != self.committed:
+            self.commit()
+        if self.committed == self.total_size:
+            with self.store.upload_lock(self.upload_id):
+                self.store.finish_tus(self.upload_id)
+        return self.committed
+
+    def keep_what_arrived(self) -> None:
+        """The body was cut short (a drop, a timeout): bytes without a checksum to match are kept."""
+        if self.digest is None:
+            self.finish()
+
+    def close(self) -> None:
+        """Cut off what was not committed and let the next PATCH in."""
+        if self.file is not None:
+            with suppress(OSError):  # closing flushes: on a full disk that fails, the file closes anyway
+                self.file.close()
+            if self.offset != self.committed:
+                with suppress(OSError):
+                    os.truncate(self.part_path, self.committed)
+        self.lock_file.close()  # releases the flock
+
+
 def remove_path(path: Path) -> int:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -771,7 +1092,8 @@ def remove_path(path: Path) -> int:
 
 
 def remove_stale_temps(directory: Path) -> int:
-    """Temp files of chunk writes that a crash interrupted (an hour old: no write in flight takes that long)."""
+    """Temp files of chunk writes and joins that a crash interrupted (an hour old: no write in flight takes that
+    long)."""
     removed = 0
     if directory.is_dir():
         for temp in directory.glob(".*.tmp"):

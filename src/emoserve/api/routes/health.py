@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from ...inference.results import GRANULARITIES
 from ...runtime import Service
@@ -16,10 +17,16 @@ router = APIRouter()
 @router.get("/health", response_model=Health, summary="Is the model loaded?",
             responses={503: {"model": Health, "description": "loading (retry after Retry-After) or failed"}})
 async def health(request: Request) -> JSONResponse:
+    """200 `healthy`, or 200 `degraded` with a `reason` when the disk is (nearly) full: the model still answers,
+    uploads are refused. 503 while loading or after a failed load."""
     service: Service = request.app.state.service
-    body = Health(status=service.status, model=service.model.name if service.model else service.settings.model,
+    status, reason = service.status, None
+    if status == "healthy" and service.store is not None:
+        reason = await run_in_threadpool(service.store.storage_problem)
+        status = "degraded" if reason else status
+    body = Health(status=status, model=service.model.name if service.model else service.settings.model,
                   granularity_supported=list(GRANULARITIES),
-                  weights=service.model.weights if service.model else None, error=service.error)
+                  weights=service.model.weights if service.model else None, error=service.error, reason=reason)
     if service.status == "healthy":
         return JSONResponse(body.model_dump(exclude_none=True))
     headers = {"Retry-After": "2"} if service.status == "loading" else None

@@ -1,19 +1,20 @@
-"""tus 1.0 resumable uploads at /v1/tus/: core, creation, termination, expiration and checksum.
+"""tus 1.0 resumable uploads at /v1/tus/: core, creation, termination, expiration, checksum and concatenation.
 
 The uploads are the store's, so a tus upload feeds `/v1/upload/complete` and `POST /v1/jobs`, and
-has the quotas, expiry and durability of chunked ones. A PATCH body is appended as it arrives, in
-pieces of the chunk size, each fsynced before the offset moves; when the client drops, what arrived
-is kept and HEAD tells it where to resume. With `Upload-Checksum` the body is spooled first (to a
-nameless temp file in the upload's directory) and appended only once it matches. Protocol:
-https://tus.io/protocols/resumable-upload
+has the quotas, expiry and durability of chunked ones. A PATCH body goes to disk piece by piece as
+it arrives (api/bodies.py: an idle timeout, a bound on bodies at once), its offset committed every
+chunk size of fsynced bytes; when the client drops or stalls, what arrived is kept and HEAD tells
+it where to resume. With `Upload-Checksum` the offset moves only once the whole body matches.
+Concatenation (parallel uploads of tus-js-client and Uppy): `Upload-Concat: partial` uploads, then
+one `Upload-Concat: final;URL URL ...` that the store joins at once into a complete upload.
+Protocol: https://tus.io/protocols/resumable-upload
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import tempfile
 from email.utils import formatdate
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -28,9 +29,11 @@ from ...errors import (
     InvalidParameterError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UploadExpiredError,
 )
-from ...jobs.store import EXPIRED, UPLOADING, Store, Upload, digest_matches
+from ...jobs.store import CHECKSUM_ALGORITHMS, EXPIRED, UPLOADING, Store, TusAppender, Upload
+from ..bodies import body_pieces
 from ..errors import error_response
 from ..numbers import declared_length, parse_ascii_int
 from ..schemas import UPLOAD_ERROR_RESPONSES
@@ -38,12 +41,12 @@ from .jobs import service_of
 
 PREFIX = "/v1/tus"
 TUS_VERSION = "1.0.0"
-EXTENSIONS = "creation,termination,expiration,checksum"
-CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")
+EXTENSIONS = "creation,termination,expiration,checksum,concatenation"
 OFFSET_STREAM = "application/offset+octet-stream"
 CHECKSUM_MISMATCH_STATUS = 460  # the checksum extension's status
+FINAL_PATCH_STATUS = 403  # the concatenation extension's answer to a PATCH of a final upload
 EXPOSED_HEADERS = ("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm",
-                   "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires")
+                   "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires", "Upload-Concat")
 
 router = APIRouter(prefix=PREFIX, tags=["tus"])
 
@@ -116,6 +119,35 @@ def parse_checksum(header: str | None) -> tuple[str, str] | None:
     return algorithm.lower(), value.strip()
 
 
+def parse_concat(header: str | None) -> tuple[str | None, list[str]]:
+    """`Upload-Concat: partial` → ("partial", []); `final;URL URL ...` → ("final", the ids in order)."""
+    if header is None:
+        return None, []
+    kind, _, urls = header.strip().partition(";")
+    if kind == "partial" and not urls:
+        return "partial", []
+    if kind == "final" and urls.split():
+        return "final", [partial_id(url) for url in urls.split()]
+    raise InvalidParameterError(f"Upload-Concat must be 'partial' or 'final;<url> <url> ...'; got {header[:100]!r}")
+
+
+def partial_id(url: str) -> str:
+    """The upload id of a partial upload's URL (absolute or a path): only this server's tus uploads are joined."""
+    head, _, upload_id = urlsplit(url).path.rpartition("/")
+    if not head.endswith(PREFIX):
+        raise InvalidParameterError(f"Upload-Concat: {url[:100]!r} is not the URL of a tus upload of this server")
+    return upload_id
+
+
+def concat_header(request: Request, upload: Upload) -> dict[str, str]:
+    if upload.is_partial:
+        return {"Upload-Concat": "partial"}
+    if upload.partial_ids:
+        urls = (str(request.url_for("tus_upload", upload_id=upload_id)) for upload_id in upload.partial_ids)
+        return {"Upload-Concat": "final;" + " ".join(urls)}
+    return {}
+
+
 async def tus_upload(request: Request, upload_id: str) -> tuple[Store, Upload]:
     check_version(request)
     store = service_of(request).ready_store()
@@ -145,14 +177,26 @@ async def options(request: Request) -> Response:
 @router.post("/", status_code=201, summary="tus creation", responses=UPLOAD_ERROR_RESPONSES)
 async def create(request: Request, upload_length: str | None = Header(None),
                  upload_metadata: str | None = Header(None),
-                 upload_defer_length: str | None = Header(None)) -> Response:
-    """`Upload-Length` bytes to come (deferred lengths are not offered); `Location` is where to PATCH them."""
+                 upload_defer_length: str | None = Header(None),
+                 upload_concat: str | None = Header(None)) -> Response:
+    """`Upload-Length` bytes to come (deferred lengths are not offered); `Location` is where to PATCH them.
+
+    `Upload-Concat: partial` makes a part of a file; `Upload-Concat: final;URL URL ...` (without
+    `Upload-Length`) joins complete partial uploads, in that order, into a complete upload at once."""
     check_version(request)
     store = service_of(request).ready_store()
     if upload_defer_length is not None:
         raise InvalidParameterError("Upload-Defer-Length is not supported: send Upload-Length")
-    length = parse_ascii_int(upload_length, "Upload-Length")
-    upload = await run_in_threadpool(store.create_tus_upload, length, parse_metadata(upload_metadata))
+    concat, partial_ids = parse_concat(upload_concat)
+    metadata = parse_metadata(upload_metadata)
+    if concat == "final":
+        if upload_length is not None:
+            raise InvalidParameterError("a final upload (Upload-Concat: final;...) takes no Upload-Length: its "
+                                        "length is the sum of its partial uploads")
+        upload = await run_in_threadpool(store.create_tus_final, partial_ids, metadata)
+    else:
+        length = parse_ascii_int(upload_length, "Upload-Length")
+        upload = await run_in_threadpool(store.create_tus_upload, length, metadata, partial=concat == "partial")
     return Response(status_code=201, headers={
         "Location": str(request.url_for("tus_upload", upload_id=upload.upload_id)), **expiry_headers(upload)})
 
@@ -161,7 +205,7 @@ async def create(request: Request, upload_length: str | None = Header(None),
 async def head(upload_id: str, request: Request) -> Response:
     _, upload = await tus_upload(request, upload_id)
     headers = {"Upload-Offset": str(upload.offset), "Upload-Length": str(upload.total_size),
-               "Cache-Control": "no-store", **expiry_headers(upload)}
+               "Cache-Control": "no-store", **expiry_headers(upload), **concat_header(request, upload)}
     if upload.metadata:
         headers["Upload-Metadata"] = encode_metadata(upload.metadata)
     return Response(status_code=200, headers=headers)
@@ -175,6 +219,9 @@ async def patch(upload_id: str, request: Request, upload_offset: str | None = He
                 upload_checksum: str | None = Header(None)) -> Response:
     """Appends the body at `Upload-Offset` (409 unless it is the upload's offset); answers the new offset."""
     store, upload = await tus_upload(request, upload_id)
+    if upload.partial_ids:
+        return error_response("conflict", f"upload {upload_id} is a final upload, made of its partial uploads: it "
+                                          "takes no PATCH", FINAL_PATCH_STATUS)
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != OFFSET_STREAM:
         raise EmoserveError(f"a PATCH body must be sent as Content-Type: {OFFSET_STREAM}",
                             code="unsupported_media_type")
@@ -185,66 +232,33 @@ async def patch(upload_id: str, request: Request, upload_offset: str | None = He
     if offset != upload.offset:
         raise ConflictError(f"Upload-Offset is {upload.offset}, not {offset}: HEAD the upload and resume there",
                             details={"offset": upload.offset})
-    room = upload.total_size - offset
     declared = declared_length(request.headers)
-    if declared is not None and declared > room:
+    if declared is not None and declared > upload.total_size - offset:
         raise PayloadTooLargeError(f"{declared} bytes at offset {offset} overrun the upload's length "
                                    f"{upload.total_size}")
-    piece_bytes = store.limits.max_chunk_bytes
-    if checksum is None:
-        offset = await append_as_it_arrives(store, upload_id, offset, request, piece_bytes)
-    else:
+    service = service_of(request)
+    with service.upload_bodies.claim():
+        appender = await run_in_threadpool(store.tus_appender, upload_id, offset, checksum=checksum)
         try:
-            offset = await append_once_verified(store, upload_id, offset, request, checksum, room, piece_bytes)
+            offset = await append_body(appender, request, service.settings.upload_body_timeout_s)
         except ChecksumMismatchError as e:
             return error_response(e.code, e.message, CHECKSUM_MISMATCH_STATUS)
+        finally:
+            await run_in_threadpool(appender.close)
     upload = await run_in_threadpool(store.get_upload, upload_id)
     return Response(status_code=204, headers={"Upload-Offset": str(offset), **expiry_headers(upload)})
 
 
-async def append_as_it_arrives(store: Store, upload_id: str, offset: int, request: Request,
-                               piece_bytes: int) -> int:
-    """Each piece durable before the next is read; on a dropped connection the bytes that came are kept."""
-    buffer = bytearray()
+async def append_body(appender: TusAppender, request: Request, idle_timeout_s: float) -> int:
+    """Each piece written as it arrives; a body cut short (a drop, a timeout) keeps what arrived, unless it has a
+    checksum that can no longer be checked."""
     try:
-        async for data in request.stream():
-            buffer += data
-            if len(buffer) >= piece_bytes:
-                offset = await run_in_threadpool(store.append, upload_id, offset, bytes(buffer))
-                buffer.clear()
-    except ClientDisconnect:
-        if buffer:
-            await run_in_threadpool(store.append, upload_id, offset, bytes(buffer))
+        async for piece in body_pieces(request, idle_timeout_s):
+            await run_in_threadpool(appender.write, piece)
+    except (ClientDisconnect, RequestTimeoutError):
+        await run_in_threadpool(appender.keep_what_arrived)
         raise
-    if buffer:
-        offset = await run_in_threadpool(store.append, upload_id, offset, bytes(buffer))
-    return offset
-
-
-async def append_once_verified(store: Store, upload_id: str, offset: int, request: Request,
-                               checksum: tuple[str, str], room: int, piece_bytes: int) -> int:
-    """The whole body spooled and hashed, then appended piece by piece only if it matches its checksum."""
-    algorithm, expected = checksum
-    digest, received = hashlib.new(algorithm), 0
-    with tempfile.TemporaryFile(dir=store.upload_dir(upload_id)) as spool:
-        buffer = bytearray()
-        async for data in request.stream():
-            received += len(data)
-            if received > room:
-                raise PayloadTooLargeError(f"the body overruns the upload's length by {received - room} bytes")
-            digest.update(data)
-            buffer += data
-            if len(buffer) >= piece_bytes:
-                await run_in_threadpool(spool.write, bytes(buffer))
-                buffer.clear()
-        await run_in_threadpool(spool.write, bytes(buffer))
-        if not digest_matches(expected, algorithm, digest.digest()):
-            raise ChecksumMismatchError(f"the {received} bytes do not match their {algorithm} checksum: nothing was "
-                                        "stored; send them again")
-        spool.seek(0)
-        while piece := await run_in_threadpool(spool.read, piece_bytes):
-            offset = await run_in_threadpool(store.append, upload_id, offset, piece)
-    return offset
+    return await run_in_threadpool(appender.finish)
 
 
 @router.delete("/{upload_id}", status_code=204, summary="tus termination", responses=UPLOAD_ERROR_RESPONSES)

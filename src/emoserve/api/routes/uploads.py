@@ -2,8 +2,9 @@
 
 Chunks arrive in any order and in parallel; each is stored durably (fsync) before it is
 acknowledged, so `GET /v1/upload/{id}` is a safe resume point after a crash on either side. A
-chunk's body is read as it arrives with the upload's chunk size as the cap, so an oversized body is
-refused before it is held in memory. Store calls block (SQLite, fsync): they run in the threadpool.
+chunk's body goes to disk piece by piece as it arrives (api/bodies.py), with the upload's chunk
+size as the cap, an idle timeout and a bound on bodies at once: it is never held in memory. Store
+calls block (SQLite, fsync): they run in the threadpool.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import PayloadTooLargeError
+from ..bodies import body_pieces
 from ..numbers import ascii_int, declared_length
 from ..schemas import (
     UPLOAD_ERROR_RESPONSES,
@@ -32,19 +34,12 @@ RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-str
     "schema": {"type": "string", "format": "binary"}}}}}
 
 
-async def read_capped(request: Request, cap: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to be longer than `cap`."""
+def refuse_declared_over(request: Request, cap: int) -> None:
+    """413 before reading a body whose Content-Length is over `cap` (one without it is cut off at the cap)."""
     declared = declared_length(request.headers)
     if declared is not None and declared > cap:
         raise PayloadTooLargeError(f"a chunk of this upload carries at most {cap} bytes; got {declared}",
                                    details={"max_bytes": cap})
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > cap:
-            raise PayloadTooLargeError(f"a chunk of this upload carries at most {cap} bytes",
-                                       details={"max_bytes": cap})
-    return bytes(body)
 
 
 @router.post("/v1/upload/init", status_code=201, response_model=UploadCreated, summary="Start a chunked upload",
@@ -67,10 +62,19 @@ async def put_chunk(upload_id: str, index: ChunkIndex, request: Request,
                     x_chunk_sha256: str | None = Header(None, description="SHA-256 of the chunk, hex or base64")
                     ) -> ChunkReceived:
     """Stored durably before the answer; re-sending a chunk replaces it (idempotent)."""
-    store = service_of(request).ready_store()
+    service = service_of(request)
+    store = service.ready_store()
     upload = await run_in_threadpool(store.writable_upload, upload_id, "chunked")  # 404/409/410 before the body
-    data = await read_capped(request, upload.chunk_size)
-    stored = await run_in_threadpool(store.put_chunk, upload_id, index, data, md5=content_md5, sha256=x_chunk_sha256)
+    refuse_declared_over(request, upload.chunk_size)
+    with service.upload_bodies.claim():
+        receiver = await run_in_threadpool(store.receive_chunk, upload_id, index, md5=content_md5,
+                                           sha256=x_chunk_sha256)
+        try:
+            async for piece in body_pieces(request, service.settings.upload_body_timeout_s):
+                await run_in_threadpool(receiver.write, piece)
+            stored = await run_in_threadpool(receiver.commit)
+        finally:
+            await run_in_threadpool(receiver.close)
     return ChunkReceived(**stored)
 
 
