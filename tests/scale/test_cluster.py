@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
-
 
 def listening_address(local: str) -> str:
     """The address part of ss's "Local Address:Port" column ("127.0.0.1:80", "[::1]:80", "*:80", "127.0.0.53%lo:53")."""
@@ -52,6 +50,7 @@ def descendants(roots: set[int]) -> set[int]:
     return found
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to list listening sockets")
 def test_every_process_of_the_cluster_listens_on_loopback_only(ray_cluster):
     import ray
