@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def ray_replicas_ordered(self) -> Settings:
+        if self.ray_max_replicas is not None and self.ray_max_replicas < self.ray_min_replicas:
+            raise ValueError(f"ray_max_replicas ({self.ray_max_replicas}) must be at least ray_min_replicas "
+                             f"({self.ray_min_replicas})")
+        return self
+
+    @model_validator(mode="after")
     def stream_hop_fits(self) -> Settings:
         if self.stream_hop_s > self.stream_window_s / 2:
             raise ValueError(f"stream_hop_s ({self.stream_hop_s}) must be at most half of stream_window_s "
@@ -147,6 +154,13 @@ class Settings(BaseSettings):
     rasa_max_audio_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest voice message the action reads, "
                                                                           "downloads or decodes, in bytes")
     rasa_download_timeout_s: float = Field(30.0, gt=0, description="longest download of an audio URL, start to end")
+
+    # ---- Ray: model replicas on a cluster (`analyze --ray`: src/emoserve/scale/, docs/scaling.md) ----
+    ray_min_replicas: int = Field(1, ge=1, description="model replicas kept on the Ray cluster")
+    ray_max_replicas: int | None = Field(None, ge=1, description="model replicas at most; default: as many as the "
+                                                                 "cluster's CPUs and GPUs fit")
+    ray_replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved for each model replica (its torch threads)")
+    ray_replica_gpus: float = Field(0.0, ge=0, description="GPUs for each model replica: 1 on GPU nodes, 0 on CPU")
 
     def keys(self) -> list[str]:
         """The configured API keys (env/flag and file together); empty when auth is off."""

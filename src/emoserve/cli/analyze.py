@@ -2,7 +2,8 @@
 
 Files are analysed `--jobs` at a time: against a server those are concurrent requests (the
 server batches them); locally they go through one `Engine`, which batches them the same way.
-Files over the single-request limit go through the long-audio path (`analyze_long`).
+Files over the single-request limit go through the long-audio path (`analyze_long`). With `--ray`,
+files go through the same per-file function on a Ray cluster (`emoserve.scale.corpus`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,6 +21,9 @@ from rich.table import Table
 from ..errors import EmoserveError, InvalidParameterError
 from .common import clean_errors, console
 from .outputs import Writer, flat_row, infer_format
+
+if TYPE_CHECKING:
+    from ..audio import AudioSource
 
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".webm",
                     ".mka", ".wma", ".aif", ".aiff", ".caf", ".au", ".amr", ".w64"}
@@ -31,6 +35,13 @@ class Failure:
     file: str
     code: str
     message: str
+
+    @classmethod
+    def of(cls, file: str, error: Exception) -> Failure:
+        """Our errors keep their code and message; anything else (httpx, OS, torch) is named by its type."""
+        if isinstance(error, EmoserveError):
+            return cls(file, error.code, error.message)
+        return cls(file, type(error).__name__, str(error))
 
 
 def collect_files(paths: list[Path], recursive: bool) -> tuple[list[Path], list[Failure]]:
@@ -53,15 +64,20 @@ def embedding_path(directory: Path, file: Path) -> Path:
     return directory.joinpath(*parts[:-1], parts[-1] + ".npy")
 
 
-def analyze_file(client, path: Path, granularity: str, want_embedding: bool) -> tuple[dict, Any]:
-    """(row, embedding) for one file: one request, or the long-audio path when it is over the limit."""
+def analyze_file(client, path: Path | str, granularity: str, want_embedding: bool,
+                 audio: AudioSource | None = None) -> tuple[dict, Any]:
+    """(row, embedding) for one file: one request, or the long-audio path when it is over the limit.
+
+    `audio` is the file's content when it was read or decoded elsewhere (the Ray pipeline); default: `path`.
+    """
+    audio = path if audio is None else audio
     try:
-        result = client.analyze(path, granularity=granularity, return_embedding=want_embedding)
+        result = client.analyze(audio, granularity=granularity, return_embedding=want_embedding)
         return {"file": str(path), **result.to_dict()}, result.embedding
     except EmoserveError as e:
         if e.code not in TOO_LONG:
             raise
-    timeline = client.analyze_long(path, granularity=granularity, return_embedding=want_embedding)
+    timeline = client.analyze_long(audio, granularity=granularity, return_embedding=want_embedding)
     overall = timeline.overall
     row = {"file": str(path), "emotion": overall.emotion, "confidence": overall.confidence, **timeline.to_dict()}
     return row, timeline.embedding
@@ -85,7 +101,8 @@ def make_client(server: str | None, model: str | None, api_key: str | None, prec
 
 
 def analyze(
-    paths: Annotated[list[Path], typer.Argument(help="audio files and folders")],
+    paths: Annotated[list[str], typer.Argument(help="audio files and folders; with --ray also globs, manifests "
+                                                    "(*.txt, *.lst) and URLs (s3://, gs://, ...)")],
     server: Annotated[str | None, typer.Option(help="emoserve URL; default: a local model", envvar="EMOSERVE_SERVER",
                                                show_envvar=True)] = None,
     model: Annotated[str | None, typer.Option(help="local model: name, model dir or random:tiny|base|large")] = None,
@@ -101,19 +118,35 @@ def analyze(
     preconvert: Annotated[bool, typer.Option("--preconvert", help="decode to 16 kHz mono FLAC before uploading")]
     = False,
     device: Annotated[str | None, typer.Option(help="local model device: auto, cpu, cuda")] = None,
+    ray: Annotated[str | None, typer.Option(
+        help="run on a Ray cluster with Ray Data: auto (the running cluster), local (start one here) or its "
+             "address; --jobs is then files at once per model replica (docs/scaling.md)")] = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     with clean_errors():
         fmt = infer_format(output, output_format)
-        files, failures = collect_files(paths, recursive)
+        if ray is not None and server:
+            raise InvalidParameterError("--ray runs a local --model on the cluster's workers, not --server")
+        if ray is None:
+            files, failures = collect_files([Path(p) for p in paths], recursive)
+        else:
+            from ..scale.corpus import list_inputs  # Ray is imported only with --ray
+
+            files, failures = list_inputs(paths, recursive)
         writer = Writer(fmt, output, resume)
         todo = [f for f in files if str(f) not in writer.done]
-        client = make_client(server, model, api_key, preconvert, device)
+        client = make_client(server, model, api_key, preconvert, device) if ray is None else None
         started = time.perf_counter()
         try:
-            failures += run_all(client, todo, writer, granularity, embeddings_dir, jobs)
+            if client is not None:
+                failures += run_all(client, todo, writer, granularity, embeddings_dir, jobs)
+            else:
+                from ..scale.corpus import run_corpus
+
+                failures += run_corpus(ray, todo, writer, model, device, granularity, embeddings_dir, jobs)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
             writer.close()
     if fmt == "table":
         print_table(writer.rows, output)
@@ -149,11 +182,8 @@ def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddi
                     path = pending.pop(future)
                     try:
                         row, embedding = future.result()
-                    except (EmoserveError, OSError) as e:
-                        failures.append(Failure(str(path), getattr(e, "code", type(e).__name__),
-                                                getattr(e, "message", str(e))))
-                    except Exception as e:  # httpx errors, timeouts: this file fails, the run goes on
-                        failures.append(Failure(str(path), type(e).__name__, str(e)))
+                    except Exception as e:  # ours, OS, httpx errors, timeouts: this file fails, the run goes on
+                        failures.append(Failure.of(str(path), e))
                     else:
                         if embeddings_dir is not None and embedding is not None:
                             row["embedding"] = str(save_embedding(embeddings_dir, path, embedding))

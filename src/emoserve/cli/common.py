@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import EmoserveError
 from ..settings import Settings
@@ -21,7 +22,8 @@ def clean_errors() -> Iterator[None]:
     try:
         yield
     except EmoserveError as e:
-        console.print(f"[red]error[/red] ({e.code}): {e.message}", highlight=False, soft_wrap=True)
+        message = escape(e.message)  # "pip install 'emoserve[ray]'" is text, not a style
+        console.print(f"[red]error[/red] ({e.code}): {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("interrupted")
