@@ -207,7 +207,7 @@ class ServerConfig(Section):
     """The HTTP service: address, auth, budgets, proxies, CORS, logs, and the limits of one request."""
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     api_only: bool = Field(False, description="serve the API without the web UI")
     api_keys: str = Field("", description="comma-separated API keys; empty: auth off", repr=False)
     api_keys_file: Path | None = Field(None, description="file with one API key per line")
@@ -260,6 +260,8 @@ class RasaConfig(Section):
     max_audio_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest voice message the action reads, "
                                                                      "downloads or decodes, in bytes")
     download_timeout_s: float = Field(30.0, gt=0, description="longest download of an audio URL, start to end")
+    escalate: str = Field("", description="hand-off rules, e.g. angry:0.7,fearful:0.8; empty: the action's own "
+                                          "(`escalate`, by default angry above 0.7)")
 
 
 class Settings(BaseSettings):
