@@ -121,12 +121,13 @@ async def run_load(base: str, clips: list[bytes], concurrency: int, duration: fl
 
 def engine_throughput(model: str, clips: list[bytes], concurrency: int, duration: float) -> float:
     """Clips/s of the in-process engine on the same clips (no HTTP), for the overhead figure."""
+    from emoserve.config import get_settings
     from emoserve.inference.emotion_model import EmotionModel
     from emoserve.inference.engine import Engine
-    from emoserve.settings import get_settings
 
     async def run() -> float:
-        engine = Engine.from_settings(get_settings(model=model), EmotionModel.from_pretrained(model))
+        settings = get_settings(model=model)
+        engine = Engine.from_config(settings.engine, EmotionModel.from_config(settings.model))
         await engine.start()
         done = 0
         stop_at = time.monotonic() + duration

@@ -35,7 +35,8 @@ from tests.samples import espeak_available, long_recording  # noqa: E402
 
 from emoserve import EmotionModel  # noqa: E402
 from emoserve.audio import stream_audio  # noqa: E402
-from emoserve.timeline.longform import LongformOptions, SpeechDetector  # noqa: E402
+from emoserve.config import LongformConfig, get_settings  # noqa: E402
+from emoserve.timeline.longform import SpeechDetector  # noqa: E402
 
 
 def timed(fn, budget_s: float = 30.0, max_runs: int = 3):
@@ -56,8 +57,8 @@ def vad_only(path: Path) -> int:
 
 
 def bench_model(name: str, path: Path, seconds: float, device: str, modes: list[str]) -> list[dict]:
-    model = EmotionModel.from_pretrained(name, device=device)
-    options = LongformOptions()
+    model = EmotionModel.from_config(get_settings(model=name, device=device).model)  # EMOSERVE_CACHE, as the server
+    options = LongformConfig()
     model.predict([np.zeros(16_000 * 5, np.float32)])  # warm-up
     rows = []
     for mode in modes:

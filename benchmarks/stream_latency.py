@@ -41,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.samples import espeak_available, long_recording  # noqa: E402
 
+from emoserve.config import StreamConfig  # noqa: E402
 from emoserve.model.config import HOP, SAMPLE_RATE  # noqa: E402
-from emoserve.timeline.streaming import FrameWindows, StreamOptions  # noqa: E402
+from emoserve.timeline.streaming import FrameWindows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -70,7 +71,7 @@ def start_server(model: str, device: str, window: float, hop: float, log_dir: st
     raise RuntimeError("the server did not become healthy")
 
 
-def planned_release(num_samples: int, options: StreamOptions) -> dict[int, int]:
+def planned_release(num_samples: int, options: StreamConfig) -> dict[int, int]:
     """Frame → the stream sample count at which the window plan hands it out (regular windows only)."""
     windows = FrameWindows(options.window_samples, options.hop_samples)
     windows.append(np.zeros(num_samples, np.float32))
@@ -170,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         for config in args.configs:
             window, hop = (float(v) for v in config.split(":"))
-            release = planned_release(len(wav), StreamOptions(window_s=window, hop_s=hop))
+            release = planned_release(len(wav), StreamConfig(window_s=window, hop_s=hop))
             process, port = start_server(args.model, args.device, window, hop, logs)
             try:
                 url = f"ws://127.0.0.1:{port}/v1/stream"

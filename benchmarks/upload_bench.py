@@ -44,6 +44,7 @@ from tests.api.live_server import LiveServer  # noqa: E402
 from tests.samples import espeak_available, long_recording, wav_bytes  # noqa: E402
 
 from emoserve import EmotionModel  # noqa: E402
+from emoserve.config import get_settings  # noqa: E402
 
 MB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -159,7 +160,7 @@ def bench_end_to_end(root: Path, path: Path, model_name: str, granularities: lis
     minutes, so each path keeps its best run."""
     data = path.read_bytes()
     warm_up = wav_bytes(long_recording(40.0, seed=12))
-    model = EmotionModel.from_pretrained(model_name, device=device)
+    model = EmotionModel.from_config(get_settings(model=model_name, device=device).model)  # as the server loads it
     server = LiveServer(root / model_name.replace(":", "-"), model=model_name, device=device).start()
     rows = []
     try:

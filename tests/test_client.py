@@ -24,9 +24,9 @@ from emoserve.client import (
     ServiceUnavailableError,
 )
 from emoserve.client.parse import parse_multipart
+from emoserve.config import Settings
 from emoserve.errors import NotFoundError
 from emoserve.inference.results import LongformResult
-from emoserve.settings import Settings
 
 from .integrations.live import serve_in_thread
 from .samples import encode, noise, sweep, wav_bytes
@@ -35,7 +35,7 @@ from .samples import encode, noise, sweep, wav_bytes
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model) -> str:
     root = tmp_path_factory.mktemp("client-server")
-    settings = Settings(model="random:tiny", log_dir=root / "logs", data_dir=root / "data")
+    settings = Settings.from_flat(model="random:tiny", log_dir=root / "logs", data_dir=root / "data")
     with serve_in_thread(create_app(settings, model=tiny_model)) as base:
         yield base
 
@@ -130,7 +130,7 @@ def test_bad_input_raises_typed_errors_at_once(server):
 
 
 def test_api_keys(tmp_path, tiny_model, clip):
-    settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", api_keys="sesame")
+    settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", api_keys="sesame")
     with serve_in_thread(create_app(settings, model=tiny_model)) as base:
         with pytest.raises(AuthenticationError) as refused:
             EmoClient(base).models()

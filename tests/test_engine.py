@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from emoserve import AudioError, EmotionModel, InvalidParameterError
+from emoserve.config import EngineConfig
 from emoserve.errors import EmoserveError
 from emoserve.inference.engine import (
     BatchStats,
@@ -16,7 +17,6 @@ from emoserve.inference.engine import (
     EngineOverloaded,
     is_out_of_memory,
 )
-from emoserve.settings import Settings
 
 from .samples import noise, sweep, wav_bytes
 
@@ -267,9 +267,8 @@ def test_warm_up_runs_before_the_engine_accepts_work(model):
     assert asyncio.run(run()) == [16_000, 80_000, 160_000]
 
 
-def test_engine_from_settings():
-    engine = Engine.from_settings(Settings(model="random:tiny", device="cpu", max_batch_size=3, max_queue=7,
-                                           threads=1))
+def test_engine_from_its_config_section(tiny_model):
+    engine = Engine.from_config(EngineConfig(max_batch_size=3, max_queue=7, threads=1), tiny_model)
     assert (engine.max_batch_size, engine.max_queue, engine.threads) == (3, 7, 1)
     assert engine.max_batch_samples == 4 * 10 * 16_000  # the CPU default
 

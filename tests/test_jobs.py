@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,19 +19,20 @@ import pytest
 import soundfile as sf
 
 from emoserve import webhooks
+from emoserve.config import JobsConfig, LongformConfig, StoreConfig
 from emoserve.errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError, UploadIncompleteError
-from emoserve.jobs.runner import JobRunner, ProgressWriter, RunnerConfig
-from emoserve.jobs.store import Store, UploadLimits
-from emoserve.timeline.longform import LongformOptions
+from emoserve.jobs.runner import JobRunner, ProgressWriter
+from emoserve.jobs.store import Store
 
 from .samples import SAMPLE_RATE, conversation, espeak_available, noise, wav_bytes
 from .test_store import looking_slowly
 
 REPO = Path(__file__).resolve().parent.parent
-OPTIONS = LongformOptions(window_s=3.0, window_overlap_s=0.6)
+OPTIONS = LongformConfig(window_s=3.0, window_overlap_s=0.6)
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)  # callbacks in tests go to receivers on this machine
-FAST = RunnerConfig(poll_s=0.05, callback_attempts=3, callback_backoff_s=0.1, callback_timeout_s=2.0,
-                    callback_allow_networks=LOOPBACK)
+FAST = JobsConfig(callback_attempts=3, callback_backoff_s=0.1, callback_timeout_s=2.0,
+                  callback_allow_networks=LOOPBACK)
+POLL_S = 0.05
 
 
 def recording(seconds_of_gaps=(1.0, 1.5, 1.0)) -> bytes:
@@ -44,7 +44,7 @@ def recording(seconds_of_gaps=(1.0, 1.5, 1.0)) -> bytes:
 
 
 def uploaded(store: Store, data: bytes) -> str:
-    upload = store.create_upload("a.wav", len(data), min(len(data), store.limits.max_chunk_bytes))
+    upload = store.create_upload("a.wav", len(data), min(len(data), store.config.upload_max_chunk_bytes))
     for index in range(upload.chunk_count):
         store.put_chunk(upload.upload_id, index, data[index * upload.chunk_size: (index + 1) * upload.chunk_size])
     store.complete_upload(upload.upload_id)
@@ -61,12 +61,12 @@ def slowed(predict, delay_s: float):
 
 def make_runner(store, model, predict=None, config=FAST) -> JobRunner:
     return JobRunner(store, predict or model.predict, labels=model.labels, model_name=model.name,
-                     min_samples=model.config.min_samples, options=OPTIONS, config=config)
+                     min_samples=model.config.min_samples, options=OPTIONS, config=config, poll_s=POLL_S)
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(tmp_path / "data")
+    s = Store(StoreConfig(data_dir=tmp_path / "data"))
     yield s
     s.close()
 
@@ -174,7 +174,7 @@ def test_a_failed_job_is_not_handed_out_again_for_a_new_request(store, runner):
 
 def test_callbacks_to_this_host_are_refused_unless_allow_listed(store, tiny_model):
     upload_id = uploaded(store, recording())
-    strict = make_runner(store, tiny_model, config=RunnerConfig())
+    strict = make_runner(store, tiny_model, config=JobsConfig())
     for url in ("http://127.0.0.1:9/cb", "http://localhost:9/cb", "http://2130706433:9/cb", "http://[::1]:9/cb"):
         with pytest.raises(InvalidParameterError, match="EMOSERVE_CALLBACK_ALLOW_NETWORKS"):
             strict.submit(upload_id, callback_url=url)
@@ -364,7 +364,7 @@ def test_callbacks_are_signed_with_the_secret_kept_in_the_data_dir(store, runner
 def test_a_callback_goes_to_the_vetted_address_with_its_own_host_name(store, tiny_model, monkeypatch):
     monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
     secret = "any text works as a secret"
-    runner = make_runner(store, tiny_model, config=replace(FAST, callback_secret=secret))
+    runner = make_runner(store, tiny_model, config=FAST.model_copy(update={"callback_secret": secret}))
     server = CallbackServer(failures=0)
     try:
         url = f"http://hooks.invalid:{server.port}/done"  # no resolver knows it: only the vetted address leads there
@@ -382,7 +382,7 @@ def test_a_callback_goes_to_the_vetted_address_with_its_own_host_name(store, tin
 def test_a_callback_host_that_turns_to_a_refused_address_is_not_sent_to(store, tiny_model, monkeypatch):
     answers = {"address": "127.0.0.2"}
     monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address(answers["address"])])
-    config = replace(FAST, callback_allow_networks=(ipaddress.ip_network("127.0.0.2/32"),))
+    config = FAST.model_copy(update={"callback_allow_networks": (ipaddress.ip_network("127.0.0.2/32"),)})
     runner = make_runner(store, tiny_model, config=config)
     server = CallbackServer(failures=0)
     try:
@@ -397,9 +397,9 @@ def test_a_callback_host_that_turns_to_a_refused_address_is_not_sent_to(store, t
 
 
 def test_the_sweeper_runs_in_the_background(tmp_path, tiny_model):
-    store = Store(tmp_path, UploadLimits(expiry_s=0.1))
+    store = Store(StoreConfig(data_dir=tmp_path, upload_expiry_s=0.1))
     upload = store.create_upload("a.wav", 10, 10)
-    runner = make_runner(store, tiny_model, config=RunnerConfig(sweep_interval_s=0.05, poll_s=0.05))
+    runner = make_runner(store, tiny_model, config=JobsConfig(sweep_interval_s=0.05))
     runner.start()
     try:
         wait_for(lambda: store.get_upload(upload.upload_id).state == "expired", timeout=5)
@@ -414,14 +414,14 @@ def run_jobs_until_killed(data_dir: str) -> None:
     from emoserve import EmotionModel
 
     model = EmotionModel.from_pretrained("random:tiny", device="cpu")
-    runner = make_runner(Store(data_dir), model, slowed(model.predict, 0.3))
+    runner = make_runner(Store(StoreConfig(data_dir=data_dir)), model, slowed(model.predict, 0.3))
     runner.start()
     time.sleep(600)
 
 
 def test_a_kill_9_mid_job_keeps_finished_results_and_the_restart_finishes_the_rest(tmp_path, tiny_model):
     data_dir = tmp_path / "data"
-    store = Store(data_dir)
+    store = Store(StoreConfig(data_dir=data_dir))
     runner = make_runner(store, tiny_model)
     finished = runner.submit(uploaded(store, recording()), return_embedding=True)
     runner.start()

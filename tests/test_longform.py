@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from pydantic import ValidationError
 
 from emoserve.audio import decode_audio
+from emoserve.config import LongformConfig
 from emoserve.errors import AudioError, InvalidParameterError
 from emoserve.inference.results import ClipOutput, Segment, overall_of
 from emoserve.timeline.longform import (
     DECODE_SHARE,
     HOP,
-    LongformOptions,
     SpeechDetector,
     analyze_long,
     first_pass,
@@ -62,7 +63,7 @@ def test_window_plan_starts_on_the_frame_grid_and_covers_the_file():
 
 def test_stitched_frames_equal_one_pass_on_a_local_model():
     wav = np.concatenate([sweep(7.0), noise(SAMPLE_RATE * 5 + 123, seed=3, amplitude=0.1)])  # peak < 1: not rescaled
-    options = LongformOptions(window_s=3.0, window_overlap_s=0.6)
+    options = LongformConfig(window_s=3.0, window_overlap_s=0.6)
     result = analyze_long(wav, local_predict, labels=LABELS3, model_name="local", granularity="frame",
                           return_embedding=True, regions=[], options=options)
     single = local_predict([wav], True)[0]
@@ -75,7 +76,7 @@ def test_stitched_frames_equal_one_pass_on_a_local_model():
 
 def test_stitched_frames_of_the_model_come_from_the_window_that_owns_them(tiny_model):
     wav = np.concatenate([sweep(6.0), noise(SAMPLE_RATE * 5 + 777, seed=5)])
-    options = LongformOptions(window_s=4.0, window_overlap_s=1.0)
+    options = LongformConfig(window_s=4.0, window_overlap_s=1.0)
     result = tiny_model.analyze_long(wav, granularity="frame", return_embedding=True, regions=[], options=options)
     assert result.frame_scores.shape == (frame_count(len(wav)), len(tiny_model.labels))
     assert result.timestamps[-1] == pytest.approx((frame_count(len(wav)) - 1) * 0.02)
@@ -157,7 +158,7 @@ def test_vad_finds_the_phrases_between_silences(tiny_model):
 @needs_espeak
 def test_vad_segments_stay_under_the_limit_in_long_speech(tiny_model):
     wav = np.concatenate([speech("one two three four five six seven eight nine ten")] * 4)
-    result = tiny_model.analyze_long(wav, options=LongformOptions(max_segment_s=3.0))
+    result = tiny_model.analyze_long(wav, options=LongformConfig(max_segment_s=3.0))
     assert len(result.segments) >= 4
     assert all(s.end - s.start <= 3.0 for s in result.segments)
 
@@ -214,7 +215,7 @@ def test_the_first_pass_of_a_long_call_holds_a_few_blocks_not_the_file(tmp_path)
     seen = []
     tracemalloc.start()
     try:
-        audio, speech_probs = first_pass(path, tmp_path / "audio.f32", None, LongformOptions(), detect_speech=True,
+        audio, speech_probs = first_pass(path, tmp_path / "audio.f32", None, LongformConfig(), detect_speech=True,
                                          progress=seen.append, min_samples=400)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -231,7 +232,7 @@ def test_progress_rises_to_one(tiny_model, tmp_path):
     sf.write(path, noise(SAMPLE_RATE * 20, seed=9), SAMPLE_RATE)
     seen = []
     tiny_model.analyze_long(path, granularity="frame", progress=seen.append, regions=[(0, 5), (6, 9), (12, 19)],
-                            options=LongformOptions(window_s=5, window_overlap_s=1, batch_size=1))
+                            options=LongformConfig(window_s=5, window_overlap_s=1, batch_size=1))
     assert seen == sorted(seen) and seen[-1] == 1.0
     assert 0 < seen[0] <= 0.1 and len(seen) > 5
 
@@ -243,7 +244,7 @@ def test_a_progress_callback_can_abort(tiny_model):
 
     with pytest.raises(KeyboardInterrupt):
         tiny_model.analyze_long(noise(SAMPLE_RATE * 20), granularity="frame", regions=[], progress=stop,
-                                options=LongformOptions(window_s=5, window_overlap_s=1, batch_size=1))
+                                options=LongformConfig(window_s=5, window_overlap_s=1, batch_size=1))
 
 
 def test_embeddings_per_segment_or_per_frame_and_into_a_file(tiny_model, tmp_path):
@@ -253,7 +254,7 @@ def test_embeddings_per_segment_or_per_frame_and_into_a_file(tiny_model, tmp_pat
     path = tmp_path / "frames.npy"
     frames = analyze_long(wav, tiny_model.predict, labels=tiny_model.labels, model_name="tiny", granularity="frame",
                           return_embedding=True, regions=[], embedding_path=path,
-                          options=LongformOptions(window_s=5, window_overlap_s=1))
+                          options=LongformConfig(window_s=5, window_overlap_s=1))
     assert np.load(path).shape == (frame_count(len(wav)), tiny_model.config.embed_dim)
     np.testing.assert_array_equal(np.load(path), frames.embedding)
     assert tiny_model.analyze_long(wav, regions=[(0, 4)]).embedding is None
@@ -286,14 +287,14 @@ def test_files_over_the_duration_limit_are_refused_while_decoding(tiny_model, tm
     path = tmp_path / "long.wav"
     sf.write(path, noise(SAMPLE_RATE * 20), SAMPLE_RATE)
     with pytest.raises(AudioError) as info:
-        tiny_model.analyze_long(path, options=LongformOptions(max_duration_s=10))
+        tiny_model.analyze_long(path, options=LongformConfig(max_duration_s=10))
     assert info.value.code == "audio_too_long"
     assert info.value.details == {"max_duration_s": 10} and "10 s for long files" in info.value.message
 
 
 def test_bad_options_and_regions_are_refused(tiny_model):
-    with pytest.raises(InvalidParameterError):
-        LongformOptions(window_s=10, window_overlap_s=6)
+    with pytest.raises(ValidationError, match="half the window"):
+        LongformConfig(window_s=10, window_overlap_s=6)
     with pytest.raises(InvalidParameterError):
         tiny_model.analyze_long(noise(SAMPLE_RATE * 2), regions=[(1.5, 1.0)])
     with pytest.raises(InvalidParameterError):

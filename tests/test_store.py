@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from emoserve.config import StoreConfig
 from emoserve.errors import (
     ChecksumMismatchError,
     ConflictError,
@@ -27,7 +28,7 @@ from emoserve.errors import (
     UploadIncompleteError,
 )
 from emoserve.jobs import store as store_module
-from emoserve.jobs.store import Store, UploadLimits
+from emoserve.jobs.store import Store
 
 from .samples import long_recording, wav_bytes
 
@@ -50,9 +51,9 @@ def clock():
 
 @pytest.fixture
 def store(tmp_path, clock):
-    s = Store(tmp_path / "data", UploadLimits(max_bytes=64 * MB, max_chunk_bytes=1 * MB, max_active=4,
-                                              max_active_bytes=128 * MB, expiry_s=3600, keep_completed_s=7200,
-                                              keep_jobs_s=86400), clock=clock)
+    s = Store(StoreConfig(data_dir=tmp_path / "data", upload_max_bytes=64 * MB, upload_max_chunk_bytes=1 * MB,
+                          upload_max_active=4, upload_max_active_bytes=128 * MB, upload_expiry_s=3600,
+                          upload_keep_completed_s=7200, job_keep_s=86400), clock=clock)
     yield s
     s.close()
 
@@ -252,11 +253,11 @@ def test_files_of_uploads_with_pending_jobs_outlive_their_expiry(store, clock):
 
 
 def test_state_survives_reopening_the_store(tmp_path):
-    first = Store(tmp_path)
+    first = Store(StoreConfig(data_dir=tmp_path))
     upload = first.create_upload("a.wav", 3000, 1000)
     first.put_chunk(upload.upload_id, 1, b"b" * 1000)
     first.close()
-    second = Store(tmp_path)
+    second = Store(StoreConfig(data_dir=tmp_path))
     assert second.get_upload(upload.upload_id).received == [1]
     assert second.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     second.close()
@@ -344,7 +345,7 @@ def test_jobs_are_claimed_once_in_order_and_requeued_after_a_crash(store):
 
 def upload_until_killed(data_dir: str, upload_id: str, source: str) -> None:
     """Runs in a child process: send chunks in a shuffled order, printing each index once acknowledged."""
-    store = Store(data_dir, UploadLimits(max_chunk_bytes=MB))
+    store = Store(StoreConfig(data_dir=data_dir, upload_max_chunk_bytes=MB))
     data = Path(source).read_bytes()
     parts = chunks_of(data, 256 * 1024)
     order = list(range(len(parts)))
@@ -357,7 +358,7 @@ def upload_until_killed(data_dir: str, upload_id: str, source: str) -> None:
 def test_a_kill_9_mid_upload_loses_no_acknowledged_chunk(tmp_path, ten_minutes):
     source = tmp_path / "call.wav"
     source.write_bytes(ten_minutes)
-    store = Store(tmp_path / "data", UploadLimits(max_chunk_bytes=MB))
+    store = Store(StoreConfig(data_dir=tmp_path / "data", upload_max_chunk_bytes=MB))
     upload = store.create_upload("call.wav", len(ten_minutes), 256 * 1024, hashlib.sha256(ten_minutes).hexdigest())
     store.close()
     child = subprocess.Popen(
@@ -371,7 +372,7 @@ def test_a_kill_9_mid_upload_loses_no_acknowledged_chunk(tmp_path, ten_minutes):
     child.wait()
     assert child.returncode == -signal.SIGKILL
 
-    store = Store(tmp_path / "data", UploadLimits(max_chunk_bytes=MB))
+    store = Store(StoreConfig(data_dir=tmp_path / "data", upload_max_chunk_bytes=MB))
     status = store.get_upload(upload.upload_id)
     parts = chunks_of(ten_minutes, 256 * 1024)
     assert set(acknowledged) <= set(status.received) and len(status.missing) > 0
@@ -412,7 +413,7 @@ def test_results_kept_in_the_database_by_an_older_version_move_to_files(tmp_path
     old.commit()
     old.close()
     for _ in range(2):  # moved once; opening again finds nothing left to move
-        store = Store(data)
+        store = Store(StoreConfig(data_dir=data))
         done, queued = store.get_job("a" * 32), store.get_job("c" * 32)
         assert done.result == result and done.result_path.read_bytes() == json.dumps(result, ensure_ascii=False,
                                                                                         separators=(",", ":")).encode()
@@ -433,7 +434,7 @@ def files_under(path: Path) -> list[str]:
 
 
 def test_the_disk_quota_counts_completed_tus_and_in_flight_uploads(tmp_path):
-    store = Store(tmp_path / "data", UploadLimits(max_chunk_bytes=1000, max_disk_bytes=3000))
+    store = Store(StoreConfig(data_dir=tmp_path / "data", upload_max_chunk_bytes=1000, upload_max_disk_bytes=3000))
     done = store.create_upload("a.wav", 1000, 1000)
     store.put_chunk(done.upload_id, 0, b"a" * 1000)
     store.complete_upload(done.upload_id)
@@ -455,7 +456,7 @@ def test_the_disk_quota_counts_completed_tus_and_in_flight_uploads(tmp_path):
 
 
 def test_upload_bytes_never_take_the_disk_below_the_free_space_kept(tmp_path, monkeypatch):
-    store = Store(tmp_path / "data", UploadLimits(max_chunk_bytes=1000, min_free_bytes=10_000))
+    store = Store(StoreConfig(data_dir=tmp_path / "data", upload_max_chunk_bytes=1000, data_min_free_bytes=10_000))
     chunked, tus = store.create_upload("a.wav", 1500, 1000), store.create_tus_upload(2000)
     monkeypatch.setattr(store_module, "free_bytes", lambda path: 10_500)
     for call in (lambda: store.create_upload("b.wav", 1000, 1000), lambda: store.create_tus_upload(1000),
@@ -620,7 +621,8 @@ def test_a_tus_final_upload_joins_complete_partials_in_the_order_given(store):
 
 
 def test_a_tus_final_upload_counts_against_the_quotas_and_a_failed_join_leaves_nothing(tmp_path, monkeypatch):
-    store = Store(tmp_path / "data", UploadLimits(max_bytes=2500, max_chunk_bytes=1000, max_disk_bytes=5000))
+    store = Store(StoreConfig(data_dir=tmp_path / "data", upload_max_bytes=2500, upload_max_chunk_bytes=1000,
+                              upload_max_disk_bytes=5000))
     parts = [store.create_tus_upload(1000, partial=True) for _ in range(2)]
     for part in parts:
         store.append(part.upload_id, 0, b"p" * 1000)
@@ -646,11 +648,12 @@ FILL_A_TINY_DISK = textwrap.dedent("""
     import sys
     from emoserve.jobs import store as store_module
     from emoserve.errors import InsufficientStorageError
-    from emoserve.jobs.store import Store, UploadLimits
+    from emoserve.config import StoreConfig
+    from emoserve.jobs.store import Store
 
     # as on a file system whose user quota (EDQUOT) statvfs does not show: only the writes find out
     store_module.free_bytes = lambda path: 1 << 60
-    store = Store(sys.argv[1], UploadLimits(max_chunk_bytes=256 * 1024))
+    store = Store(StoreConfig(data_dir=sys.argv[1], upload_max_chunk_bytes=256 * 1024))
     uploads, refused = [], None
     while refused is None:
         upload = store.create_tus_upload(1024 * 1024)

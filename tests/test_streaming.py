@@ -10,18 +10,17 @@ from silero_vad import get_speech_timestamps_from_probs
 
 from emoserve import EmotionModel
 from emoserve.audio import decode_audio
-from emoserve.errors import AudioError, InvalidParameterError, PayloadTooLargeError
+from emoserve.config import LongformConfig, Settings, StreamConfig, VadConfig
+from emoserve.errors import AudioError, PayloadTooLargeError
 from emoserve.inference.engine import Engine
 from emoserve.inference.results import ClipOutput
 from emoserve.model.config import HOP
-from emoserve.settings import Settings
-from emoserve.timeline.longform import LongformOptions, frame_count
+from emoserve.timeline.longform import frame_count
 from emoserve.timeline.streaming import (
     FrameWindows,
     PcmDecoder,
     SampleBuffer,
     SpeechSegmenter,
-    StreamOptions,
     StreamSession,
     UtteranceTracker,
 )
@@ -29,7 +28,7 @@ from emoserve.timeline.streaming import (
 from .samples import SAMPLE_RATE, conversation, espeak_available, noise, speech, sweep, wav_bytes
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
-OPTIONS = StreamOptions(window_s=2.0, hop_s=0.5)  # short windows: many of them in a few seconds of audio
+OPTIONS = StreamConfig(window_s=2.0, hop_s=0.5)  # short windows: many of them in a few seconds of audio
 
 
 def pcm16(wav: np.ndarray) -> bytes:
@@ -50,7 +49,7 @@ def chunks(data: bytes, sizes) -> list[bytes]:
     return out
 
 
-def run_stream(model: EmotionModel, messages: list[bytes], options: StreamOptions = OPTIONS, **engine_options):
+def run_stream(model: EmotionModel, messages: list[bytes], options: StreamConfig = OPTIONS, **engine_options):
     """Every message the session sends for this audio, after `end`."""
 
     async def main():
@@ -219,14 +218,14 @@ def test_segmenter_fed_in_pieces_equals_silero_over_the_whole_stream(seed):
     n = int(rng.integers(1, 1500))
     probs = random_probs(rng, n)
     num_samples = 512 * (n - 1) + int(rng.integers(1, 513))
-    options = LongformOptions(
-        max_segment_s=float(rng.choice([1.0, 2.0, 30.0])), vad_threshold=float(rng.choice([0.3, 0.5, 0.7])),
-        vad_min_speech_ms=int(rng.choice([0, 100, 250])), vad_min_silence_ms=int(rng.choice([0, 100, 300, 700])),
-        vad_speech_pad_ms=int(rng.choice([0, 30, 100, 400])))
+    vad = VadConfig(threshold=float(rng.choice([0.3, 0.5, 0.7])), min_speech_ms=int(rng.choice([0, 100, 250])),
+                    min_silence_ms=int(rng.choice([0, 100, 300, 700])),
+                    speech_pad_ms=int(rng.choice([0, 30, 100, 400])))
+    options = LongformConfig(max_segment_s=float(rng.choice([1.0, 2.0, 30.0])), vad=vad)
     expected = get_speech_timestamps_from_probs(
-        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.vad_threshold,
-        min_speech_duration_ms=options.vad_min_speech_ms, max_speech_duration_s=options.max_segment_s,
-        min_silence_duration_ms=options.vad_min_silence_ms, speech_pad_ms=options.vad_speech_pad_ms,
+        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=vad.threshold,
+        min_speech_duration_ms=vad.min_speech_ms, max_speech_duration_s=options.max_segment_s,
+        min_silence_duration_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms,
         audio_length_samples=num_samples)
     segmenter = SpeechSegmenter(options)
     found, position = [], 0
@@ -239,7 +238,7 @@ def test_segmenter_fed_in_pieces_equals_silero_over_the_whole_stream(seed):
 
 
 def test_a_stretch_is_final_as_soon_as_its_silence_is_long_enough():
-    options = LongformOptions(vad_min_silence_ms=320, vad_speech_pad_ms=64, vad_min_speech_ms=100)
+    options = LongformConfig(vad=VadConfig(min_silence_ms=320, speech_pad_ms=64, min_speech_ms=100))
     segmenter = SpeechSegmenter(options)
     assert segmenter.push(np.full(20, 0.9)) == []  # speech
     assert segmenter.push(np.full(10, 0.01)) == []  # 320 ms of silence is seen at the 11th block
@@ -293,8 +292,7 @@ def test_an_utterance_is_sent_once_its_silence_is_long_enough_not_at_the_end(tin
 @needs_espeak
 def test_long_speech_is_cut_into_utterances_of_at_most_the_segment_limit(tiny_model):
     wav = np.concatenate([speech("one two three four five six seven eight nine ten")] * 3)
-    options = StreamOptions(window_s=2.0, hop_s=0.5, segments=LongformOptions(max_segment_s=2.0))
-    tracker = UtteranceTracker(options.segments, min_samples=400)
+    tracker = UtteranceTracker(LongformConfig(max_segment_s=2.0), min_samples=400)
     voiced = [v for block in np.array_split(wav, 37) for v in tracker.feed(block)] + tracker.finish()
     assert len(voiced) >= 4
     assert all(len(v.samples) <= 2.0 * SAMPLE_RATE for v in voiced)
@@ -314,26 +312,26 @@ def test_silence_and_noise_make_frames_but_no_utterances(tiny_model):
 def test_options_are_checked_and_read_from_settings():
     for bad in ({"hop_s": 0.0}, {"hop_s": 1.5, "window_s": 2.0}, {"window_s": 0.02}, {"max_buffer_s": 0.5},
                 {"max_duration_s": 0}):
-        with pytest.raises(InvalidParameterError):
-            StreamOptions(**bad)
-    with pytest.raises(ValidationError, match="half of stream_window_s"):
-        Settings(stream_window_s=4.0, stream_hop_s=2.5)
-    with pytest.raises(ValidationError, match="at least stream_hop_s"):
-        Settings(stream_max_buffer_s=0.5)
-    options = StreamOptions.from_settings(Settings(stream_window_s=6.0, stream_hop_s=2.0, vad_min_silence_ms=500))
-    assert (options.window_samples, options.hop_samples) == (96_000, 32_000)
-    assert options.segments.vad_min_silence_ms == 500
+        with pytest.raises(ValidationError):
+            StreamConfig(**bad)
+    with pytest.raises(ValidationError, match="at most half of window_s"):
+        Settings.from_flat(stream_window_s=4.0, stream_hop_s=2.5)
+    with pytest.raises(ValidationError, match="at least hop_s"):
+        Settings.from_flat(stream_max_buffer_s=0.5)
+    settings = Settings.from_flat(stream_window_s=6.0, stream_hop_s=2.0, vad_min_silence_ms=500)
+    assert (settings.stream.window_samples, settings.stream.hop_samples) == (96_000, 32_000)
+    assert settings.longform.vad.min_silence_ms == 500
 
 
 def test_duration_limit_keeps_the_audio_before_it(tiny_model):
     async def main():
         async with Engine(tiny_model, warmup=False) as engine:
-            session = StreamSession(engine, StreamOptions(window_s=2.0, hop_s=0.5, max_duration_s=1.0), send=None)
+            session = StreamSession(engine, StreamConfig(window_s=2.0, hop_s=0.5, max_duration_s=1.0), send=None)
             session.feed(pcm16(noise(SAMPLE_RATE // 2)))
             with pytest.raises(AudioError) as refused:
                 session.feed(pcm16(noise(SAMPLE_RATE)))
             with pytest.raises(PayloadTooLargeError):
-                StreamSession(engine, StreamOptions(max_buffer_s=1.0), send=None).feed(bytes(2 * SAMPLE_RATE + 2))
+                StreamSession(engine, StreamConfig(max_buffer_s=1.0), send=None).feed(bytes(2 * SAMPLE_RATE + 2))
             return session.received, refused.value.code
 
     assert asyncio.run(main()) == (SAMPLE_RATE, "audio_too_long")
@@ -347,7 +345,7 @@ def test_backlog_over_the_buffer_holds_the_reader_until_the_workers_catch_up(tin
             async def send(message):
                 sent.append(message)
 
-            session = StreamSession(engine, StreamOptions(window_s=2.0, hop_s=0.5, max_buffer_s=2.0), send)
+            session = StreamSession(engine, StreamConfig(window_s=2.0, hop_s=0.5, max_buffer_s=2.0), send)
             for message in chunks(pcm16(noise(SAMPLE_RATE * 5)), [2 * SAMPLE_RATE]):
                 session.feed(message)
             room = asyncio.create_task(session.wait_for_room())

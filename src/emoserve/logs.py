@@ -14,7 +14,8 @@ import re
 import sys
 import time
 from logging.handlers import RotatingFileHandler
-from pathlib import Path
+
+from .config import ServerConfig
 
 LOG_FILES = {"emoserve.access": "access.log", "emoserve.error": "error.log", "emoserve.model_load": "model_load.log"}
 FIELDS = ("request_id", "client", "method", "path", "status", "latency_ms", "audio_s", "model", "device", "dtype",
@@ -54,11 +55,11 @@ class JsonFormatter(logging.Formatter):
         return CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(entry, ensure_ascii=False))
 
 
-def setup_logging(log_dir: Path, json_lines: bool = False, max_bytes: int = 10 * 1024 * 1024,
-                  backups: int = 5) -> None:
-    """(Re)configure the three log files and stdout. Safe to call again (handlers are replaced)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    formatter = JsonFormatter() if json_lines else TextFormatter()
+def setup_logging(config: ServerConfig) -> None:
+    """(Re)configure the three log files (in `config.log_dir`) and stdout. Safe to call again (handlers are
+    replaced)."""
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    formatter = JsonFormatter() if config.log_json else TextFormatter()
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     for name, filename in LOG_FILES.items():
@@ -66,8 +67,8 @@ def setup_logging(log_dir: Path, json_lines: bool = False, max_bytes: int = 10 *
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
-        file_handler = RotatingFileHandler(log_dir / filename, maxBytes=max_bytes, backupCount=backups,
-                                           encoding="utf-8")
+        file_handler = RotatingFileHandler(config.log_dir / filename, maxBytes=config.log_max_bytes,
+                                           backupCount=config.log_backups, encoding="utf-8")
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
         logger.addHandler(console)

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 from .api.bodies import BodySlots
 from .api.metrics import ServiceMetrics
+from .config import Settings
 from .errors import EmoserveError, InsufficientStorageError
 from .inference.emotion_model import EmotionModel
 from .inference.engine import Engine
-from .jobs.runner import JobRunner, RunnerConfig
+from .jobs.runner import JobRunner
 from .jobs.store import Store
-from .settings import Settings
-from .timeline.longform import LongformOptions
 
 load_log = logging.getLogger("emoserve.model_load")
 error_log = logging.getLogger("emoserve.error")
@@ -38,13 +37,13 @@ class Service:
     model: EmotionModel | None = None
     store: Store | None = None
     runner: JobRunner | None = None
-    open_streams: int = 0  # WebSocket streams being served, against settings.stream_max_concurrent
+    open_streams: int = 0  # WebSocket streams being served, against settings.stream.max_concurrent
     metrics: ServiceMetrics = field(init=False)
     upload_bodies: BodySlots = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(lambda: self.engine.stats if self.engine else None)
-        self.upload_bodies = BodySlots(self.settings.upload_max_concurrent_bodies)
+        self.upload_bodies = BodySlots(self.settings.store.upload_max_concurrent_bodies)
 
     async def load(self, model: EmotionModel | None = None) -> None:
         """Open the store, load (unless given) and warm up the model, start the engine and the job runner.
@@ -54,27 +53,27 @@ class Service:
         s = self.settings
         engine = None
         try:
-            store = await asyncio.to_thread(Store.from_settings, s)
+            store = await asyncio.to_thread(Store, s.store)
             await asyncio.to_thread(sweep_at_start, store)
             self.store = store
             started = time.perf_counter()
-            engine = await asyncio.to_thread(Engine.from_settings, s, model)  # loads the model unless given
-            model = engine.model
+            if model is None:
+                model = await asyncio.to_thread(EmotionModel.from_config, s.model)
+            engine = Engine.from_config(s.engine, model)
             loaded = time.perf_counter()
             engine.observers.append(self.metrics.observe_batch)
             await engine.start()  # includes the warm-up of the common batch shapes
             warm = time.perf_counter()
             runner = JobRunner(self.store, engine.predict, labels=model.labels, model_name=model.name,
-                               min_samples=model.config.min_samples, options=LongformOptions.from_settings(s),
-                               config=RunnerConfig.from_settings(s))
+                               min_samples=model.config.min_samples, options=s.longform, config=s.jobs)
             await asyncio.to_thread(runner.start)  # re-queues the jobs a crash left running
         except Exception as e:  # a model that cannot load is reported by /health, not a crash loop
             if engine is not None and engine.is_running:
                 await engine.stop(drain=False)
             self.status = "failed"
             self.error = e.message if isinstance(e, EmoserveError) else f"{type(e).__name__}: {e}"
-            error_log.exception("model %s failed to load", s.model)
-            load_log.error("model %s failed to load: %s", s.model, self.error, extra={"model": s.model})
+            error_log.exception("model %s failed to load", s.model.model)
+            load_log.error("model %s failed to load: %s", s.model.model, self.error, extra={"model": s.model.model})
             return
         self.runner = runner
         self.model, self.engine, self.status = model, engine, "healthy"

@@ -15,8 +15,8 @@ from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from .config import ServerConfig
 from .errors import EmoserveError
-from .settings import Settings
 
 
 class Throttle:
@@ -29,8 +29,8 @@ class Throttle:
         self.auth_failures = per_minute(auth_failures_per_minute, "auth-failures")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Throttle:
-        return cls(settings.rate_limit_per_minute, settings.auth_failures_per_minute)
+    def from_config(cls, config: ServerConfig) -> Throttle:
+        return cls(config.rate_limit_per_minute, config.auth_failures_per_minute)
 
     def take_request(self, client: str) -> None:
         """Count one request of `client` (an API key, or an address); raise `rate_limited` past the budget."""

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from emoserve import EmotionModel
 from emoserve.api.app import create_app
-from emoserve.settings import Settings
+from emoserve.config import Settings
 
 
 def wait_healthy(client: TestClient, timeout: float = 60.0) -> None:
@@ -27,8 +27,8 @@ def make_client(tmp_path, tiny_model):
 
     def make(model=tiny_model, **overrides) -> TestClient:
         overrides.setdefault("api_only", True)  # the UI has its own tests (tests/ui)
-        settings = Settings(**{"model": "random:tiny", "log_dir": tmp_path / "logs", "data_dir": tmp_path / "data",
-                               **overrides})
+        settings = Settings.from_flat(**{"model": "random:tiny", "log_dir": tmp_path / "logs",
+                                         "data_dir": tmp_path / "data", **overrides})
         client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

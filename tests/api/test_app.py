@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from emoserve import LABELS
 from emoserve.api.app import create_app
-from emoserve.settings import Settings
+from emoserve.config import Settings
 
 from ..samples import noise, sweep, wav_bytes
 from .conftest import wait_healthy
@@ -151,8 +151,8 @@ def test_health_goes_from_loading_to_healthy(make_client, held_model_load):
 
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
-    settings = Settings(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs",
-                        data_dir=tmp_path / "data")
+    settings = Settings.from_flat(model=str(tmp_path / "missing-model-dir"), log_dir=tmp_path / "logs",
+                                  data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
         for _ in range(200):
             health = client.get("/health").json()

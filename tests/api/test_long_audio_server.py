@@ -16,6 +16,7 @@ import httpx
 import pytest
 from tusclient import client as tus
 
+from emoserve.config import StoreConfig
 from emoserve.jobs.store import Store
 
 from ..samples import long_recording, wav_bytes
@@ -208,7 +209,7 @@ def test_kill_9_mid_upload_and_mid_job_loses_nothing_acknowledged_and_finishes(t
             assert job["status"] in ("queued", "running"), job
             time.sleep(0.01)
         server.kill_9()
-        store = Store(tmp_path / "data")
+        store = Store(StoreConfig(data_dir=tmp_path / "data"))
         assert store.get_job(job["job_id"]).status == "running"  # left running by the crash
         store.close()
 
@@ -217,7 +218,7 @@ def test_kill_9_mid_upload_and_mid_job_loses_nothing_acknowledged_and_finishes(t
         assert done["status"] == "succeeded" and done["progress"] == 1.0
         frames = len(done["result"]["timestamps"])
         assert frames == (600 * 16000 - 400) // 320 + 1 and len(done["result"]["scores"]) == frames
-        store = Store(tmp_path / "data")
+        store = Store(StoreConfig(data_dir=tmp_path / "data"))
         assert store.get_job(job["job_id"]).attempts == 2  # re-queued and run again, not finished before the kill
         store.close()
         assert http.get(server.url(f"/v1/jobs/{job_id}")).json() == finished

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from emoserve.api.app import create_app
 from emoserve.cli import app
-from emoserve.settings import Settings
+from emoserve.config import Settings
 
 from ..integrations.live import serve_in_thread
 from ..samples import audio_file, long_recording, noise, sweep, wav_bytes
@@ -113,8 +113,8 @@ def test_usage_errors(folder, tmp_path):
 
 
 def test_against_a_server_with_preconvert(folder, tmp_path, tiny_model):
-    settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", data_dir=tmp_path / "data",
-                        max_duration_s=3)
+    settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", data_dir=tmp_path / "data",
+                                  max_duration_s=3)
     long = folder / "long.wav"
     long.write_bytes(wav_bytes(long_recording(6.0, seed=2)))
     with serve_in_thread(create_app(settings, model=tiny_model)) as base:

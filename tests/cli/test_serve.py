@@ -8,13 +8,13 @@ from typer.testing import CliRunner
 
 from emoserve.cli import app
 from emoserve.cli.common import uvicorn_options
-from emoserve.settings import Settings
+from emoserve.config import ServerConfig, Settings
 
 
 def test_proxy_headers_are_trusted_from_no_one_unless_proxies_are_named():
-    default = uvicorn_options(Settings())
+    default = uvicorn_options(ServerConfig())
     assert default["proxy_headers"] is False and "forwarded_allow_ips" not in default
-    named = uvicorn_options(Settings(forwarded_allow_ips=" 127.0.0.1,127.0.0.2 "))
+    named = uvicorn_options(ServerConfig(forwarded_allow_ips=" 127.0.0.1,127.0.0.2 "))
     assert named["proxy_headers"] is True and named["forwarded_allow_ips"] == "127.0.0.1,127.0.0.2"
     assert uvicorn.Config(lambda: None, **default).proxy_headers is False
     assert uvicorn.Config(lambda: None, **named).proxy_headers is True
@@ -29,5 +29,5 @@ def test_the_server_commands_run_uvicorn_with_these_options(monkeypatch, tmp_pat
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
     result = CliRunner().invoke(app, [command, "--model", "random:tiny", "--port", "8123"])
     assert result.exit_code == 0, result.output
-    assert calls == [uvicorn_options(Settings(port=8123))]
+    assert calls == [uvicorn_options(Settings.from_flat(port=8123).server)]
     assert calls[0]["proxy_headers"] is True and calls[0]["forwarded_allow_ips"] == "127.0.0.1"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from emoserve.config import Settings
 from emoserve.errors import InvalidParameterError, PayloadTooLargeError
 from emoserve.integrations.sources import AudioPolicy, load_audio
-from emoserve.settings import Settings
 
 from .live import serve_directory
 
@@ -42,7 +42,7 @@ def folder(tmp_path) -> Path:
 
 def test_local_paths_are_off_by_default(folder, monkeypatch):
     monkeypatch.delenv("EMOSERVE_RASA_AUDIO_DIRS", raising=False)
-    default = AudioPolicy.for_rasa(Settings())
+    default = AudioPolicy.for_rasa(Settings().rasa)
     assert default.folders == () and default.max_bytes == 10 * 1024 * 1024
     with pytest.raises(InvalidParameterError, match="local audio files are not accepted"):
         load(str(folder / "hello.wav"), default)
@@ -51,7 +51,7 @@ def test_local_paths_are_off_by_default(folder, monkeypatch):
 def test_folders_from_the_environment(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("EMOSERVE_RASA_AUDIO_DIRS", f"{folder}{os.pathsep} {tmp_path / 'other'}")
     monkeypatch.setenv("EMOSERVE_RASA_MAX_AUDIO_BYTES", "1000")
-    configured = AudioPolicy.for_rasa(Settings())
+    configured = AudioPolicy.for_rasa(Settings().rasa)
     assert configured.folders == (folder, tmp_path / "other") and configured.max_bytes == 1000
     assert load(str(folder / "hello.wav"), configured) == (b"RIFF hello", "hello.wav")
 

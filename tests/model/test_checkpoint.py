@@ -160,7 +160,7 @@ def test_a_model_without_head_gives_embeddings_only(tmp_path):
     write_checkpoint(tmp_path, TINY)
     (tmp_path / "tokens.txt").unlink()
     (tmp_path / "configuration.json").unlink()
-    model = EmotionModel.from_pretrained(str(tmp_path), device="cpu")
+    model = EmotionModel.from_pretrained(str(tmp_path), device="cpu", cache_dir=tmp_path / "cache")
     result = model.analyze(torch.randn(8000).numpy(), return_embedding=True)
     assert result.emotion is None and result.confidence is None and result.scores == {}
     assert result.embedding.shape == (TINY.embed_dim,)

@@ -26,7 +26,7 @@ VARIANTS = {
 
 def check_parity(tmp_path, config, lengths, seed=7):
     directory = write_checkpoint(tmp_path / "model", config, seed=seed, decoder_dim=64)
-    ours = EmotionModel.from_pretrained(str(directory), device="cpu")
+    ours = EmotionModel.from_pretrained(str(directory), device="cpu", cache_dir=tmp_path / "cache")
     reference = load_reference(directory)
 
     # FunASR silently keeps random init for missing or misshapen keys: prove it loaded every tensor

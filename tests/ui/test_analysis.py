@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 
+from emoserve.config import Settings
 from emoserve.errors import AudioError
 from emoserve.inference.engine import Engine
-from emoserve.settings import Settings
 from emoserve.timeline.longform import analyze_long
 from emoserve.ui.analysis import DownloadDir, analyze_clip, analyze_file, export_files, safe_stem
 
 from ..samples import conversation, espeak_available, noise, wav_bytes
 
-SETTINGS = Settings(model="random:tiny", max_duration_s=5.0, ui_max_long_s=60.0)
+SETTINGS = Settings.from_flat(model="random:tiny", max_duration_s=5.0, ui_max_long_s=60.0)
 
 
 def run_with_engine(model, work):
@@ -103,7 +103,7 @@ def test_long_mode_finds_the_voiced_segments_of_a_file(tiny_model, tmp_path):
 def test_long_mode_has_its_own_duration_limit(tiny_model, tmp_path):
     path = tmp_path / "long.wav"
     path.write_bytes(wav_bytes(noise(8 * 16000)))
-    settings = Settings(model="random:tiny", ui_max_long_s=6.0)
+    settings = Settings.from_flat(model="random:tiny", ui_max_long_s=6.0)
     with pytest.raises(AudioError) as refused:
         run_with_engine(tiny_model, lambda e: analyze_file(e, path, "utterance", settings))
     assert refused.value.code == "audio_too_long"

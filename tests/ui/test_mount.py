@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import emoserve.ui
 from emoserve.api.app import create_app
 from emoserve.cli import app as cli
-from emoserve.settings import Settings
+from emoserve.config import Settings
 from emoserve.ui import standalone_app
 
 from ..api.conftest import wait_healthy
@@ -28,7 +28,7 @@ def make_client(tmp_path, tiny_model, monkeypatch):
     clients = []
 
     def make(**overrides) -> TestClient:
-        settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False, **overrides)
+        settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False, **overrides)
         client = TestClient(create_app(settings, model=tiny_model), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
@@ -100,8 +100,8 @@ def test_wrong_sign_ins_spend_the_failed_key_budget_of_wrong_api_keys(make_clien
 
 
 def test_the_standalone_ui_throttles_wrong_sign_ins_too(tmp_path):
-    settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False, api_keys="secret-key",
-                        auth_failures_per_minute=1)
+    settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False,
+                                  api_keys="secret-key", auth_failures_per_minute=1)
     with TestClient(standalone_app(settings)) as client:
         assert client.post("/login", data={"username": "me", "password": "wrong"}).status_code == 400
         assert client.post("/login", data={"username": "me", "password": "secret-key"}).status_code == 429
@@ -137,7 +137,7 @@ def test_without_gradio_the_api_serves_and_says_how_to_get_the_ui(make_client, m
 
 
 def test_the_standalone_ui_loads_its_own_model(tmp_path):
-    settings = Settings(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False)
+    settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", ui_examples=False)
     with TestClient(standalone_app(settings)) as client:
         config = client.get("/config").json()
         assert any(c["props"].get("elem_id") == "analyze" for c in config["components"])

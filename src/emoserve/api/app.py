@@ -11,10 +11,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
+from ..config import Settings
 from ..inference.emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..runtime import Service
-from ..settings import Settings, get_settings
 from ..throttle import Throttle
 from ..ui import mount_ui
 from .errors import install_error_handlers
@@ -36,10 +36,11 @@ Send a clip to `POST /v1/analyze`; send long audio with `/v1/upload/*` (chunked,
 
 def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
     """The service. `model` skips loading (tests, embedding in another app); else `settings.model` loads."""
-    settings = settings or get_settings()
-    setup_logging(settings.log_dir, settings.log_json, settings.log_max_bytes, settings.log_backups)
+    settings = settings or Settings()
+    server = settings.server
+    setup_logging(server)
     service = Service(settings)
-    throttle = Throttle.from_settings(settings)  # one budget per client, whether it calls the API or the UI
+    throttle = Throttle.from_config(server)  # one budget per client, whether it calls the API or the UI
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,13 +64,13 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(routes_uploads.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_tus.router)
-    if not settings.api_only:
+    if not server.api_only:
         mount_ui(app, service.ready_engine, settings, throttle)  # /ui, on this engine; a warning without Gradio
-    app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=settings.keys(),
-                       metrics_key=settings.metrics_key, throttle=throttle)
+    app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=server.keys(),
+                       metrics_key=server.metrics_key, throttle=throttle)
     app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too
-    if settings.origins():
-        app.add_middleware(CORSMiddleware, allow_origins=settings.origins(), allow_methods=["*"],
+    if server.origins():
+        app.add_middleware(CORSMiddleware, allow_origins=server.origins(), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After",
                                                                 "Location", *routes_tus.EXPOSED_HEADERS])
     app.openapi = lambda: openapi_schema(app)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from ..config import get_settings
 from ..errors import EmoserveError, InvalidParameterError
 from .common import clean_errors, console
 from .outputs import Writer, flat_row, infer_format
@@ -86,18 +87,16 @@ def analyze_file(client, path: Path | str, granularity: str, want_embedding: boo
 def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None):
     if server and model:
         raise InvalidParameterError("use --server URL or --model NAME, not both")
+    settings = get_settings(model=model, device=device)
     if server:
         from ..client import EmoClient
 
-        return EmoClient(server, api_key, preconvert=preconvert)
+        return EmoClient(server, api_key, preconvert=preconvert, resume_dir=settings.model.cache / "client-uploads")
     from ..client import LocalClient
     from ..inference.emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
-    from ..settings import get_settings
 
-    settings = get_settings(model=model, device=device)
-    loaded = EmotionModel.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                          cache_dir=settings.cache, source=settings.source)
-    return LocalClient(loaded, max_duration_s=settings.max_duration_s)
+    loaded = EmotionModel.from_config(settings.model)
+    return LocalClient(loaded, max_duration_s=settings.server.max_duration_s)
 
 
 def analyze(

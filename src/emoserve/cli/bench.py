@@ -375,14 +375,14 @@ def run_bench(model: str, device: str, modes: list[str], clips: int, concurrenci
               low_s: float, high_s: float, baseline: bool, baseline_ncpu: list[int | None], threads: int | None,
               output_dir: Path, seed: int = 0) -> dict:
     """The whole benchmark; returns the report and writes it as JSON and markdown to `output_dir`."""
+    from ..config import get_settings
     from ..inference.emotion_model import RANDOM_CONFIGS, resolve_device
     from ..model import hub
     from ..model.checkpoint import load_model_dir, random_state_dict
-    from ..settings import get_settings
     from ..testing import save_model_dir
 
     device = str(resolve_device(device))
-    settings = get_settings()
+    model_config = get_settings().model
     workloads = make_workloads(clips, fixed_s, low_s, high_s, seed)
     report: dict = {"model": model, "machine": machine_info(device), "modes": modes,
                     "workloads": {w.name: {"clips": len(w.clips), "audio_s": w.audio_seconds} for w in workloads},
@@ -393,7 +393,7 @@ def run_bench(model: str, device: str, modes: list[str], clips: int, concurrenci
             model_dir = save_model_dir(Path(tmp) / "model", config, random_state_dict(config, seed))
             report["weights"] = "random"
         else:
-            model_dir = hub.resolve(model, settings.cache, settings.source, download=False)
+            model_dir = hub.resolve(model, model_config.cache, model_config.source, download=False)
             config = load_model_dir(model_dir, Path(tmp)).config
             report["weights"] = "pretrained"
         cache = Path(tmp) / "cache"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..settings import get_settings
+from ..config import get_settings
 from .common import clean_errors, console
 
 app = typer.Typer(help="List and download emotion2vec models.", no_args_is_help=True)
@@ -18,13 +18,13 @@ def list_models() -> None:
     """Known models, where they come from, and whether they are in the cache."""
     from ..model import hub  # imports torch: only when the command runs
 
-    settings = get_settings()
-    table = Table(title=f"models (cache: {settings.cache})")
+    cache = get_settings().model.cache
+    table = Table(title=f"models (cache: {cache})")
     table.add_column("name", no_wrap=True)
     for column in ("cached", "hugging face", "modelscope", "about"):
         table.add_column(column)
     for spec in hub.MODELS.values():
-        cached = "yes" if hub.is_cached(spec.name, settings.cache) else "no"
+        cached = "yes" if hub.is_cached(spec.name, cache) else "no"
         table.add_row(spec.name, cached, spec.hf_repo or "-", spec.modelscope_repo or "-", spec.description)
     table.add_row("random:tiny|base|large", "built in", "-", "-", "random weights, for tests and benchmarks")
     console.print(table)
@@ -39,7 +39,7 @@ def pull(
     """Download a model into the cache (EMOSERVE_CACHE, default ~/.cache/emoserve)."""
     from ..model import hub  # imports torch: only when the command runs
 
-    settings = get_settings(source=source)
+    config = get_settings(source=source).model
     with clean_errors():
-        path = hub.pull(name, settings.cache, settings.source, force=force)
+        path = hub.pull(name, config.cache, config.source, force=force)
     console.print(f"{name} is ready at {path}")

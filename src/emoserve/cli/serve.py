@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..settings import get_settings
+from ..config import get_settings
 from .common import uvicorn_options
 
 
@@ -27,4 +27,4 @@ def serve(
     settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device, dtype=dtype,
                             max_batch_size=max_batch_size)
     app = create_app(settings)
-    uvicorn.run(app, **uvicorn_options(settings))
+    uvicorn.run(app, **uvicorn_options(settings.server))

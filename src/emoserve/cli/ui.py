@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..settings import get_settings
+from ..config import get_settings
 from .common import clean_errors, uvicorn_options
 
 
@@ -25,4 +25,4 @@ def ui(
     settings = get_settings(model=model, host=host, port=port, device=device, dtype=dtype)
     with clean_errors():
         app = standalone_app(settings)
-    uvicorn.run(app, **uvicorn_options(settings))
+    uvicorn.run(app, **uvicorn_options(settings.server))

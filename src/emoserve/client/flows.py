@@ -190,7 +190,7 @@ class Flows:
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, preconvert: bool,
                  preconvert_format: str, resume_dir: str | Path | None):
-        from ..settings import get_settings
+        from ..config import ModelConfig
 
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -200,7 +200,7 @@ class Flows:
         if preconvert_format not in PRECONVERT_FORMATS:
             raise InvalidParameterError(f"preconvert_format must be {' or '.join(PRECONVERT_FORMATS)}")
         self.preconvert_format = preconvert_format
-        self.resume_dir = Path(resume_dir) if resume_dir else get_settings().cache / "client-uploads"
+        self.resume_dir = Path(resume_dir) if resume_dir else ModelConfig().cache / "client-uploads"
 
     def call(self, method: str, url: str, **kwargs) -> Flow[httpx.Response]:
         return retrying(Call(method, url, **kwargs), self.policy)

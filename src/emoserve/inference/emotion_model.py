@@ -22,29 +22,36 @@ import numpy as np
 import torch
 
 from ..audio import AudioSource, decode_audio
+from ..config import LongformConfig, ModelConfig
 from ..errors import AudioError, InvalidParameterError
 from ..labels import LABELS, UNUSED_PREFIX
 from ..model import hub
 from ..model.checkpoint import load_model_dir, random_state_dict
 from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
 from ..model.emotion2vec import Emotion2vec
-from ..settings import get_settings
-from ..timeline.longform import LongformOptions, analyze_long
+from ..timeline.longform import analyze_long
 from .batching import plan_batches
 from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
 
 log = logging.getLogger(__name__)
 
-# oneDNN (the CPU convolutions) keeps a compiled kernel per op and input shape, 1024 of them by default.
-# Clip lengths differ with every request, so that cache mostly churns and pins fragmented heap: the
-# server's RSS climbed by 0.6 GB over 4000 random-length batches of random:tiny. 32 entries still hold
-# the kernels that the layers of one forward pass share, at the same speed (measured on random:large),
-# and keep memory flat. oneDNN reads this at its first use; a value set by the user wins.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
-
+DEFAULTS = ModelConfig()  # the keyword defaults of `from_pretrained`: config.py is their one source
 RANDOM_CONFIGS = {"tiny": TINY, "base": PLUS_BASE, "large": PLUS_LARGE, "base-nohead": BASE}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+
+
+def bound_onednn_kernel_cache() -> None:
+    """Keep oneDNN's kernel cache small (32 entries) unless the user set its size.
+
+    oneDNN (the CPU convolutions) keeps a compiled kernel per op and input shape, 1024 of them by
+    default. Clip lengths differ with every request, so that cache mostly churns and pins fragmented
+    heap: the server's RSS climbed by 0.6 GB over 4000 random-length batches of random:tiny. 32
+    entries still hold the kernels that the layers of one forward pass share, at the same speed
+    (measured on random:large), and keep memory flat. oneDNN reads the variable at its first use,
+    so a model sets it when it is made on the CPU, before its first forward pass.
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -98,8 +105,10 @@ class EmotionModel:
     """A loaded emotion2vec network on a device, with its labels."""
 
     def __init__(self, network: Emotion2vec, labels: Sequence[str], name: str, *, weights: str = "pretrained",
-                 device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+                 device: str | torch.device = DEFAULTS.device, dtype: str | torch.dtype = DEFAULTS.dtype):
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            bound_onednn_kernel_cache()
         self.dtype = resolve_dtype(dtype, self.device)
         self.network = network.eval().requires_grad_(False).to(self.device)
         self.config: Emotion2vecConfig = network.config
@@ -115,17 +124,17 @@ class EmotionModel:
         self.compiled = False
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = "emotion2vec_plus_large", *, device: str = "auto",
-                        dtype: str = "auto", cache_dir: str | Path | None = None, source: str | None = None,
-                        download: bool = True, seed: int = 0, quantize: bool = False,
-                        compile: bool = False) -> EmotionModel:
-        """Load a model by name (downloading it once), from a local directory, or `random:tiny|base|large`.
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULTS.model, *, device: str = DEFAULTS.device,
+                        dtype: str = DEFAULTS.dtype, cache_dir: str | Path = DEFAULTS.cache,
+                        source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
+                        quantize: bool = DEFAULTS.quantize, compile: bool = DEFAULTS.compile) -> EmotionModel:
+        """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
+        `random:tiny|base|large`.
 
         `quantize` and `compile` apply `quantize_int8` and `compile` below (opt-in speed paths).
         """
         started = time.perf_counter()
-        settings = get_settings()
-        cache = Path(cache_dir) if cache_dir else settings.cache
+        cache = Path(cache_dir)
         name = str(name_or_path)
         if name.startswith("random:"):
             size = name.split(":", 1)[1]
@@ -134,7 +143,7 @@ class EmotionModel:
             config = RANDOM_CONFIGS[size]
             state, labels, weights = random_state_dict(config, seed), LABELS[: config.num_labels], "random"
         else:
-            directory = hub.resolve(name, cache, source or settings.source, download=download)
+            directory = hub.resolve(name, cache, source, download=download)
             loaded = load_model_dir(directory, cache)
             config, state, labels, weights = loaded.config, loaded.state_dict, loaded.labels, "pretrained"
             name = name if name in hub.MODELS else directory.name
@@ -149,6 +158,12 @@ class EmotionModel:
         log.info("loaded %s (%s weights) on %s/%s in %.2fs", name, weights, model.device, model.dtype,
                  time.perf_counter() - started)
         return model
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> EmotionModel:
+        """The model its settings section names, loaded as it says (`Settings().model`)."""
+        return cls.from_pretrained(config.model, device=config.device, dtype=config.dtype, cache_dir=config.cache,
+                                   source=config.source, quantize=config.quantize, compile=config.compile)
 
     @property
     def info(self) -> ModelInfo:
@@ -287,10 +302,10 @@ class EmotionModel:
     def analyze_long(self, audio: AudioSource, granularity: str = "utterance", return_embedding: bool = False,
                      progress: Callable[[float], None] | None = None, *, sample_rate: int | None = None,
                      regions: Sequence[tuple[float, float]] | None = None,
-                     options: LongformOptions | None = None) -> LongformResult:
+                     options: LongformConfig | None = None) -> LongformResult:
         """A file of any length: voiced segments with their emotion, the duration-weighted whole, and
         (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`."""
         return analyze_long(audio, self.predict, labels=self.labels, model_name=self.name, granularity=granularity,
                             return_embedding=return_embedding, sample_rate=sample_rate, regions=regions,
-                            options=options or LongformOptions.from_settings(get_settings()), progress=progress,
+                            options=options, progress=progress,
                             min_samples=self.config.min_samples)

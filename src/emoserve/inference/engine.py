@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from ..audio import AudioSource, decode_audio
+from ..config import EngineConfig
 from ..errors import EmoserveError, InvalidParameterError
 from ..model.config import SAMPLE_RATE
-from ..settings import Settings
 from .batching import select_batch
 from .emotion_model import EmotionModel
 from .results import ClipOutput, EmotionResult, check_granularity, make_result
@@ -53,6 +53,7 @@ T = TypeVar("T")
 CPU_LIMITS = {"max_batch_size": 4, "max_batch_samples": 4 * 10 * SAMPLE_RATE, "max_padding": 0.1}
 GPU_LIMITS = {"max_batch_size": 64, "max_batch_samples": 64 * 10 * SAMPLE_RATE, "max_padding": 0.25}
 WARMUP_SECONDS = (1.0, 5.0, 10.0)
+DEFAULTS = EngineConfig()  # the keyword defaults below: config.py is their one source
 
 
 class EngineOverloaded(EmoserveError):
@@ -150,10 +151,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 class Engine:
     """Owns a model and its request queue; batches concurrent callers into padded forward passes."""
 
-    def __init__(self, model: EmotionModel, *, max_batch_size: int | None = None,
-                 max_batch_samples: int | None = None, max_wait_ms: float = 5.0, max_queue: int = 256,
-                 decode_workers: int = 2, threads: int | None = None, warmup: bool = True,
-                 observers: Sequence[BatchObserver] = ()):
+    def __init__(self, model: EmotionModel, *, max_batch_size: int | None = DEFAULTS.max_batch_size,
+                 max_batch_samples: int | None = DEFAULTS.max_batch_samples, max_wait_ms: float = DEFAULTS.max_wait_ms,
+                 max_queue: int = DEFAULTS.max_queue, decode_workers: int = DEFAULTS.decode_workers,
+                 threads: int | None = DEFAULTS.threads, warmup: bool = True, observers: Sequence[BatchObserver] = ()):
         defaults = GPU_LIMITS if model.device.type == "cuda" else CPU_LIMITS
         self.max_batch_size = defaults["max_batch_size"] if max_batch_size is None else max_batch_size
         self.max_batch_samples = defaults["max_batch_samples"] if max_batch_samples is None else max_batch_samples
@@ -181,15 +182,9 @@ class Engine:
         self._own_loop_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, model: EmotionModel | None = None) -> Engine:
-        """An engine configured by `EMOSERVE_*` settings, loading the model they name unless given."""
-        if model is None:
-            model = EmotionModel.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                                 cache_dir=settings.cache, source=settings.source,
-                                                 quantize=settings.quantize, compile=settings.compile)
-        return cls(model, max_batch_size=settings.max_batch_size, max_batch_samples=settings.max_batch_samples,
-                   max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                   decode_workers=settings.decode_workers, threads=settings.threads)
+    def from_config(cls, config: EngineConfig, model: EmotionModel) -> Engine:
+        """An engine with the knobs of its settings section (`Settings().engine`)."""
+        return cls(model, **config.model_dump())
 
     # ---- state ----
 

@@ -10,8 +10,8 @@ in a folder of EMOSERVE_RASA_AUDIO_DIRS). Whoever chats writes the message, so e
 (`emoserve.integrations.sources`). The action sets the slots `emotion` and `emotion_confidence` and,
 when a rule of `escalate` matches (default: angry with confidence above 0.7), sends the response
 `utter_handoff` (and runs `handoff_action` next, when set). Configure it by subclassing, or with the
-environment: EMOSERVE_SERVER, EMOSERVE_API_KEY, EMOSERVE_RASA_ESCALATE ("angry:0.7,fearful:0.8") and
-the EMOSERVE_RASA_* limits of emoserve.settings. Any failure (a refused source, a service that is
+environment: EMOSERVE_SERVER, EMOSERVE_API_KEY, and the EMOSERVE_RASA_* settings of emoserve.config
+(`RasaConfig`: limits, and ESCALATE, e.g. "angry:0.7,fearful:0.8"). Any failure (a refused source, a service that is
 down, audio that cannot be analysed) leaves both slots empty and tells the user why, in plain text or
 through `error_response`: the conversation goes on.
 """
@@ -28,8 +28,8 @@ from rasa_sdk.events import EventType, FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
 from ..client import DEFAULT_URL, AsyncEmoClient, ClientResult
+from ..config import Settings
 from ..errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
-from ..settings import get_settings
 from .sources import AudioPolicy, load_audio
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,10 @@ class ActionAnalyzeEmotion(Action):
     def __init__(self) -> None:
         self.server_url = os.environ.get("EMOSERVE_SERVER", DEFAULT_URL)
         self.api_key = os.environ.get("EMOSERVE_API_KEY") or None
-        if os.environ.get("EMOSERVE_RASA_ESCALATE"):
-            self.escalate = parse_rules(os.environ["EMOSERVE_RASA_ESCALATE"])
-        self.policy = AudioPolicy.for_rasa(get_settings())
+        config = Settings().rasa
+        if config.escalate:
+            self.escalate = parse_rules(config.escalate)
+        self.policy = AudioPolicy.for_rasa(config)
 
     def name(self) -> str:
         return "action_analyze_emotion"

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..config import RasaConfig
 from ..errors import InvalidParameterError, PayloadTooLargeError
-from ..settings import Settings
 
 URL_SCHEMES = ("http", "https")
 
@@ -35,10 +35,9 @@ class AudioPolicy:
     timeout_s: float  # a whole URL download, start to end
 
     @classmethod
-    def for_rasa(cls, settings: Settings) -> AudioPolicy:
-        folders = (part.strip() for part in settings.rasa_audio_dirs.split(os.pathsep))
-        return cls(tuple(Path(f) for f in folders if f), settings.rasa_max_audio_bytes,
-                   settings.rasa_download_timeout_s)
+    def for_rasa(cls, config: RasaConfig) -> AudioPolicy:
+        folders = (part.strip() for part in config.audio_dirs.split(os.pathsep))
+        return cls(tuple(Path(f) for f in folders if f), config.max_audio_bytes, config.download_timeout_s)
 
 
 async def load_audio(value: str, policy: AudioPolicy, inline: bool = False) -> tuple[bytes, str]:

@@ -16,16 +16,16 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from .. import webhooks
+from ..config import JobsConfig, LongformConfig
 from ..errors import ConflictError, EmoserveError, NotFoundError
 from ..inference.results import check_granularity
 from ..model.config import RECEPTIVE_FIELD
-from ..timeline.longform import BatchPredict, LongformOptions, analyze_long
+from ..timeline.longform import BatchPredict, analyze_long
 from .store import Job, Store, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -41,44 +41,25 @@ class RunnerStopping(Exception):
     """The runner is stopping: put the job back in the queue for the next start."""
 
 
-@dataclass(frozen=True)
-class RunnerConfig:
-    workers: int = 1
-    max_attempts: int = 3
-    callback_attempts: int = 5
-    callback_backoff_s: float = 2.0
-    callback_timeout_s: float = 10.0
-    callback_allow_networks: tuple[webhooks.IPNetwork, ...] = ()  # reachable besides public addresses
-    callback_secret: str = ""  # empty: the one kept in the data dir (made on the first start)
-    sweep_interval_s: float = 300.0
-    poll_s: float = 1.0  # how often idle workers look for jobs queued by another process
-
-    @classmethod
-    def from_settings(cls, settings) -> RunnerConfig:
-        return cls(workers=settings.job_workers, max_attempts=settings.job_max_attempts,
-                   callback_attempts=settings.callback_attempts, callback_backoff_s=settings.callback_backoff_s,
-                   callback_timeout_s=settings.callback_timeout_s,
-                   callback_allow_networks=settings.callback_networks(), callback_secret=settings.callback_secret,
-                   sweep_interval_s=settings.sweep_interval_s)
-
-
 class JobRunner:
     """Pulls queued jobs from the store and analyses their uploads with `emoserve.timeline.longform`.
 
     `predict` is the batch-predict callable (`EmotionModel.predict`, or the engine's); `labels`,
-    `model_name` and `min_samples` describe the model behind it.
+    `model_name` and `min_samples` describe the model behind it. `poll_s`: how often idle workers
+    look for jobs queued by another process.
     """
 
     def __init__(self, store: Store, predict: BatchPredict, *, labels: Sequence[str], model_name: str,
-                 min_samples: int = RECEPTIVE_FIELD, options: LongformOptions | None = None,
-                 config: RunnerConfig | None = None):
+                 min_samples: int = RECEPTIVE_FIELD, options: LongformConfig | None = None,
+                 config: JobsConfig | None = None, poll_s: float = 1.0):
         self.store = store
         self.predict = predict
         self.labels = tuple(labels)
         self.model_name = model_name
         self.min_samples = min_samples
-        self.options = options or LongformOptions()
-        self.config = config or RunnerConfig()
+        self.options = options or LongformConfig()
+        self.config = config or JobsConfig()
+        self.poll_s = poll_s
         self.stopping = threading.Event()
         self.changed = threading.Condition()  # notified when a job is queued or finishes
         self.threads: list[threading.Thread] = []
@@ -93,12 +74,12 @@ class JobRunner:
         secret = self.config.callback_secret or \
             webhooks.load_or_create_secret(self.store.root / webhooks.SECRET_FILE)
         self.signing_key = webhooks.signing_key(secret)
-        requeued, failed = self.store.requeue_running(self.config.max_attempts)
+        requeued, failed = self.store.requeue_running(self.config.job_max_attempts)
         if requeued or failed:
             log.warning("restart: re-queued %d interrupted job(s), failed %d that kept crashing", len(requeued),
                         len(failed))
         self.stopping.clear()
-        for i in range(self.config.workers):
+        for i in range(self.config.job_workers):
             self.spawn(self.work, f"emoserve-job-worker-{i}")
         self.spawn(self.sweep_periodically, "emoserve-sweeper")
         for job in self.store.jobs_with_callbacks_due():
@@ -144,7 +125,7 @@ class JobRunner:
         job = self.store.get_job(job_id)
         while not job.finished and (remaining := deadline - time.monotonic()) > 0:
             with self.changed:
-                self.changed.wait(min(remaining, self.config.poll_s))
+                self.changed.wait(min(remaining, self.poll_s))
             job = self.store.get_job(job_id)
         return job
 
@@ -170,7 +151,7 @@ class JobRunner:
             job = self.store.claim_job()
             if job is None:
                 with self.changed:
-                    self.changed.wait(self.config.poll_s)
+                    self.changed.wait(self.poll_s)
                 continue
             self.run(job)
 

@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
+from ..config import StoreConfig
 from ..errors import (
     ChecksumMismatchError,
     ConflictError,
@@ -55,7 +56,6 @@ from ..errors import (
     UploadIncompleteError,
 )
 from ..files import file_sha256
-from ..settings import Settings
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000  # an upload's missing list stays small enough to send back
@@ -199,32 +199,6 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def setting_default(name: str):
-    """A default of settings.py, the one place defaults live."""
-    return Settings.model_fields[name].default
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    max_bytes: int = setting_default("upload_max_bytes")
-    max_chunk_bytes: int = setting_default("upload_max_chunk_bytes")
-    max_active: int = setting_default("upload_max_active")
-    max_active_bytes: int = setting_default("upload_max_active_bytes")
-    max_disk_bytes: int = setting_default("upload_max_disk_bytes")
-    min_free_bytes: int = setting_default("data_min_free_bytes")
-    expiry_s: float = setting_default("upload_expiry_s")
-    keep_completed_s: float = setting_default("upload_keep_completed_s")
-    keep_jobs_s: float = setting_default("job_keep_s")
-
-    @classmethod
-    def from_settings(cls, settings) -> UploadLimits:
-        return cls(max_bytes=settings.upload_max_bytes, max_chunk_bytes=settings.upload_max_chunk_bytes,
-                   max_active=settings.upload_max_active, max_active_bytes=settings.upload_max_active_bytes,
-                   max_disk_bytes=settings.upload_max_disk_bytes, min_free_bytes=settings.data_min_free_bytes,
-                   expiry_s=settings.upload_expiry_s, keep_completed_s=settings.upload_keep_completed_s,
-                   keep_jobs_s=settings.job_keep_s)
-
-
 @dataclass(frozen=True)
 class Upload:
     upload_id: str
@@ -335,10 +309,9 @@ class SweepReport:
 class Store:
     """The one owner of the data dir: thread-safe (one connection behind a lock; file I/O outside it)."""
 
-    def __init__(self, data_dir: str | Path, limits: UploadLimits | None = None,
-                 clock: Callable[[], float] = time.time):
-        self.root = Path(data_dir).resolve()
-        self.limits = limits or UploadLimits()
+    def __init__(self, config: StoreConfig, clock: Callable[[], float] = time.time):
+        self.root = config.data_dir.resolve()
+        self.config = config
         self.clock = clock
         for sub in ("uploads", "jobs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -354,10 +327,6 @@ class Store:
         with self.transaction() as db:  # a database made before tus concatenation gets its column
             if "concat" not in {row[1] for row in db.execute("PRAGMA table_info(uploads)")}:
                 db.execute("ALTER TABLE uploads ADD COLUMN concat TEXT")
-
-    @classmethod
-    def from_settings(cls, settings) -> Store:
-        return cls(settings.data_dir, UploadLimits.from_settings(settings))
 
     def close(self) -> None:
         with self.lock:
@@ -411,10 +380,10 @@ class Store:
     def create_upload(self, filename: str | None, total_size: int, chunk_size: int | None = None,
                       sha256: str | None = None) -> Upload:
         """`POST /v1/upload/init`: announce a file to be sent in chunks of `chunk_size` (≤ the chunk limit)."""
-        chunk_size = self.limits.max_chunk_bytes if chunk_size is None else chunk_size
-        if not isinstance(chunk_size, int) or not 0 < chunk_size <= self.limits.max_chunk_bytes:
+        chunk_size = self.config.upload_max_chunk_bytes if chunk_size is None else chunk_size
+        if not isinstance(chunk_size, int) or not 0 < chunk_size <= self.config.upload_max_chunk_bytes:
             raise InvalidParameterError(
-                f"chunk_size must be 1 to {self.limits.max_chunk_bytes} bytes; got {chunk_size!r}")
+                f"chunk_size must be 1 to {self.config.upload_max_chunk_bytes} bytes; got {chunk_size!r}")
         self.check_total_size(total_size)
         chunk_count = math.ceil(total_size / chunk_size)
         if chunk_count > MAX_CHUNKS:
@@ -479,9 +448,10 @@ class Store:
     def check_total_size(self, total_size: int) -> None:
         if not isinstance(total_size, int) or total_size <= 0:
             raise InvalidParameterError(f"total_size must be a positive number of bytes; got {total_size!r}")
-        if total_size > self.limits.max_bytes:
-            raise PayloadTooLargeError(f"{total_size} bytes is over the limit of {self.limits.max_bytes} per upload",
-                                       details={"max_bytes": self.limits.max_bytes})
+        limit = self.config.upload_max_bytes
+        if total_size > limit:
+            raise PayloadTooLargeError(f"{total_size} bytes is over the limit of {limit} per upload",
+                                       details={"max_bytes": limit})
 
     def insert_upload(self, kind: str, filename: str, total_size: int, chunk_size: int, chunk_count: int,
                       sha256: str | None, metadata: dict, *, concat: str | None = None) -> Upload:
@@ -490,23 +460,24 @@ class Store:
         with self.transaction() as db:
             active, active_bytes = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(total_size), 0) FROM uploads WHERE state = ?", (UPLOADING,)).fetchone()
-            if active >= self.limits.max_active:
+            config = self.config
+            if active >= config.upload_max_active:
                 raise QuotaExceededError(f"{active} uploads are in flight, the most allowed: finish or wait for one",
-                                         details={"max_active": self.limits.max_active})
-            if active_bytes + total_size > self.limits.max_active_bytes:
+                                         details={"max_active": config.upload_max_active})
+            if active_bytes + total_size > config.upload_max_active_bytes:
                 raise QuotaExceededError(
                     f"uploads in flight hold {active_bytes} bytes; {total_size} more is over the limit of "
-                    f"{self.limits.max_active_bytes}", details={"max_active_bytes": self.limits.max_active_bytes})
+                    f"{config.upload_max_active_bytes}", details={"max_active_bytes": config.upload_max_active_bytes})
             held = self.disk_bytes(db)
-            if held + total_size > self.limits.max_disk_bytes:
+            if held + total_size > config.upload_max_disk_bytes:
                 raise InsufficientStorageError(
                     f"uploads hold {held} bytes on disk; {total_size} more is over the limit of "
-                    f"{self.limits.max_disk_bytes}: delete uploads you no longer need (DELETE /v1/upload/{{id}}) or "
-                    "retry once finished ones expire", details={"max_disk_bytes": self.limits.max_disk_bytes})
+                    f"{config.upload_max_disk_bytes}: delete uploads you no longer need (DELETE /v1/upload/{{id}}) or "
+                    "retry once finished ones expire", details={"max_disk_bytes": config.upload_max_disk_bytes})
             db.execute("INSERT INTO uploads (id, kind, filename, total_size, chunk_size, chunk_count, sha256, metadata,"
                        " state, created_at, updated_at, expires_at, concat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
                        " ?)", (upload_id, kind, filename, total_size, chunk_size, chunk_count, sha256,
-                               json.dumps(metadata), UPLOADING, now, now, now + self.limits.expiry_s, concat))
+                               json.dumps(metadata), UPLOADING, now, now, now + self.config.upload_expiry_s, concat))
         with storage_errors():
             (self.upload_dir(upload_id) / "chunks").mkdir(parents=True, exist_ok=True)
         return self.get_upload(upload_id)
@@ -517,19 +488,19 @@ class Store:
 
     def check_free_space(self, incoming: int) -> None:
         """Refuse (507) bytes that would leave less than `min_free_bytes` free on the data dir's file system."""
-        if free_bytes(self.root) - incoming < self.limits.min_free_bytes:
+        if free_bytes(self.root) - incoming < self.config.data_min_free_bytes:
             raise InsufficientStorageError("the server's disk is almost full: nothing of this request was stored; "
                                            "retry later, and delete uploads you no longer need "
                                            "(DELETE /v1/upload/{id})")
 
     def storage_problem(self) -> str | None:
         """Why uploads are refused for lack of space, if they are: /health reports it (status degraded)."""
-        if free_bytes(self.root) < self.limits.min_free_bytes:
+        if free_bytes(self.root) < self.config.data_min_free_bytes:
             return ("the data disk is almost full (less free than EMOSERVE_DATA_MIN_FREE_BYTES): uploads are refused "
                     "until space is freed")
         with self.lock:
             held = self.disk_bytes(self.db)
-        if held >= self.limits.max_disk_bytes:
+        if held >= self.config.upload_max_disk_bytes:
             return ("uploads hold all the disk space allowed (EMOSERVE_UPLOAD_MAX_DISK_BYTES): new uploads are "
                     "refused until some are deleted or expire")
         return None
@@ -588,7 +559,7 @@ class Store:
             db.execute("INSERT OR REPLACE INTO chunks (upload_id, idx, size, sha256) VALUES (?, ?, ?, ?)",
                        (upload_id, index, size, sha256))
             db.execute("UPDATE uploads SET updated_at = ?, expires_at = ? WHERE id = ?",
-                       (now, now + self.limits.expiry_s, upload_id))
+                       (now, now + self.config.upload_expiry_s, upload_id))
 
     def complete_upload(self, upload_id: str) -> Upload:
         """Join the chunks into one file, streaming (never the whole file in memory), checking the sha256.
@@ -657,7 +628,7 @@ class Store:
             changed = db.execute(
                 "UPDATE uploads SET state = ?, sha256 = ?, received_bytes = total_size, updated_at = ?, expires_at = ?"
                 " WHERE id = ? AND state = ?",
-                (COMPLETE, sha256, now, now + self.limits.keep_completed_s, upload_id, UPLOADING)).rowcount
+                (COMPLETE, sha256, now, now + self.config.upload_keep_completed_s, upload_id, UPLOADING)).rowcount
         if not changed:
             raise UploadExpiredError(f"upload {upload_id} expired before it was complete: start a new upload")
 
@@ -684,7 +655,7 @@ class Store:
         with self.transaction() as db:
             changed = db.execute("UPDATE uploads SET received_bytes = ?, updated_at = ?, expires_at = ?"
                                  " WHERE id = ? AND state = ? AND received_bytes = ?",
-                                 (new_offset, now, now + self.limits.expiry_s, upload_id, UPLOADING,
+                                 (new_offset, now, now + self.config.upload_expiry_s, upload_id, UPLOADING,
                                   old_offset)).rowcount
         if not changed:
             raise UploadExpiredError(f"upload {upload_id} expired or was deleted while bytes arrived: start a new "
@@ -749,7 +720,7 @@ class Store:
                         "pending" if callback_url else None, now, now))
             # a job keeps its upload's file: the sweep leaves files of uploads with unfinished jobs alone
             db.execute("UPDATE uploads SET expires_at = MAX(expires_at, ?) WHERE id = ?",
-                       (now + self.limits.keep_completed_s, upload_id))
+                       (now + self.config.upload_keep_completed_s, upload_id))
         return self.get_job(job_id)
 
     def find_job(self, upload_id: str, options: dict, callback_url: str | None) -> Job | None:
@@ -878,10 +849,10 @@ class Store:
             db.execute("DELETE FROM chunks WHERE upload_id IN (SELECT id FROM uploads WHERE state = ?)", (EXPIRED,))
             deleted_uploads = [r[0] for r in db.execute(
                 "DELETE FROM uploads WHERE state = ? AND updated_at < ? RETURNING id",
-                (EXPIRED, now - self.limits.keep_jobs_s))]
+                (EXPIRED, now - self.config.job_keep_s))]
             deleted_jobs = [r[0] for r in db.execute(
                 "DELETE FROM jobs WHERE status IN (?, ?) AND finished_at < ? RETURNING id",
-                (*FINISHED, now - self.limits.keep_jobs_s))]
+                (*FINISHED, now - self.config.job_keep_s))]
         removed = 0
         for entry in (self.root / "uploads").iterdir():
             state = self.upload_state(entry.name)
@@ -996,7 +967,7 @@ class TusAppender:
         self.store, self.upload_id = store, upload_id
         self.checksum = checksum
         self.digest = hashlib.new(checksum[0].lower()) if checksum is not None else None
-        self.sync_bytes = store.limits.max_chunk_bytes
+        self.sync_bytes = store.config.upload_max_chunk_bytes
         directory = store.upload_dir(upload_id)
         self.part_path = directory / "data.part"
         try:

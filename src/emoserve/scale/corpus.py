@@ -29,8 +29,8 @@ import numpy as np
 from ..audio import AudioSource, decode_audio
 from ..cli.analyze import AUDIO_EXTENSIONS, TOO_LONG, Failure, analyze_file, collect_files, make_client, save_embedding
 from ..cli.outputs import Writer
+from ..config import Settings, get_settings
 from ..errors import EmoserveError, InvalidParameterError
-from ..settings import Settings, get_settings
 
 MANIFEST_SUFFIXES = (".txt", ".lst")
 GLOB_CHARACTERS = "*?["
@@ -197,13 +197,13 @@ def pipeline(files: list[str], settings: Settings, granularity: str, want_embedd
     import ray.data
 
     workers = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("EMOSERVE_")}}
-    replicas = ray.data.ActorPoolStrategy(min_size=settings.ray_min_replicas, max_size=settings.ray_max_replicas,
+    replicas = ray.data.ActorPoolStrategy(min_size=settings.ray.min_replicas, max_size=settings.ray.max_replicas,
                                           max_concurrent_calls_per_actor=jobs, enable_true_multi_threading=True)
     return (ray.data.from_items([{"file": f} for f in files])
-            .map(decode_file, fn_kwargs={"max_seconds": settings.max_duration_s}, runtime_env=workers)
+            .map(decode_file, fn_kwargs={"max_seconds": settings.server.max_duration_s}, runtime_env=workers)
             .map_batches(ModelReplica, batch_size=1, compute=replicas, runtime_env=workers,
-                         num_cpus=settings.ray_replica_cpus, num_gpus=settings.ray_replica_gpus,
-                         fn_constructor_kwargs={"model": settings.model, "device": settings.device,
+                         num_cpus=settings.ray.replica_cpus, num_gpus=settings.ray.replica_gpus,
+                         fn_constructor_kwargs={"model": settings.model.model, "device": settings.model.device,
                                                 "granularity": granularity, "want_embedding": want_embedding}))
 
 

@@ -30,6 +30,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..audio import AudioSource, stream_audio
+from ..config import LongformConfig
 from ..errors import AudioError, InvalidParameterError
 from ..inference.batching import plan_batches
 from ..inference.results import (
@@ -49,55 +50,9 @@ Progress = Callable[[float], None]
 DECODE_SHARE = 0.1  # of the progress bar: the first pass (decode + VAD); the model takes the rest
 
 
-@dataclass(frozen=True)
-class LongformOptions:
-    """How long files are cut up; defaults match `Settings`, `from_settings` reads them."""
-
-    max_duration_s: float = 4 * 3600
-    max_segment_s: float = 30.0
-    window_s: float = 30.0
-    window_overlap_s: float = 4.0
-    batch_size: int = 8
-    batch_s: float = 120.0
-    vad_threshold: float = 0.5
-    vad_min_speech_ms: int = 250
-    vad_min_silence_ms: int = 300
-    vad_speech_pad_ms: int = 100
-
-    def __post_init__(self) -> None:
-        if self.window_samples < 2 * RECEPTIVE_FIELD:
-            raise InvalidParameterError(f"window_s {self.window_s} is too short for frame windows")
-        if not 2 * HOP <= self.overlap_samples <= self.window_samples // 2:
-            raise InvalidParameterError(
-                f"window_overlap_s must be between 0.04 s and half the window; got {self.window_overlap_s}")
-        if self.max_segment_s < 1.0:
-            raise InvalidParameterError(f"max_segment_s must be at least 1 s; got {self.max_segment_s}")
-
-    @classmethod
-    def from_settings(cls, settings) -> LongformOptions:
-        return cls(
-            max_duration_s=settings.longform_max_duration_s, max_segment_s=settings.longform_max_segment_s,
-            window_s=settings.longform_window_s, window_overlap_s=settings.longform_window_overlap_s,
-            batch_size=settings.longform_batch_size, batch_s=settings.longform_batch_s,
-            vad_threshold=settings.vad_threshold, vad_min_speech_ms=settings.vad_min_speech_ms,
-            vad_min_silence_ms=settings.vad_min_silence_ms, vad_speech_pad_ms=settings.vad_speech_pad_ms)
-
-    @property
-    def window_samples(self) -> int:
-        return int(self.window_s * SAMPLE_RATE) // HOP * HOP
-
-    @property
-    def overlap_samples(self) -> int:
-        return round(self.window_overlap_s * SAMPLE_RATE / HOP) * HOP
-
-    @property
-    def batch_samples(self) -> int:
-        return int(self.batch_s * SAMPLE_RATE)
-
-
 def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence[str], model_name: str,
                  granularity: str = "utterance", return_embedding: bool = False, sample_rate: int | None = None,
-                 regions: Sequence[tuple[float, float]] | None = None, options: LongformOptions | None = None,
+                 regions: Sequence[tuple[float, float]] | None = None, options: LongformConfig | None = None,
                  progress: Progress | None = None, min_samples: int = RECEPTIVE_FIELD,
                  scratch_dir: str | Path | None = None, embedding_path: str | Path | None = None) -> LongformResult:
     """The emotion timeline of a file or waveform of any length.
@@ -108,7 +63,7 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
     holds it memory-mapped. `scratch_dir` holds the decoded 16 kHz copy of a file while it runs.
     """
     check_granularity(granularity)
-    options = options or LongformOptions()
+    options = options or LongformConfig()
     labels = tuple(labels)
     report = progress or (lambda fraction: None)
     with tempfile.TemporaryDirectory(prefix="emoserve-longform-", dir=scratch_dir) as scratch:
@@ -157,7 +112,7 @@ class Tally:
 # ---- pass 1: decode once, to a scratch file, scoring speech on the way ----
 
 
-def first_pass(source: AudioSource, scratch_file: Path, sample_rate: int | None, options: LongformOptions,
+def first_pass(source: AudioSource, scratch_file: Path, sample_rate: int | None, options: LongformConfig,
                detect_speech: bool, progress: Progress, min_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(the whole file at 16 kHz, memory-mapped; silero's speech probability per 512 samples)."""
     detector = SpeechDetector() if detect_speech else None
@@ -275,14 +230,14 @@ class SpeechDetector:
             self.context = block[-1, -self.CONTEXT:].copy()
 
 
-def speech_regions(probs: np.ndarray, num_samples: int, options: LongformOptions) -> list[tuple[int, int]]:
+def speech_regions(probs: np.ndarray, num_samples: int, options: LongformConfig) -> list[tuple[int, int]]:
     """silero's own state machine (thresholds with hysteresis, padding; long stretches cut at pauses)."""
     from silero_vad import get_speech_timestamps_from_probs
 
     stamps = get_speech_timestamps_from_probs(
-        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.vad_threshold,
-        min_speech_duration_ms=options.vad_min_speech_ms, max_speech_duration_s=options.max_segment_s,
-        min_silence_duration_ms=options.vad_min_silence_ms, speech_pad_ms=options.vad_speech_pad_ms,
+        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.vad.threshold,
+        min_speech_duration_ms=options.vad.min_speech_ms, max_speech_duration_s=options.max_segment_s,
+        min_silence_duration_ms=options.vad.min_silence_ms, speech_pad_ms=options.vad.speech_pad_ms,
         audio_length_samples=num_samples)
     return [(int(s["start"]), int(s["end"])) for s in stamps]
 
@@ -322,7 +277,7 @@ def fit_length(cut: tuple[int, int], min_samples: int, num_samples: int) -> tupl
 
 
 def analyze_segments(audio: np.ndarray, cuts: list[tuple[int, int]], predict: BatchPredict, labels: tuple[str, ...],
-                     options: LongformOptions, work: Tally) -> tuple[list[Segment], np.ndarray]:
+                     options: LongformConfig, work: Tally) -> tuple[list[Segment], np.ndarray]:
     lengths = [end - start for start, end in cuts]
     segments: list[Segment | None] = [None] * len(cuts)
     embeddings: list[np.ndarray | None] = [None] * len(cuts)
@@ -384,7 +339,7 @@ class Frames:
     embedding: np.ndarray | None  # (T, D) when asked for
 
 
-def analyze_frames(audio: np.ndarray, starts: list[int], predict: BatchPredict, options: LongformOptions,
+def analyze_frames(audio: np.ndarray, starts: list[int], predict: BatchPredict, options: LongformConfig,
                    work: Tally, keep_embedding: bool, embedding_path: str | Path | None) -> Frames:
     """Per-frame scores (and features) over the whole file, one window batch at a time.
 

@@ -23,16 +23,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
+from ..config import LongformConfig, StreamConfig
+from ..errors import AudioError, EmoserveError, PayloadTooLargeError
 from ..inference.engine import Engine, EngineOverloaded
 from ..inference.results import EmotionResult, Segment
 from ..model.config import FRAME_RATE, HOP, SAMPLE_RATE
 from .longform import (
-    LongformOptions,
     SpeechDetector,
     fit_length,
     frame_count,
@@ -45,47 +45,6 @@ Send = Callable[[dict], Awaitable[None]]
 
 MAX_RETRY_WAIT_S = 5.0  # an overloaded engine's retry-after is honoured up to this, then the work is retried
 MIN_SILENCE_AT_MAX_SPEECH_MS = 98  # silero's default: the shortest pause a too-long stretch may be cut at
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """How a stream is analysed; defaults match `Settings`, `from_settings` reads them."""
-
-    window_s: float = 4.0
-    hop_s: float = 1.0
-    max_buffer_s: float = 30.0
-    max_duration_s: float = 4 * 3600
-    segments: LongformOptions = field(default_factory=LongformOptions)  # VAD and segment limits of long-audio jobs
-
-    def __post_init__(self) -> None:
-        if not HOP <= self.hop_samples <= self.window_samples // 2:
-            raise InvalidParameterError(f"stream hop_s must be between 0.02 s and half the window ({self.window_s} s), "
-                                        f"so every frame has context on both sides; got {self.hop_s}")
-        if self.max_buffer_samples < self.hop_samples or self.max_duration_s <= 0:
-            raise InvalidParameterError("stream max_buffer_s must be at least the hop (a hop of audio waits for its "
-                                        "window) and max_duration_s positive")
-
-    @classmethod
-    def from_settings(cls, settings) -> StreamOptions:
-        return cls(window_s=settings.stream_window_s, hop_s=settings.stream_hop_s,
-                   max_buffer_s=settings.stream_max_buffer_s, max_duration_s=settings.stream_max_duration_s,
-                   segments=LongformOptions.from_settings(settings))
-
-    @property
-    def window_samples(self) -> int:
-        return round(self.window_s * SAMPLE_RATE / HOP) * HOP
-
-    @property
-    def hop_samples(self) -> int:
-        return round(self.hop_s * SAMPLE_RATE / HOP) * HOP
-
-    @property
-    def max_buffer_samples(self) -> int:
-        return int(self.max_buffer_s * SAMPLE_RATE)
-
-    @property
-    def max_duration_samples(self) -> int:
-        return int(self.max_duration_s * SAMPLE_RATE)
 
 
 # ---- bytes → samples ----
@@ -214,13 +173,13 @@ class SpeechSegmenter:
     the stretches equal silero's over the whole stream (the tests compare them on random inputs).
     """
 
-    def __init__(self, options: LongformOptions):
+    def __init__(self, options: LongformConfig):
         frame = SpeechDetector.FRAME
-        self.threshold = options.vad_threshold
-        self.neg_threshold = max(options.vad_threshold - 0.15, 0.01)
-        self.min_speech = SAMPLE_RATE * options.vad_min_speech_ms / 1000
-        self.min_silence = SAMPLE_RATE * options.vad_min_silence_ms / 1000
-        self.pad = SAMPLE_RATE * options.vad_speech_pad_ms / 1000
+        self.threshold = options.vad.threshold
+        self.neg_threshold = max(options.vad.threshold - 0.15, 0.01)
+        self.min_speech = SAMPLE_RATE * options.vad.min_speech_ms / 1000
+        self.min_silence = SAMPLE_RATE * options.vad.min_silence_ms / 1000
+        self.pad = SAMPLE_RATE * options.vad.speech_pad_ms / 1000
         self.max_speech = SAMPLE_RATE * options.max_segment_s - frame - 2 * self.pad
         self.min_silence_at_max_speech = SAMPLE_RATE * MIN_SILENCE_AT_MAX_SPEECH_MS / 1000
         self.position = 0  # stream sample of the next probability's block
@@ -327,7 +286,7 @@ class UtteranceTracker:
     Blocking (silero runs on the CPU): the session calls it from a worker thread.
     """
 
-    def __init__(self, options: LongformOptions, min_samples: int):
+    def __init__(self, options: LongformConfig, min_samples: int):
         self.options, self.min_samples = options, min_samples
         self.detector = SpeechDetector()
         self.segmenter = SpeechSegmenter(options)
@@ -409,8 +368,9 @@ class StreamSession:
     raises the first failure (an `EmoserveError`, or the error of a failed `send`).
     """
 
-    def __init__(self, engine: Engine, options: StreamOptions, send: Send):
+    def __init__(self, engine: Engine, options: StreamConfig, send: Send, segments: LongformConfig | None = None):
         self.engine, self.options, self.send = engine, options, send
+        self.segments = segments or LongformConfig()  # VAD and segment limits, those of long-audio jobs
         self.pcm = PcmDecoder()
         self.frames = FrameWindows(options.window_samples, options.hop_samples)
         self.frame_inbox, self.voice_inbox = Inbox(), Inbox()
@@ -495,7 +455,7 @@ class StreamSession:
             await self.send(frames_message(window.first, scores))
 
     async def utterances_worker(self) -> None:
-        tracker = await asyncio.to_thread(UtteranceTracker, self.options.segments,
+        tracker = await asyncio.to_thread(UtteranceTracker, self.segments,
                                           self.engine.model.config.min_samples)  # loads silero once per process
         while True:
             audio = self.voice_inbox.take()

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from ..config import Settings
 from ..errors import EmoserveError
 from ..logs import setup_logging
-from ..settings import Settings
 from ..throttle import Throttle
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings,
 
     blocks = build_blocks(get_engine, settings, throttle, api_docs)
     gr.mount_gradio_app(app, blocks, path=path, **mount_options(settings))
-    if settings.keys():
+    if settings.server.keys():
         app.add_middleware(SignInThrottle, login_path=f"{path.rstrip('/')}/login", throttle=throttle)
     if path != "/":
         app.add_api_route("/", lambda: RedirectResponse(f"{path}/"), include_in_schema=False)
@@ -66,7 +66,7 @@ def standalone_app(settings: Settings) -> FastAPI:
     """The UI alone at `/`, loading `settings.model` in the background (the page says so meanwhile)."""
     from ..runtime import Service
 
-    setup_logging(settings.log_dir, settings.log_json, settings.log_max_bytes, settings.log_backups)
+    setup_logging(settings.server)
     service = Service(settings)
 
     @contextlib.asynccontextmanager
@@ -82,6 +82,7 @@ def standalone_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="emoserve UI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    if not mount_ui(app, service.ready_engine, settings, Throttle.from_settings(settings), path="/", api_docs=None):
+    throttle = Throttle.from_config(settings.server)
+    if not mount_ui(app, service.ready_engine, settings, throttle, path="/", api_docs=None):
         raise EmoserveError(f"the web UI needs Gradio: {INSTALL_HINT}", code="ui_unavailable")
     return app

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
 import json
 import re
 import shutil
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Settings
 from ..inference.engine import Engine
 from ..inference.results import EmotionResult, LongformResult, Segment
-from ..settings import Settings
-from ..timeline.longform import LongformOptions, Progress, analyze_long
+from ..timeline.longform import Progress, analyze_long
 
 
 @dataclass(frozen=True)
@@ -76,18 +75,19 @@ class Analysis:
 
 async def analyze_clip(engine: Engine, path: str | Path, granularity: str, settings: Settings) -> Analysis:
     """One clip under the API's limits (`max_duration_s`, `max_bytes`), exactly as /v1/analyze does it."""
+    limits = settings.server
     waveform, result = await engine.analyze(Path(path), granularity=granularity, return_embedding=True,
-                                            max_seconds=settings.max_duration_s, max_bytes=settings.max_bytes)
+                                            max_seconds=limits.max_duration_s, max_bytes=limits.max_bytes)
     return Analysis(Path(path).stem, result, waveform)
 
 
 async def analyze_file(engine: Engine, path: str | Path, granularity: str, settings: Settings,
                        progress: Progress | None = None) -> Analysis:
-    """A long file: voiced segments (and frames over the whole file), up to `ui_max_long_s`."""
-    waveform = await engine.decode(Path(path), max_seconds=settings.ui_max_long_s,
-                                   max_bytes=settings.ui_max_upload_bytes)
+    """A long file: voiced segments (and frames over the whole file), up to `ui.max_long_s`."""
+    waveform = await engine.decode(Path(path), max_seconds=settings.ui.max_long_s,
+                                   max_bytes=settings.ui.max_upload_bytes)
     model = engine.model
-    options = dataclasses.replace(LongformOptions.from_settings(settings), max_duration_s=settings.ui_max_long_s)
+    options = settings.longform.model_copy(update={"max_duration_s": settings.ui.max_long_s})
     result = await asyncio.to_thread(
         analyze_long, waveform, engine.predict, labels=model.labels, model_name=model.name, granularity=granularity,
         return_embedding=True, options=options, progress=progress, min_samples=model.config.min_samples)

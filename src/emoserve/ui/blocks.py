@@ -20,9 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.errors import error_response, retry_headers
 from ..api.middleware import key_is_valid
+from ..config import Settings
 from ..errors import EmoserveError
 from ..inference.engine import Engine
-from ..settings import Settings
 from ..throttle import Throttle, client_address
 from .analysis import Analysis, DownloadDir, analyze_clip, analyze_file, export_files
 from .charts import message_html, summary_html, timeline_html
@@ -45,7 +45,7 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttl
     Each analysis spends a request of its address's budget in `throttle`, as an API call does.
     `api_docs` links the HTTP API's docs from the header (relative to the page), when there is one."""
     downloads = DownloadDir()
-    long_minutes = f"{settings.ui_max_long_s / 60:g}"
+    long_minutes = f"{settings.ui.max_long_s / 60:g}"
 
     async def analyze(path: str | None, granularity: str, long_file: bool, request: gr.Request,
                       progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
@@ -98,7 +98,7 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttl
                                               " min here; the upload API takes hours)", elem_id="long-file")
                 run = gr.Button("Analyze", variant="primary", elem_id="analyze")
                 inputs = [audio, granularity, long_file]
-                clips = example_clips(settings.cache / "ui-examples") if settings.ui_examples else []
+                clips = example_clips(settings.model.cache / "ui-examples") if settings.ui.examples else []
                 if clips:
                     gr.Examples([[str(path), e.granularity, e.long_file] for e, path in clips], inputs, outputs,
                                 fn=analyze, run_on_click=True, cache_examples=False,
@@ -106,7 +106,7 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttl
             with gr.Column(scale=3, min_width=300):
                 for output in outputs:
                     output.render()
-        options = {"concurrency_limit": settings.ui_concurrency, "concurrency_id": "analyze"}
+        options = {"concurrency_limit": settings.ui.concurrency, "concurrency_id": "analyze"}
         run.click(analyze, inputs, outputs, api_name="analyze", scroll_to_output=True, **options)
         audio.upload(analyze, inputs, outputs, api_visibility="undocumented", **options)
         audio.stop_recording(analyze, inputs, outputs, api_visibility="undocumented", **options)
@@ -116,9 +116,9 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttl
 
 def mount_options(settings: Settings) -> dict[str, Any]:
     """`gr.mount_gradio_app` options: limits, look, and the API keys (when set) as the UI's sign-in."""
-    keys = settings.keys()
+    keys = settings.server.keys()
     options: dict[str, Any] = {
-        "max_file_size": settings.ui_max_upload_bytes, "footer_links": [], "run_history": False, "ssr_mode": False,
+        "max_file_size": settings.ui.max_upload_bytes, "footer_links": [], "run_history": False, "ssr_mode": False,
         "show_error": False, "css": CSS,
         # no web fonts: the page must load where the server has no internet (Gradio's own fonts ship with it)
         "theme": gr.themes.Soft(primary_hue="indigo"),

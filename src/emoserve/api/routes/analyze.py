@@ -115,8 +115,8 @@ async def analyze(request: Request) -> Response:
     """Analyse one clip (≤ 30 s, ≤ 10 MB by default). See docs/API.md for the result formats."""
     service: Service = request.app.state.service
     engine = service.ready_engine()
-    settings = service.settings
-    audio, fields = await read_form(request, settings.max_bytes)
+    limits = service.settings.server
+    audio, fields = await read_form(request, limits.max_bytes)
     granularity = fields.get("granularity", "utterance").strip() or "utterance"
     if granularity not in GRANULARITIES:
         raise InvalidParameterError(f"granularity must be utterance or frame, got {granularity[:40]!r}")
@@ -125,7 +125,7 @@ async def analyze(request: Request) -> Response:
 
     try:
         engine.check_capacity()  # a full queue refuses before decoding (after the body: the client reads the 503)
-        waveform = await engine.decode(audio.file, max_seconds=settings.max_duration_s, max_bytes=settings.max_bytes)
+        waveform = await engine.decode(audio.file, max_seconds=limits.max_duration_s, max_bytes=limits.max_bytes)
     finally:
         await audio.close()
     request.state.audio_seconds = len(waveform) / 16000

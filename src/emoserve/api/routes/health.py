@@ -24,7 +24,7 @@ async def health(request: Request) -> JSONResponse:
     if status == "healthy" and service.store is not None:
         reason = await run_in_threadpool(service.store.storage_problem)
         status = "degraded" if reason else status
-    body = Health(status=status, model=service.model.name if service.model else service.settings.model,
+    body = Health(status=status, model=service.model.name if service.model else service.settings.model.model,
                   granularity_supported=list(GRANULARITIES),
                   weights=service.model.weights if service.model else None, error=service.error, reason=reason)
     if service.status == "healthy":

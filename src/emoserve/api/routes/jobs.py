@@ -67,7 +67,7 @@ async def get_job(job_id: str, request: Request,
     """Answers 304 to `If-None-Match` with the job's current (strong) `ETag`."""
     service = service_of(request)
     store = service.ready_store()
-    deadline = asyncio.get_running_loop().time() + min(wait, service.settings.job_max_wait_s)
+    deadline = asyncio.get_running_loop().time() + min(wait, service.settings.jobs.job_max_wait_s)
     delay = POLL_FIRST_S
     while True:
         job = await run_in_threadpool(store.get_job, job_id)

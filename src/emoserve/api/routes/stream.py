@@ -19,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ...errors import AudioError, EmoserveError, InvalidParameterError
 from ...runtime import Service
-from ...timeline.streaming import StreamOptions, StreamSession, error_message
+from ...timeline.streaming import StreamSession, error_message
 from ..errors import error_response, request_id, retry_headers, status_for
 from ..middleware import DENIAL_EXTENSION
 
@@ -57,7 +57,7 @@ class Channel:
 async def stream(websocket: WebSocket) -> None:
     """Binary messages: PCM16 audio; the text "end" flushes and ends the stream (docs/streaming.md)."""
     service: Service = websocket.app.state.service
-    limit = service.settings.stream_max_concurrent
+    limit = service.settings.stream.max_concurrent
     if service.open_streams >= limit:
         await refuse(websocket, EmoserveError(f"{limit} streams are open, this server's limit "
                                               "(EMOSERVE_STREAM_MAX_CONCURRENT): retry shortly", code="overloaded"))
@@ -85,13 +85,12 @@ async def serve(websocket: WebSocket, service: Service) -> None:
     channel = Channel(websocket)
     try:
         engine = service.ready_engine()
-        options = StreamOptions.from_settings(service.settings)
     except EmoserveError as error:
         await channel.fail(error)
         return
-    session = StreamSession(engine, options, channel.send)
+    session = StreamSession(engine, service.settings.stream, channel.send, segments=service.settings.longform)
     analysis = asyncio.create_task(session.run())
-    reading = asyncio.create_task(read_audio(websocket, session, channel, service.settings.stream_idle_timeout_s))
+    reading = asyncio.create_task(read_audio(websocket, session, channel, service.settings.stream.idle_timeout_s))
     try:
         await asyncio.wait({analysis, reading}, return_when=asyncio.FIRST_COMPLETED)
         if reading.done():

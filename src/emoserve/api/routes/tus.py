@@ -167,9 +167,9 @@ def expiry_headers(upload: Upload) -> dict[str, str]:
 @router.options("/", summary="tus discovery: version, extensions, size limit")
 @router.options("/{upload_id}", include_in_schema=False)
 async def options(request: Request) -> Response:
-    settings = service_of(request).settings
+    limit = service_of(request).settings.store.upload_max_bytes
     return Response(status_code=204, headers={
-        "Tus-Extension": EXTENSIONS, "Tus-Max-Size": str(settings.upload_max_bytes),
+        "Tus-Extension": EXTENSIONS, "Tus-Max-Size": str(limit),
         "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS)})
 
 
@@ -240,7 +240,7 @@ async def patch(upload_id: str, request: Request, upload_offset: str | None = He
     with service.upload_bodies.claim():
         appender = await run_in_threadpool(store.tus_appender, upload_id, offset, checksum=checksum)
         try:
-            offset = await append_body(appender, request, service.settings.upload_body_timeout_s)
+            offset = await append_body(appender, request, service.settings.store.upload_body_timeout_s)
         except ChecksumMismatchError as e:
             return error_response(e.code, e.message, CHECKSUM_MISMATCH_STATUS)
         finally:

@@ -70,7 +70,7 @@ async def put_chunk(upload_id: str, index: ChunkIndex, request: Request,
         receiver = await run_in_threadpool(store.receive_chunk, upload_id, index, md5=content_md5,
                                            sha256=x_chunk_sha256)
         try:
-            async for piece in body_pieces(request, service.settings.upload_body_timeout_s):
+            async for piece in body_pieces(request, service.settings.store.upload_body_timeout_s):
                 await run_in_threadpool(receiver.write, piece)
             stored = await run_in_threadpool(receiver.commit)
         finally:
