@@ -6,7 +6,6 @@ import threading
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from silero_vad import get_speech_timestamps_from_probs
 
 from emoserve import EmotionModel
 from emoserve.audio import decode_audio
@@ -15,12 +14,12 @@ from emoserve.inference.engine import Engine
 from emoserve.inference.results import ClipOutput
 from emoserve.model.config import HOP
 from emoserve.settings import Settings
-from emoserve.timeline.longform import LongformOptions, frame_count
+from emoserve.timeline.framing import frame_count
+from emoserve.timeline.longform import LongformOptions
 from emoserve.timeline.streaming import (
     FrameWindows,
     PcmDecoder,
     SampleBuffer,
-    SpeechSegmenter,
     StreamOptions,
     StreamSession,
     UtteranceTracker,
@@ -201,49 +200,7 @@ def test_end_flushes_a_stream_shorter_than_one_window(tiny_model):
     assert run_stream(tiny_model, [pcm[:700]]) == []  # 350 samples: shorter than one frame
 
 
-# ---- utterances: silero's rules, incrementally ----
-
-
-def random_probs(rng, n: int) -> np.ndarray:
-    """Runs of silence, speech and the undecided band between silero's two thresholds."""
-    out = []
-    while len(out) < n:
-        level = [0.02, 0.95, 0.42][int(rng.integers(3))]
-        out += list(np.clip(level + rng.normal(0, 0.08, int(rng.integers(1, 60))), 0, 1))
-    return np.array(out[:n], np.float32)
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_segmenter_fed_in_pieces_equals_silero_over_the_whole_stream(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 1500))
-    probs = random_probs(rng, n)
-    num_samples = 512 * (n - 1) + int(rng.integers(1, 513))
-    options = LongformOptions(
-        max_segment_s=float(rng.choice([1.0, 2.0, 30.0])), vad_threshold=float(rng.choice([0.3, 0.5, 0.7])),
-        vad_min_speech_ms=int(rng.choice([0, 100, 250])), vad_min_silence_ms=int(rng.choice([0, 100, 300, 700])),
-        vad_speech_pad_ms=int(rng.choice([0, 30, 100, 400])))
-    expected = get_speech_timestamps_from_probs(
-        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.vad_threshold,
-        min_speech_duration_ms=options.vad_min_speech_ms, max_speech_duration_s=options.max_segment_s,
-        min_silence_duration_ms=options.vad_min_silence_ms, speech_pad_ms=options.vad_speech_pad_ms,
-        audio_length_samples=num_samples)
-    segmenter = SpeechSegmenter(options)
-    found, position = [], 0
-    while position < n - 3:
-        step = int(rng.integers(1, 50))
-        found += segmenter.push(probs[position: min(position + step, n - 3)])
-        position = min(position + step, n - 3)
-    found += segmenter.finish(probs[position:], num_samples)
-    assert found == [(s["start"], s["end"]) for s in expected]
-
-
-def test_a_stretch_is_final_as_soon_as_its_silence_is_long_enough():
-    options = LongformOptions(vad_min_silence_ms=320, vad_speech_pad_ms=64, vad_min_speech_ms=100)
-    segmenter = SpeechSegmenter(options)
-    assert segmenter.push(np.full(20, 0.9)) == []  # speech
-    assert segmenter.push(np.full(10, 0.01)) == []  # 320 ms of silence is seen at the 11th block
-    assert segmenter.push(np.full(1, 0.01)) == [(0, 20 * 512 + 1024)]
+# ---- utterances: the stretches silero-vad finds, as they close ----
 
 
 @needs_espeak
