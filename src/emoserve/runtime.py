@@ -8,6 +8,7 @@ runner starts once the model is ready and runs the model through the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ class Service:
             engine.observers.append(self.metrics.observe_batch)
             await engine.start()  # includes the warm-up of the common batch shapes
             warm = time.perf_counter()
-            runner = JobRunner(self.store, engine.predict, labels=model.labels, model_name=model.name,
+            # the job's segments and windows queue and batch with live requests, waiting for room when it is full
+            predict = functools.partial(engine.submit_blocking, origin="job")
+            runner = JobRunner(self.store, predict, labels=model.labels, model_name=model.name,
                                min_samples=model.config.min_samples, options=LongformOptions.from_settings(s),
                                config=RunnerConfig.from_settings(s))
             await asyncio.to_thread(runner.start)  # re-queues the jobs a crash left running

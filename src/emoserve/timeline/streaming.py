@@ -407,7 +407,7 @@ class StreamSession:
         """The engine's answer; while its queue is full, say so and retry (no audio of the stream is skipped)."""
         while True:
             try:
-                return await self.engine.submit(samples, granularity=granularity)
+                return await self.engine.submit(samples, granularity=granularity, origin="stream")
             except EngineOverloaded as error:
                 await self.send(error_message(error))
                 await asyncio.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))
