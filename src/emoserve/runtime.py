@@ -1,24 +1,28 @@
-"""The running service: settings, metrics, the model/engine that loads in the background, uploads and jobs.
+"""The composition root: settings, metrics, the model/engine that loads in the background, uploads and jobs.
 
-The port answers at once; `/health` says `loading` until the model is loaded and warmed up. The
-upload store opens first, so uploads (and status reads) are taken while the model loads; the job
-runner starts once the model is ready and runs the model through the engine.
+The API (`api.app.create_app`) and the web UI alone (`ui.standalone_app`) both run one `Service`
+through `Service.running`, their app's lifespan. The port answers at once; `/health` says
+`loading` until the model is loaded and warmed up. The upload store opens first, so uploads (and
+status reads) are taken while the model loads; the job runner starts once the model is ready and
+sends its work through the engine's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .api.metrics import ServiceMetrics
 from .errors import EmoserveError
 from .inference.emotion_model import EmotionModel
 from .inference.engine import Engine
 from .jobs.runner import JobRunner, RunnerConfig
 from .jobs.store import Store
+from .metrics import ServiceMetrics
 from .settings import Settings
 from .timeline.longform import LongformOptions
 
@@ -42,6 +46,20 @@ class Service:
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(lambda: self.engine.stats if self.engine else None)
+
+    @contextlib.asynccontextmanager
+    async def running(self, model: EmotionModel | None = None) -> AsyncIterator[None]:
+        """An app's lifespan: load in the background while the port answers, then close (a load in progress is
+        cancelled). `model` skips loading `settings.model`."""
+        loading = asyncio.create_task(self.load(model))
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await self.close()
 
     async def load(self, model: EmotionModel | None = None) -> None:
         """Open the store, load (unless given) and warm up the model, start the engine and the job runner.

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,9 +30,11 @@ from ..model.checkpoint import load_model_dir, random_state_dict
 from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
 from ..model.emotion2vec import Emotion2vec
 from ..settings import get_settings
-from ..timeline.longform import LongformOptions, analyze_long
 from .batching import plan_batches
 from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
+
+if TYPE_CHECKING:
+    from ..timeline.longform import LongformOptions
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +292,10 @@ class EmotionModel:
                      regions: Sequence[tuple[float, float]] | None = None,
                      options: LongformOptions | None = None) -> LongformResult:
         """A file of any length: voiced segments with their emotion, the duration-weighted whole, and
-        (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`."""
+        (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`, which
+        runs on top of this class's `predict` (so it is imported here, not above)."""
+        from ..timeline.longform import LongformOptions, analyze_long
+
         return analyze_long(audio, self.predict, labels=self.labels, model_name=self.name, granularity=granularity,
                             return_embedding=return_embedding, sample_rate=sample_rate, regions=regions,
                             options=options or LongformOptions.from_settings(get_settings()), progress=progress,

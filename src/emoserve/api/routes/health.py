@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...inference.results import GRANULARITIES
-from ...runtime import Service
+from ..deps import service_of
 from ..schemas import ERROR_RESPONSES, Health, ModelsList
 
 router = APIRouter()
@@ -16,7 +16,7 @@ router = APIRouter()
 @router.get("/health", response_model=Health, summary="Is the model loaded?",
             responses={503: {"model": Health, "description": "loading (retry after Retry-After) or failed"}})
 async def health(request: Request) -> JSONResponse:
-    service: Service = request.app.state.service
+    service = service_of(request)
     body = Health(status=service.status, model=service.model.name if service.model else service.settings.model,
                   granularity_supported=list(GRANULARITIES),
                   weights=service.model.weights if service.model else None, error=service.error)
@@ -28,7 +28,7 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/v1/models", response_model=ModelsList, summary="The loaded model", responses=ERROR_RESPONSES)
 async def models(request: Request) -> ModelsList:
-    service: Service = request.app.state.service
+    service = service_of(request)
     service.ready_engine()
     return ModelsList(models=[service.model.info.to_dict()])
 
@@ -36,7 +36,7 @@ async def models(request: Request) -> ModelsList:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    service: Service = request.app.state.service
+    service = service_of(request)
     engine = service.engine
     payload = service.metrics.render(engine.queue_depth if engine else 0,
                                      engine.device_memory_bytes() if engine else None)

@@ -31,10 +31,10 @@ from ...errors import (
     UploadExpiredError,
 )
 from ...jobs.store import EXPIRED, UPLOADING, Store, Upload, digest_matches
+from ..deps import service_of
 from ..errors import error_response
 from ..numbers import declared_length, parse_ascii_int
 from ..schemas import UPLOAD_ERROR_RESPONSES
-from .jobs import service_of
 
 PREFIX = "/v1/tus"
 TUS_VERSION = "1.0.0"

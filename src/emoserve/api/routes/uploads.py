@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import PayloadTooLargeError
+from ..deps import service_of
 from ..numbers import ascii_int, declared_length
 from ..schemas import (
     UPLOAD_ERROR_RESPONSES,
@@ -23,7 +24,7 @@ from ..schemas import (
     UploadInit,
     UploadStatus,
 )
-from .jobs import service_of, submit
+from .jobs import submit
 
 router = APIRouter(tags=["uploads"])
 
