@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import NotFoundError
-from ...jobs.store import Job
+from ...jobs.records import Job
 from ..deps import service_of
 from ..numbers import ascii_decimal
 from ..schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus

@@ -30,7 +30,9 @@ from ...errors import (
     PayloadTooLargeError,
     UploadExpiredError,
 )
-from ...jobs.store import EXPIRED, UPLOADING, Store, Upload, digest_matches
+from ...files import digest_matches
+from ...jobs.records import EXPIRED, UPLOADING, Upload
+from ...jobs.store import Store
 from ..deps import service_of
 from ..errors import error_response
 from ..numbers import declared_length, parse_ascii_int
