@@ -81,7 +81,7 @@ def imports(path: Path) -> list[tuple[str, bool, int]]:
 
 
 def sources() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if "custom_components" not in p.parts)
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def top(name: str) -> str:
