@@ -36,7 +36,7 @@ from tests.samples import espeak_available, long_recording  # noqa: E402
 from emoserve import EmotionModel  # noqa: E402
 from emoserve.audio import stream_audio  # noqa: E402
 from emoserve.config import LongformConfig, get_settings  # noqa: E402
-from emoserve.timeline.longform import SpeechDetector  # noqa: E402
+from emoserve.timeline.vad import SpeechDetector  # noqa: E402
 
 
 def timed(fn, budget_s: float = 30.0, max_runs: int = 3):

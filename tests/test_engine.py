@@ -15,6 +15,7 @@ from emoserve.inference.engine import (
     Engine,
     EngineNotRunning,
     EngineOverloaded,
+    EngineThread,
     is_out_of_memory,
 )
 
@@ -227,18 +228,19 @@ def test_analyze_decodes_beside_compute_and_keeps_each_result_with_its_audio(mod
         np.testing.assert_allclose(result.scores, expected.scores, atol=1e-5)
 
 
-def test_sync_wrapper_runs_the_engine_on_its_own_loop(model):
-    engine = Engine(model, warmup=False)
-    try:
-        wav, result = engine.analyze_sync(wav_bytes(sweep(0.5)), return_embedding=True)
-        assert engine.is_running and len(wav) == 8_000
-        np.testing.assert_allclose(result.embedding, alone(model, wav).embedding, atol=1e-4)
+def test_an_engine_thread_serves_synchronous_code_and_stops(model):
+    with EngineThread(Engine(model, warmup=False)) as engine:
+        wav = sweep(0.5)
+        [out] = engine.submit_blocking([wav])
+        assert engine.is_running and out.num_samples == 8_000 and out.frame_probs is None
+        np.testing.assert_allclose(out.embedding, alone(model, wav).embedding, atol=1e-4)
         with pytest.raises(AudioError) as short:
-            engine.analyze_sync(noise(100))
+            engine.submit_blocking([noise(100)])
         assert short.value.code == "too_short"
-    finally:
-        engine.close()
+        assert engine.submit_blocking([]) == []
     assert not engine.is_running
+    with pytest.raises(EngineNotRunning):
+        engine.submit_blocking([noise(4_000)])
 
 
 def test_submit_refuses_bad_input_and_a_stopped_engine(model):
@@ -331,51 +333,64 @@ def test_gpu_engine_batches_in_bf16_close_to_cpu_fp32():
         assert np.abs(np.array(list(result.utterance_scores.values())) - expected.probs).max() < 0.05
 
 
-def test_predict_runs_the_callers_batches_on_the_compute_thread_beside_the_queue(model):
-    """Job threads share the engine's one compute thread (and torch pool) instead of running the model beside it."""
+def test_blocking_and_async_callers_share_one_queue_and_its_batches(model):
+    """Worker threads (jobs, the UI's long files) and the event loop's callers batch together on the compute thread."""
+    waveforms = [noise(8_000, seed=s) for s in range(6)]
+    expected = [alone(model, w, "frame") for w in waveforms]
+    gate = Gate(model)
     threads: list[str] = []
-    original = model.predict
-
-    def spy(waveforms, frames=False):
-        threads.append(threading.current_thread().name)
-        return original(waveforms, frames=frames)
-
-    model.predict = spy
-    engine = Engine(model, warmup=False)
-    with pytest.raises(EngineNotRunning):
-        engine.predict([noise(4000)])
-    waveforms = clips(seed=5, count=6)
-    try:
-        engine.analyze_sync(noise(8000))  # starts the engine on a loop of its own
-        with ThreadPoolExecutor(3) as pool:
-            direct = pool.map(lambda w: engine.predict([w, w[: len(w) // 2 + 200]], frames=True), waveforms)
-            queued = pool.map(lambda w: engine.analyze_sync(w)[1], waveforms)
-            direct, queued = list(direct), list(queued)
-        assert engine.predict([]) == []
-    finally:
-        engine.close()
+    model.predict = lambda waveforms, frames=False: threads.append(threading.current_thread().name) or \
+        gate(waveforms, frames)
+    observed: list[BatchStats] = []
+    engine = Engine(model, max_batch_size=8, max_wait_ms=0, warmup=False, observers=[observed.append])
+    host = EngineThread(engine)
+    with host, ThreadPoolExecutor(1) as pool:
+        first = asyncio.run_coroutine_threadsafe(engine.submit(noise(4_000)), host.loop)
+        assert gate.entered.wait(10)  # the compute thread is held: what follows queues up
+        job = pool.submit(engine.submit_blocking, waveforms[:3], origin="job")
+        live = [asyncio.run_coroutine_threadsafe(engine.submit(w, granularity="frame"), host.loop)
+                for w in waveforms[3:]]
+        asyncio.run_coroutine_threadsafe(wait_until(lambda: engine.queue_depth == 6), host.loop).result()
+        gate.open.set()
+        outputs, results = job.result(10), [f.result(10) for f in live]
+        first.result(10)
+    assert [sorted(b.origins) for b in observed] == [["request"], ["job"] * 3 + ["request"] * 3]  # one shared batch
     assert threads and all(name.startswith("emoserve-compute") for name in threads)
-    for wav, (whole, half), result in zip(waveforms, direct, queued, strict=True):
-        expected = alone(original.__self__, wav, "frame")
-        np.testing.assert_allclose(whole.probs, expected.probs, atol=1e-5)
-        np.testing.assert_allclose(whole.frame_probs, expected.frame_probs, atol=1e-5)
-        assert half.num_samples == len(wav) // 2 + 200
-        np.testing.assert_allclose(list(result.scores.values()), expected.probs, atol=1e-5)
-    assert engine.stats.completed == engine.stats.submitted == 1 + 3 * len(waveforms)
-    with pytest.raises(EngineNotRunning):
-        engine.predict([noise(4000)])
+    for out, want in zip(outputs, expected[:3], strict=True):
+        np.testing.assert_allclose(out.probs, want.probs, atol=1e-5)
+        assert out.frame_probs is None  # computed beside frame requests, returned as asked for
+    for result, want in zip(results, expected[3:], strict=True):
+        np.testing.assert_allclose(result.scores, want.frame_probs, atol=1e-5)
+    assert engine.stats.completed == engine.stats.submitted == 7 and engine.stats.rejected == 0
 
 
-def test_predict_raises_the_models_failure_to_its_caller(model):
+def test_a_full_queue_refuses_live_requests_while_blocking_ones_wait_for_room(model):
+    gate = Gate(model)
+    engine = Engine(model, max_batch_size=1, max_queue=2, max_wait_ms=0, warmup=False)
+    host = EngineThread(engine)
+    with host, ThreadPoolExecutor(1) as pool:
+        held = asyncio.run_coroutine_threadsafe(engine.submit(noise(4_000)), host.loop)
+        assert gate.entered.wait(10)
+        live = [asyncio.run_coroutine_threadsafe(engine.submit(noise(4_000, seed=s)), host.loop) for s in (1, 2)]
+        asyncio.run_coroutine_threadsafe(wait_until(lambda: engine.queue_depth == 2), host.loop).result()
+        job = pool.submit(engine.submit_blocking, [noise(5_000, seed=3), noise(6_000, seed=4)], origin="job")
+        with pytest.raises(EngineOverloaded):
+            asyncio.run_coroutine_threadsafe(engine.submit(noise(4_000, seed=5)), host.loop).result(10)
+        assert not job.done()  # waiting for room, not refused
+        gate.open.set()
+        outputs = job.result(10)
+        for future in [held, *live]:
+            future.result(10)
+    assert [out.num_samples for out in outputs] == [5_000, 6_000]
+    assert engine.stats.rejected == 1 and engine.stats.completed == 5
+
+
+def test_submit_blocking_raises_the_models_failure_to_its_caller(model):
     def broken(waveforms, frames=False):
         raise ValueError("weights on fire")
 
-    engine = Engine(model, warmup=False)
-    try:
-        engine.analyze_sync(noise(8000))
+    with EngineThread(Engine(model, warmup=False)) as engine:
         model.predict = broken
         with pytest.raises(EmoserveError, match="weights on fire"):
-            engine.predict([noise(4000)])
-    finally:
-        engine.close()
-    assert engine.stats.failed == 1  # recorded on the engine's loop, which close() lets finish
+            engine.submit_blocking([noise(4_000), noise(5_000)])
+    assert engine.stats.failed == 2

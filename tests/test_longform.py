@@ -5,25 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from pydantic import ValidationError
 
 from emoserve.audio import decode_audio
 from emoserve.config import LongformConfig
 from emoserve.errors import AudioError, InvalidParameterError
 from emoserve.inference.results import ClipOutput, Segment, overall_of
-from emoserve.timeline.longform import (
-    DECODE_SHARE,
-    HOP,
-    SpeechDetector,
-    analyze_long,
-    first_pass,
-    frame_count,
-    owned_frames,
-    plan_windows,
-    silero_sequence_model,
-    split_long,
-)
+from emoserve.model.config import HOP
+from emoserve.timeline.framing import frame_count, owned_frames, plan_windows
+from emoserve.timeline.longform import DECODE_SHARE, analyze_long, first_pass
 
 from .samples import SAMPLE_RATE, conversation, encode, espeak_available, noise, speech, sweep, tone, wav_bytes
 
@@ -45,20 +35,6 @@ def local_predict(waveforms, frames):
         outputs.append(ClipOutput(len(wav), features.mean(0), probs.mean(0), features if frames else None,
                                   probs if frames else None))
     return outputs
-
-
-def test_window_plan_starts_on_the_frame_grid_and_covers_the_file():
-    for num_samples in (480_000, 480_001, 1_000_000, 1_234_567, 9_600_000):
-        starts = plan_windows(num_samples, 480_000, 64_000)
-        assert all(s % HOP == 0 for s in starts)
-        assert starts[0] == 0 and starts[-1] + 480_000 >= num_samples
-        overlaps = [a + 480_000 - b for a, b in zip(starts, starts[1:])]
-        assert all(o >= 64_000 for o in overlaps)
-        owned = owned_frames(starts, num_samples, 480_000)
-        assert owned[0][0] == 0 and owned[-1][1] == frame_count(num_samples)
-        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(owned, owned[1:]))  # a partition of [0, T)
-        for (first, last), start in zip(owned, starts):  # every frame a window gives, it computed
-            assert start // HOP <= first and last <= start // HOP + frame_count(min(480_000, num_samples - start))
 
 
 def test_stitched_frames_equal_one_pass_on_a_local_model():
@@ -94,12 +70,6 @@ def test_stitched_frames_of_the_model_come_from_the_window_that_owns_them(tiny_m
     assert np.abs(result.frame_scores[middle] - whole[middle]).max() < 0.05
 
 
-def test_long_segments_are_split_into_equal_parts_under_the_limit():
-    parts = split_long([(0, 75 * SAMPLE_RATE), (80 * SAMPLE_RATE, 90 * SAMPLE_RATE)], 30.0)
-    seconds = [(start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in parts]
-    assert seconds == [(0, 25), (25, 50), (50, 75), (80, 90)]
-
-
 def test_given_regions_become_segments_of_at_most_30_s_scored_alone(tiny_model):
     wav = noise(SAMPLE_RATE * 70, seed=2)
     result = tiny_model.analyze_long(wav, regions=[(1.0, 66.0), (67.0, 68.5)])
@@ -124,25 +94,6 @@ def test_no_segments_means_no_overall_emotion(tiny_model):
     result = tiny_model.analyze_long(np.zeros(SAMPLE_RATE * 3, np.float32))
     assert result.segments == [] and result.overall.emotion is None and result.overall.speech_s == 0
     assert result.to_dict()["overall"] == {"emotion": None, "confidence": None, "scores": {}, "speech_s": 0.0}
-
-
-@pytest.mark.parametrize("block", [7_919, 100])  # not multiples of 512; and shorter than a frame
-def test_speech_detector_fed_in_blocks_equals_silero_in_one_pass(block):
-    wav = np.concatenate([sweep(2.3), noise(20_011, seed=1), sweep(1.7, f0=300)])
-    detector = SpeechDetector()
-    for start in range(0, len(wav), block):
-        detector.feed(wav[start: start + block])
-    ours = detector.finish()
-    reference = silero_sequence_model().audio_forward(wav)
-    assert len(ours) == -(-len(wav) // 512)
-    np.testing.assert_allclose(ours, reference, atol=1e-6)
-
-
-def test_loading_silero_keeps_the_thread_count_of_torch():
-    silero_sequence_model.cache_clear()
-    before = torch.get_num_threads()
-    silero_sequence_model()
-    assert torch.get_num_threads() == before
 
 
 @needs_espeak

@@ -6,21 +6,19 @@ import threading
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from silero_vad import get_speech_timestamps_from_probs
 
 from emoserve import EmotionModel
 from emoserve.audio import decode_audio
-from emoserve.config import LongformConfig, Settings, StreamConfig, VadConfig
+from emoserve.config import LongformConfig, Settings, StreamConfig
 from emoserve.errors import AudioError, PayloadTooLargeError
 from emoserve.inference.engine import Engine
 from emoserve.inference.results import ClipOutput
 from emoserve.model.config import HOP
-from emoserve.timeline.longform import frame_count
+from emoserve.timeline.framing import frame_count
 from emoserve.timeline.streaming import (
     FrameWindows,
     PcmDecoder,
     SampleBuffer,
-    SpeechSegmenter,
     StreamSession,
     UtteranceTracker,
 )
@@ -200,49 +198,7 @@ def test_end_flushes_a_stream_shorter_than_one_window(tiny_model):
     assert run_stream(tiny_model, [pcm[:700]]) == []  # 350 samples: shorter than one frame
 
 
-# ---- utterances: silero's rules, incrementally ----
-
-
-def random_probs(rng, n: int) -> np.ndarray:
-    """Runs of silence, speech and the undecided band between silero's two thresholds."""
-    out = []
-    while len(out) < n:
-        level = [0.02, 0.95, 0.42][int(rng.integers(3))]
-        out += list(np.clip(level + rng.normal(0, 0.08, int(rng.integers(1, 60))), 0, 1))
-    return np.array(out[:n], np.float32)
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_segmenter_fed_in_pieces_equals_silero_over_the_whole_stream(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 1500))
-    probs = random_probs(rng, n)
-    num_samples = 512 * (n - 1) + int(rng.integers(1, 513))
-    vad = VadConfig(threshold=float(rng.choice([0.3, 0.5, 0.7])), min_speech_ms=int(rng.choice([0, 100, 250])),
-                    min_silence_ms=int(rng.choice([0, 100, 300, 700])),
-                    speech_pad_ms=int(rng.choice([0, 30, 100, 400])))
-    options = LongformConfig(max_segment_s=float(rng.choice([1.0, 2.0, 30.0])), vad=vad)
-    expected = get_speech_timestamps_from_probs(
-        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=vad.threshold,
-        min_speech_duration_ms=vad.min_speech_ms, max_speech_duration_s=options.max_segment_s,
-        min_silence_duration_ms=vad.min_silence_ms, speech_pad_ms=vad.speech_pad_ms,
-        audio_length_samples=num_samples)
-    segmenter = SpeechSegmenter(options)
-    found, position = [], 0
-    while position < n - 3:
-        step = int(rng.integers(1, 50))
-        found += segmenter.push(probs[position: min(position + step, n - 3)])
-        position = min(position + step, n - 3)
-    found += segmenter.finish(probs[position:], num_samples)
-    assert found == [(s["start"], s["end"]) for s in expected]
-
-
-def test_a_stretch_is_final_as_soon_as_its_silence_is_long_enough():
-    options = LongformConfig(vad=VadConfig(min_silence_ms=320, speech_pad_ms=64, min_speech_ms=100))
-    segmenter = SpeechSegmenter(options)
-    assert segmenter.push(np.full(20, 0.9)) == []  # speech
-    assert segmenter.push(np.full(10, 0.01)) == []  # 320 ms of silence is seen at the 11th block
-    assert segmenter.push(np.full(1, 0.01)) == [(0, 20 * 512 + 1024)]
+# ---- utterances: the stretches silero-vad finds, as they close ----
 
 
 @needs_espeak

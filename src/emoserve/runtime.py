@@ -1,25 +1,29 @@
-"""The running service: settings, metrics, the model/engine that loads in the background, uploads and jobs.
+"""The composition root: settings, metrics, the model/engine that loads in the background, uploads and jobs.
 
-The port answers at once; `/health` says `loading` until the model is loaded and warmed up. The
-upload store opens first, so uploads (and status reads) are taken while the model loads; the job
-runner starts once the model is ready and runs the model through the engine.
+The API (`api.app.create_app`) and the web UI alone (`ui.standalone_app`) both run one `Service`
+through `Service.running`, their app's lifespan. The port answers at once; `/health` says
+`loading` until the model is loaded and warmed up. The upload store opens first, so uploads (and
+status reads) are taken while the model loads; the job runner starts once the model is ready and
+sends its work through the engine's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .api.bodies import BodySlots
-from .api.metrics import ServiceMetrics
 from .config import Settings
 from .errors import EmoserveError, InsufficientStorageError
 from .inference.emotion_model import EmotionModel
 from .inference.engine import Engine
 from .jobs.runner import JobRunner
 from .jobs.store import Store
+from .metrics import ServiceMetrics
 
 load_log = logging.getLogger("emoserve.model_load")
 error_log = logging.getLogger("emoserve.error")
@@ -39,11 +43,23 @@ class Service:
     runner: JobRunner | None = None
     open_streams: int = 0  # WebSocket streams being served, against settings.stream.max_concurrent
     metrics: ServiceMetrics = field(init=False)
-    upload_bodies: BodySlots = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(lambda: self.engine.stats if self.engine else None)
-        self.upload_bodies = BodySlots(self.settings.store.upload_max_concurrent_bodies)
+
+    @contextlib.asynccontextmanager
+    async def running(self, model: EmotionModel | None = None) -> AsyncIterator[None]:
+        """An app's lifespan: load in the background while the port answers, then close (a load in progress is
+        cancelled). `model` skips loading `settings.model`."""
+        loading = asyncio.create_task(self.load(model))
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await self.close()
 
     async def load(self, model: EmotionModel | None = None) -> None:
         """Open the store, load (unless given) and warm up the model, start the engine and the job runner.
@@ -64,7 +80,9 @@ class Service:
             engine.observers.append(self.metrics.observe_batch)
             await engine.start()  # includes the warm-up of the common batch shapes
             warm = time.perf_counter()
-            runner = JobRunner(self.store, engine.predict, labels=model.labels, model_name=model.name,
+            # the job's segments and windows queue and batch with live requests, waiting for room when it is full
+            predict = functools.partial(engine.submit_blocking, origin="job")
+            runner = JobRunner(self.store, predict, labels=model.labels, model_name=model.name,
                                min_samples=model.config.min_samples, options=s.longform, config=s.jobs)
             await asyncio.to_thread(runner.start)  # re-queues the jobs a crash left running
         except Exception as e:  # a model that cannot load is reported by /health, not a crash loop

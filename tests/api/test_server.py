@@ -8,7 +8,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from emoserve.timeline.longform import frame_count
+from emoserve.timeline.framing import frame_count
 
 from ..samples import SAMPLE_RATE, noise, wav_bytes
 from ..test_streaming import frame_rows, pcm16

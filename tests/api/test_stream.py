@@ -10,7 +10,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from emoserve import LABELS, EmotionModel
 from emoserve.runtime import Service
-from emoserve.timeline.longform import frame_count
+from emoserve.timeline.framing import frame_count
 
 from ..samples import SAMPLE_RATE, conversation, espeak_available, noise, sweep, tone
 from ..test_streaming import chunks, frame_rows, heard, pcm16

@@ -41,6 +41,15 @@ def send_all(client, data: bytes, chunk_size: int = CHUNK, **fields) -> str:
     return upload["upload_id"]
 
 
+def close_to(value):
+    """`value` with every float compared up to 1e-5: results computed in different batches."""
+    if isinstance(value, dict):
+        return {key: close_to(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [close_to(item) for item in value]
+    return pytest.approx(value, abs=1e-5) if isinstance(value, float) else value
+
+
 def error_of(response) -> dict:
     assert response.headers["content-type"] == "application/json", response.text
     return response.json()["error"]
@@ -103,7 +112,8 @@ def test_chunks_in_any_order_then_complete_give_the_librarys_timeline(client, re
     done = client.get(job["status_url"], params={"wait": 60}).json()
     assert done["status"] == "succeeded" and done["progress"] == 1.0 and done["error"] is None
     expected = tiny_model.analyze_long(recording)
-    assert done["result"] == json.loads(json.dumps(expected.to_dict()))
+    # the job's segments batched in the engine's queue, the library's alone: scores equal up to float rounding
+    assert done["result"] == close_to(json.loads(json.dumps(expected.to_dict())))
     assert done["result"]["segments"] and done["result"]["overall"]["emotion"] is not None
     status = client.get(f"/v1/upload/{upload['upload_id']}").json()
     assert status["state"] == "complete" and status["missing"] == [] and status["sha256"] == digest

@@ -2,7 +2,8 @@
 # The Rasa and Home Assistant integration tests, each in its own venv (their frameworks pin packages
 # that conflict with the project's: rasa-sdk pydantic<2.14 and websockets<16; Home Assistant's test
 # harness pydantic 1, numpy 1.26, pytest 8.0, ...). The emoserve server they test against runs with
-# the project's interpreter (EMOSERVE_SERVER_PYTHON, default .venv/bin/python).
+# the project's interpreter (EMOSERVE_SERVER_PYTHON, default .venv/bin/python). Home Assistant loads the
+# component from the repository's custom_components/ (HACS layout; tests/integrations/home_assistant/conftest.py).
 #   tests/integrations/run_isolated.sh            build the venvs once (PyPI), then run both suites
 set -euo pipefail
 cd "$(dirname "$0")/../.."

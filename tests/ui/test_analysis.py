@@ -72,7 +72,7 @@ def test_a_long_file_through_the_engine_equals_longform_on_the_model(tiny_model)
     progress = []
 
     async def with_regions(engine):
-        return await asyncio.to_thread(analyze_long, samples, engine.predict, labels=tiny_model.labels,
+        return await asyncio.to_thread(analyze_long, samples, engine.submit_blocking, labels=tiny_model.labels,
                                        model_name=tiny_model.name, granularity="frame", return_embedding=True,
                                        regions=regions, progress=progress.append)
 

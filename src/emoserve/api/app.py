@@ -1,10 +1,6 @@
-"""The FastAPI application: lifespan (load in the background, warm up, drain), middleware, routes."""
+"""The FastAPI application: the service's lifespan (`runtime.Service.running`), middleware, routes, the UI at /ui."""
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,6 +13,7 @@ from ..logs import setup_logging
 from ..runtime import Service
 from ..throttle import Throttle
 from ..ui import mount_ui
+from .bodies import BodySlots
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .routes import analyze as routes_analyze
@@ -41,22 +38,10 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     setup_logging(server)
     service = Service(settings)
     throttle = Throttle.from_config(server)  # one budget per client, whether it calls the API or the UI
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(service.load(model))  # the port answers while this runs
-        app.state.loading = loading
-        try:
-            yield
-        finally:
-            if not loading.done():
-                loading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loading
-            await service.close()
-
-    app = FastAPI(title="emoserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="emoserve", version=__version__, description=DESCRIPTION,
+                  lifespan=lambda app: service.running(model))
     app.state.service = service
+    app.state.upload_bodies = BodySlots(settings.store.upload_max_concurrent_bodies)  # bodies received at once
     install_error_handlers(app)
     app.include_router(routes_health.router)
     app.include_router(routes_analyze.router)
@@ -65,7 +50,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(routes_jobs.router)
     app.include_router(routes_tus.router)
     if not server.api_only:
-        mount_ui(app, service.ready_engine, settings, throttle)  # /ui, on this engine; a warning without Gradio
+        mount_ui(app, service, throttle)  # /ui, on this service's engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=server.keys(),
                        metrics_key=server.metrics_key, throttle=throttle)
     app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too

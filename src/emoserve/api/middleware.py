@@ -8,7 +8,6 @@ clients invent, the set of series stays fixed and no id ever reaches /metrics.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import re
 import time
@@ -18,10 +17,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..auth import key_is_valid, presented_key
 from ..errors import EmoserveError
+from ..metrics import ServiceMetrics
 from ..throttle import Throttle, client_address
 from .errors import error_response, retry_headers
-from .metrics import ServiceMetrics
 
 access_log = logging.getLogger("emoserve.access")
 error_log = logging.getLogger("emoserve.error")
@@ -31,23 +31,6 @@ DENIAL_EXTENSION = "websocket.http.response"  # ASGI: answer a refused websocket
 METRICS_PATH = "/metrics"
 UNMATCHED = "unmatched"  # the route label of every request no route answered (unknown paths, refusals)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})  # other methods: "other"
-
-
-def presented_key(headers: Headers) -> str | None:
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return headers.get("x-api-key")
-
-
-def key_is_valid(given: str | None, keys: list[str]) -> bool:
-    """Constant-time against every key, so timing says nothing about which key or prefix matched."""
-    if not given:
-        return False
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given.encode(), key.encode())
-    return ok
 
 
 class RequestContextMiddleware:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..inference.results import EmotionResult, LongformResult, check_granularity
+from ..inference.results import EmotionResult, LongformResult, check_granularity, make_result
 from .parse import ClientResult
 
 
 class LocalClient:
     """`EmoClient`'s methods on a local `EmotionModel`, with the same result types: scripts need not
-    care where the model runs. Calls from several threads are batched by an `Engine` (`batching=True`).
+    care where the model runs. Calls from several threads are batched by an `Engine` (`batching=True`),
+    started (and warmed up) here on a thread of its own, until `close`.
 
     There are no jobs here: `analyze_long` runs the long-audio analysis in the calling thread.
     """
@@ -19,11 +20,12 @@ class LocalClient:
     def __init__(self, model, *, batching: bool = True, max_duration_s: float | None = None):
         self.model = model
         self.max_duration_s = max_duration_s
-        self.engine = None
+        self.engine_thread = None
         if batching:
-            from ..inference.engine import Engine
+            from ..inference.engine import Engine, EngineThread
 
-            self.engine = Engine(model)
+            self.engine_thread = EngineThread(Engine(model))
+            self.engine_thread.start()
 
     def __enter__(self) -> LocalClient:
         return self
@@ -32,8 +34,8 @@ class LocalClient:
         self.close()
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
+        if self.engine_thread is not None:
+            self.engine_thread.stop()
 
     def health(self) -> dict:
         return {"status": "healthy", "model": self.model.name, "granularity_supported": ["utterance", "frame"],
@@ -49,13 +51,13 @@ class LocalClient:
         from ..audio import decode_audio, processed_wav
 
         check_granularity(granularity)
-        if self.engine is not None:
-            waveform, result = self.engine.analyze_sync(audio, granularity=granularity,
-                                                        return_embedding=return_embedding, sample_rate=sample_rate,
-                                                        max_seconds=self.max_duration_s)
+        waveform = decode_audio(audio, sample_rate=sample_rate, max_seconds=self.max_duration_s,
+                                min_samples=self.model.config.min_samples)
+        if self.engine_thread is not None:
+            engine = self.engine_thread.engine
+            out = engine.submit_blocking([waveform], frames=granularity == "frame", origin="local")[0]
+            result = make_result(out, self.model.labels, self.model.name, granularity, return_embedding)
         else:
-            waveform = decode_audio(audio, sample_rate=sample_rate, max_seconds=self.max_duration_s,
-                                    min_samples=self.model.config.min_samples)
             result = self.model.analyze(waveform, granularity=granularity, return_embedding=return_embedding)
         fields = {name: getattr(result, name) for name in EmotionResult.__dataclass_fields__}
         return ClientResult(**fields, processed_audio=processed_wav(waveform) if return_processed_audio else None)

@@ -29,7 +29,6 @@ from ..model import hub
 from ..model.checkpoint import load_model_dir, random_state_dict
 from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
 from ..model.emotion2vec import Emotion2vec
-from ..timeline.longform import analyze_long
 from .batching import plan_batches
 from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
 
@@ -304,7 +303,10 @@ class EmotionModel:
                      regions: Sequence[tuple[float, float]] | None = None,
                      options: LongformConfig | None = None) -> LongformResult:
         """A file of any length: voiced segments with their emotion, the duration-weighted whole, and
-        (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`."""
+        (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`, which
+        runs on top of this class's `predict` (so it is imported here, not above)."""
+        from ..timeline.longform import analyze_long
+
         return analyze_long(audio, self.predict, labels=self.labels, model_name=self.name, granularity=granularity,
                             return_embedding=return_embedding, sample_rate=sample_rate, regions=regions,
                             options=options, progress=progress,

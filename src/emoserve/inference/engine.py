@@ -2,19 +2,30 @@
 
     engine = Engine(model)
     await engine.start()
-    wav, result = await engine.analyze(upload_bytes, granularity="frame")
+    wav, result = await engine.analyze(upload_bytes, granularity="frame")     # decode, then submit
+    outputs = engine.submit_blocking(segments, frames=True, origin="job")    # from a worker thread
     await engine.stop()
+
+Every clip the service analyses enters the one queue, through one of two doors onto it:
+
+- `submit` (async, one clip, for the event loop): a full queue refuses at once with
+  `EngineOverloaded` and a retry-after estimate, which the API answers as 503 + Retry-After.
+- `submit_blocking` (a list of clips, for threads: long-audio jobs, the web UI's long files, the
+  local client): the call is handed to the engine's loop (`asyncio.run_coroutine_threadsafe`),
+  and its clips wait there for room in a full queue instead of failing, so a job's segments never
+  fail on a burst of live requests; live requests meanwhile see the queue full and are refused.
 
 Stages, each on its own thread so the model never waits for the CPU work around it:
 
-    decode (thread pool) ──► submit (queue, bounded) ──► batch loop (asyncio) ──► predict (one compute thread)
-                                                                                      └─► results, per caller
+    decode (thread pool) ──► queue (bounded) ──► batch loop (asyncio) ──► predict (one compute thread)
+                                                                              └─► results, per caller
 
 The batch loop takes the oldest queued clip and the clips closest to it in length that fit the
-padded-samples budget (`batching.select_batch`), waiting at most `max_wait_ms` for company. A
-batch that runs out of memory is split in halves and retried; a clip that alone does not fit
-fails with `ClipTooLarge`, and the engine goes on serving. A full queue raises `EngineOverloaded`
-with a retry-after estimate; callers that go away are dropped before compute.
+padded-samples budget (`batching.select_batch`), waiting at most `max_wait_ms` for company,
+whichever door they came through: a job's segments and live requests share batches. A batch
+that runs out of memory is split in halves and retried; a clip that alone does not fit fails with
+`ClipTooLarge`, and the engine goes on serving. Callers that go away are dropped before compute.
+`EngineThread` runs an engine on a loop of its own for programs that have none.
 """
 
 from __future__ import annotations
@@ -28,9 +39,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +55,6 @@ from .emotion_model import EmotionModel
 from .results import ClipOutput, EmotionResult, check_granularity, make_result
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # On a CPU a batch adds little throughput (plus_large, 2 cores, s per 5 s clip at batch 1/2/4/8: fp32
 # 0.37/0.34/0.33/0.34, int8 0.19/0.21/0.21/0.22) and makes each of its callers wait for all of it.
@@ -92,6 +102,7 @@ class BatchStats:
     compute_s: float  # wall time of the forward pass(es), OOM retries included
     queue_wait_s: float  # the longest wait in the queue of the batch's clips
     splits: int  # OOM halvings it took
+    origins: tuple[str, ...] = ()  # who sent each clip ("request", "stream", "job", "ui", ...), in batch order
 
     @property
     def padding_ratio(self) -> float:
@@ -125,10 +136,13 @@ BatchObserver = Callable[[BatchStats], None]
 
 @dataclass(eq=False)
 class Request:
+    """One queued clip: what the model computes for it, and what its caller gets back."""
+
     waveform: np.ndarray
-    granularity: str
-    return_embedding: bool
+    frames: bool  # the caller needs the per-frame outputs
+    finish: Callable[[ClipOutput], Any]  # the clip's output → the caller's answer (on the compute thread)
     future: asyncio.Future
+    origin: str
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -174,12 +188,11 @@ class Engine:
         self._throughput = 0.0  # audio seconds per compute second, a running estimate for retry-after
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup: asyncio.Event | None = None  # set when a clip is queued (or the engine stops)
+        self._room: asyncio.Event | None = None  # set when clips leave the queue (or the engine stops)
         self._accepting = False
         self._compute_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._own_loop_thread: threading.Thread | None = None
-        self._own_loop_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: EngineConfig, model: EmotionModel) -> Engine:
@@ -214,6 +227,7 @@ class Engine:
             raise RuntimeError("the engine is already started")
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._compute_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="emoserve-compute", initializer=torch.set_num_threads, initargs=(self.threads,))
         self._decode_pool = concurrent.futures.ThreadPoolExecutor(
@@ -237,6 +251,7 @@ class Engine:
                 if not request.future.done():
                     request.future.set_exception(EngineNotRunning("the engine is shutting down"))
         self._wakeup.set()
+        self._room.set()  # submissions waiting for room give up
         await self._task
         self._task = None
         for pool in (self._compute_pool, self._decode_pool):
@@ -289,93 +304,54 @@ class Engine:
             raise EngineOverloaded(f"the queue is full ({self.max_queue} clips waiting); retry shortly",
                                    retry_after=self.retry_after())
 
-    async def submit(self, waveform: np.ndarray, *, granularity: str = "utterance",
-                     return_embedding: bool = False) -> EmotionResult:
-        """Queue one 16 kHz mono clip and wait for its batch; the result is this clip's alone."""
+    async def submit(self, waveform: np.ndarray, *, granularity: str = "utterance", return_embedding: bool = False,
+                     origin: str = "request") -> EmotionResult:
+        """Queue one 16 kHz mono clip and wait for its batch; the result is this clip's alone.
+
+        A full queue raises `EngineOverloaded` at once: live callers are told to come back later.
+        """
         check_granularity(granularity)
-        waveform = np.ascontiguousarray(waveform, dtype=np.float32)
-        if waveform.ndim != 1:
-            raise InvalidParameterError(f"submit takes one mono clip (samples,), got shape {waveform.shape}")
-        self._model.check_length(len(waveform))
-        if not self.is_running:
-            raise EngineNotRunning("the engine is not running (starting up or shutting down)")
+        waveform = self._checked_clip(waveform)
+        self._check_running()
         self.check_capacity()
-        request = Request(waveform, granularity, return_embedding, self._loop.create_future())
-        self._pending.append(request)
-        self.stats.submitted += 1
-        self._wakeup.set()
-        return await request.future  # a cancelled caller cancels the future: the loop then skips it
+        finish = functools.partial(make_result, labels=self._model.labels, model=self._model.name,
+                                   granularity=granularity, return_embedding=return_embedding)
+        # a cancelled caller cancels the future: the batch loop then skips the clip
+        return await self._enqueue(waveform, granularity == "frame", finish, origin)
 
     async def analyze(self, source: AudioSource, *, granularity: str = "utterance", return_embedding: bool = False,
                       sample_rate: int | None = None, max_seconds: float | None = None,
-                      max_bytes: int | None = None) -> tuple[np.ndarray, EmotionResult]:
+                      max_bytes: int | None = None, origin: str = "request") -> tuple[np.ndarray, EmotionResult]:
         """decode → submit: the audio the model heard (16 kHz mono float32) and its result."""
         check_granularity(granularity)
         waveform = await self.decode(source, sample_rate=sample_rate, max_seconds=max_seconds, max_bytes=max_bytes)
-        return waveform, await self.submit(waveform, granularity=granularity, return_embedding=return_embedding)
+        return waveform, await self.submit(waveform, granularity=granularity, return_embedding=return_embedding,
+                                           origin=origin)
 
-    def analyze_sync(self, source: AudioSource, *, granularity: str = "utterance", return_embedding: bool = False,
-                     sample_rate: int | None = None, max_seconds: float | None = None,
-                     max_bytes: int | None = None, timeout: float | None = None) -> tuple[np.ndarray, EmotionResult]:
-        """`analyze` for code without an event loop (CLI, UI callbacks, job threads).
+    def submit_blocking(self, waveforms: Sequence[np.ndarray], frames: bool = False, *,
+                        origin: str = "thread") -> list[ClipOutput]:
+        """Queue clips from a thread without an event loop, and block until all are computed.
 
-        Runs on the loop the engine was started on; an engine not started yet is started on a
-        background loop of its own (`close` ends it).
+        The model's outputs (`EmotionModel.predict`'s, so this is a batch-predict callable for
+        `longform.analyze_long`), in order; the first clip's failure is raised. The clips go
+        through the same queue and batches as `submit`'s, but a full queue makes them wait for
+        room, never fail: work already accepted (a job, a long file) is finished, while live
+        requests are the ones refused. Never call it from the engine's own event loop.
         """
-        return self._run_sync(self.analyze(source, granularity=granularity, return_embedding=return_embedding,
-                                           sample_rate=sample_rate, max_seconds=max_seconds, max_bytes=max_bytes),
-                              timeout)
-
-    def predict(self, waveforms: Sequence[np.ndarray], frames: bool = False) -> list[ClipOutput]:
-        """`EmotionModel.predict` for worker threads (long-audio jobs): one batch, run on the compute thread.
-
-        The job's batches and the request queue's take turns on the engine's one compute thread and
-        its torch thread pool: a job running the model on a thread of its own would fight the
-        engine for the cores (up to 2x slower, measured). Out-of-memory batches are halved as in
-        the queue; the batch counts in `stats` and the observers. Blocks the caller until done:
-        call it from a worker thread, never from the engine's event loop.
-        """
-        waveforms = [np.ascontiguousarray(w, dtype=np.float32) for w in waveforms]
-        if not waveforms:
-            return []
-        pool = self._compute_pool
-        if pool is None:
-            raise EngineNotRunning("the engine is not started")
-        try:
-            future = pool.submit(self._compute_direct, waveforms, frames, time.perf_counter())
-        except RuntimeError as e:  # shut down between the check and the submit
-            raise EngineNotRunning("the engine is shutting down") from e
-        return future.result()
-
-    def close(self, drain: bool = True) -> None:
-        """Stop an engine from synchronous code, and end its own background loop if it has one."""
-        if self._loop is None:
-            return
-        self._run_sync(self.stop(drain=drain), None)
-        if self._own_loop_thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._own_loop_thread.join()
-            self._own_loop_thread = None
-        self._loop = None
-
-    def _run_sync(self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        with self._own_loop_lock:
-            if self._loop is None:
-                self._start_own_loop()
+        loop = self._loop
+        if loop is None or not self.is_running:
+            raise EngineNotRunning("the engine is not running (starting up or shutting down)")
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._loop:
-            coroutine.close()
-            raise RuntimeError("analyze_sync called from the engine's own event loop: await analyze() instead")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
-
-    def _start_own_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._own_loop_thread = threading.Thread(target=loop.run_forever, name="emoserve-engine-loop", daemon=True)
-        self._own_loop_thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+        if running is loop:
+            raise RuntimeError("submit_blocking called from the engine's own event loop: await submit() instead")
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._submit_waiting(list(waveforms), frames, origin), loop)
+        except RuntimeError as e:  # the loop closed after the check
+            raise EngineNotRunning("the engine is shutting down") from e
+        return future.result()
 
     def retry_after(self) -> float:
         """Seconds until the queue has room: queued audio over the measured throughput (≥ 1 s)."""
@@ -383,6 +359,54 @@ class Engine:
         if self._throughput <= 0:
             return 1.0
         return float(max(1, math.ceil(queued / self._throughput)))
+
+    # ---- the queue ----
+
+    def _checked_clip(self, waveform: np.ndarray) -> np.ndarray:
+        waveform = np.ascontiguousarray(waveform, dtype=np.float32)
+        if waveform.ndim != 1:
+            raise InvalidParameterError(f"the engine takes mono clips (samples,), got shape {waveform.shape}")
+        self._model.check_length(len(waveform))
+        return waveform
+
+    def _check_running(self) -> None:
+        if not self.is_running:
+            raise EngineNotRunning("the engine is not running (starting up or shutting down)")
+
+    def _enqueue(self, waveform: np.ndarray, frames: bool, finish: Callable[[ClipOutput], Any],
+                 origin: str) -> asyncio.Future:
+        request = Request(waveform, frames, finish, self._loop.create_future(), origin)
+        self._pending.append(request)
+        self.stats.submitted += 1
+        self._wakeup.set()
+        return request.future
+
+    async def _submit_waiting(self, waveforms: list[np.ndarray], frames: bool, origin: str) -> list[ClipOutput]:
+        """`submit_blocking` on the engine's loop: each clip waits for room, then all are awaited together."""
+        clips = [self._checked_clip(w) for w in waveforms]
+        finish = functools.partial(model_outputs, frames=frames)
+        futures: list[asyncio.Future] = []
+        try:
+            for clip in clips:
+                await self._wait_for_room()
+                futures.append(self._enqueue(clip, frames, finish, origin))
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:  # cancelled, or the engine stopped while waiting: queued clips are dropped
+            for future in futures:
+                future.cancel()
+            raise
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    async def _wait_for_room(self) -> None:
+        while True:
+            self._check_running()
+            if len(self._pending) < self.max_queue:
+                return
+            self._room.clear()
+            await self._room.wait()
 
     # ---- the batch loop ----
 
@@ -418,11 +442,13 @@ class Engine:
         self.stats.cancelled += len(self._pending) - len(live)
         if not live:
             self._pending.clear()
+            self._room.set()
             return []
         chosen = select_batch([r.samples for r in live], 0, self.max_batch_size, self.max_batch_samples,
                               self.max_padding)
         taken = {id(live[i]) for i in chosen}
         self._pending = deque(r for r in live if id(r) not in taken)
+        self._room.set()
         return [live[i] for i in chosen]
 
     async def _run_batch(self, batch: list[Request]) -> None:
@@ -442,37 +468,15 @@ class Engine:
             else:
                 request.future.set_result(outcome)
         self._record([r.samples for r in batch], sum(isinstance(o, BaseException) for o in outcomes), compute_s,
-                     queue_wait, splits)
+                     queue_wait, splits, tuple(r.origin for r in batch))
 
-    def _compute(self, batch: list[Request]) -> tuple[list[EmotionResult | BaseException], int]:
-        """predict, halving on out-of-memory; runs on the compute thread."""
-        frames = any(r.granularity == "frame" for r in batch)
+    def _compute(self, batch: list[Request]) -> tuple[list[Any], int]:
+        """predict, halving on out-of-memory, then each caller's answer; runs on the compute thread."""
+        frames = any(r.frames for r in batch)
         outputs, splits = self._predict_splitting([r.waveform for r in batch], frames)
-        outcomes: list[EmotionResult | BaseException] = []
-        for request, out in zip(batch, outputs, strict=True):
-            if isinstance(out, BaseException):
-                outcomes.append(out)
-            else:
-                outcomes.append(make_result(out, self._model.labels, self._model.name, request.granularity,
-                                            request.return_embedding))
+        outcomes = [out if isinstance(out, BaseException) else request.finish(out)
+                    for request, out in zip(batch, outputs, strict=True)]
         return outcomes, splits
-
-    def _compute_direct(self, waveforms: list[np.ndarray], frames: bool, enqueued: float) -> list[ClipOutput]:
-        """`predict` on the compute thread: the outputs, or the first clip's error raised."""
-        started = time.perf_counter()
-        outputs, splits = self._predict_splitting(waveforms, frames)
-        failed = sum(isinstance(o, BaseException) for o in outputs)
-        self._loop.call_soon_threadsafe(self._record_direct, [len(w) for w in waveforms], failed,
-                                        time.perf_counter() - started, started - enqueued, splits)
-        for out in outputs:
-            if isinstance(out, BaseException):
-                raise out
-        return outputs
-
-    def _record_direct(self, lengths: list[int], failed: int, compute_s: float, queue_wait_s: float,
-                       splits: int) -> None:
-        self.stats.submitted += len(lengths)
-        self._record(lengths, failed, compute_s, queue_wait_s, splits)
 
     def _predict_splitting(self, waveforms: list[np.ndarray], frames: bool) -> tuple[list[ClipOutput | BaseException],
                                                                                     int]:
@@ -501,10 +505,11 @@ class Engine:
         if self._model.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _record(self, lengths: list[int], failed: int, compute_s: float, queue_wait_s: float, splits: int) -> None:
-        """Totals and observers, on the event loop's thread (callers of `predict` hand their batches over)."""
+    def _record(self, lengths: list[int], failed: int, compute_s: float, queue_wait_s: float, splits: int,
+                origins: tuple[str, ...]) -> None:
+        """Totals and observers, on the event loop's thread."""
         stats = BatchStats(size=len(lengths), real_samples=sum(lengths), padded_samples=len(lengths) * max(lengths),
-                           compute_s=compute_s, queue_wait_s=queue_wait_s, splits=splits)
+                           compute_s=compute_s, queue_wait_s=queue_wait_s, splits=splits, origins=origins)
         totals = self.stats
         totals.completed += len(lengths) - failed
         totals.failed += failed
@@ -523,3 +528,55 @@ class Engine:
                 observer(stats)
             except Exception:
                 log.exception("a batch observer failed")
+
+
+def model_outputs(out: ClipOutput, frames: bool) -> ClipOutput:
+    """A `submit_blocking` caller's answer: the model's output, with frames only when asked for.
+
+    A clip batched with frame requests was computed with frames too; dropping them keeps each
+    answer the same whatever company its clip had.
+    """
+    return out if frames else replace(out, frame_features=None, frame_probs=None)
+
+
+class EngineThread:
+    """An engine running on an event loop of its own thread, for programs without one (`LocalClient`, scripts).
+
+        with EngineThread(Engine(model)) as engine:
+            outputs = engine.submit_blocking([waveform])
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="emoserve-engine-loop", daemon=True)
+
+    def start(self) -> Engine:
+        """Start the loop's thread and the engine on it (warm-up included); return the engine."""
+        self.thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.engine.start(), self.loop).result()
+        except BaseException:
+            self.end_loop()
+            raise
+        return self.engine
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop the engine (finishing its queue when `drain`), then the loop and its thread."""
+        if not self.thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.engine.stop(drain=drain), self.loop).result()
+        finally:
+            self.end_loop()
+
+    def end_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,2 +1,2 @@
-"""Ready-made integrations: a Rasa custom action (`emoserve.integrations.rasa`) and a Home Assistant custom
-integration (`home_assistant/custom_components/emoserve`, copied into Home Assistant's config folder)."""
+"""Ready-made integrations: a Rasa custom action (`emoserve.integrations.rasa`). The Home Assistant custom
+integration is not in the package: it sits at the repository's root (`custom_components/emoserve`, HACS layout)."""

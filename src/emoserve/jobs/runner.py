@@ -23,10 +23,12 @@ import httpx
 from .. import webhooks
 from ..config import JobsConfig, LongformConfig
 from ..errors import ConflictError, EmoserveError, NotFoundError
+from ..files import fsync_dir
 from ..inference.results import check_granularity
 from ..model.config import RECEPTIVE_FIELD
 from ..timeline.longform import BatchPredict, analyze_long
-from .store import Job, Store, fsync_dir
+from .records import Job
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -3,25 +3,20 @@
 Two passes, so hours of audio never sit in memory at once:
 
 1. decode in blocks (`emoserve.audio.stream_audio`: the decoder, checks and limits of every
-   request) to 16 kHz float32, written to a scratch file while silero-vad scores every 32 ms
-   block. silero-vad runs its ONNX sequence model through onnxruntime: no torchaudio, and the
-   LSTM state carries over from block to block, so the scores equal one pass over the whole file.
+   request) to 16 kHz float32, written to a scratch file while silero-vad (`vad.SpeechDetector`)
+   scores every 32 ms block; silero's rules (`vad.speech_regions`) then find the voiced stretches.
 2. the scratch file, memory-mapped, is cut into voiced segments (each ≤ 30 s) and, for
-   granularity=frame, into overlapping windows of ≤ 30 s; both go through a batch-predict callable
-   (`EmotionModel.predict`, or the engine's) in padded batches.
+   granularity=frame, into overlapping windows of ≤ 30 s on the 20 ms grid (`framing`); both go
+   through a batch-predict callable (`EmotionModel.predict`, or the engine's queue through
+   `Engine.submit_blocking`) one group at a time.
 
-Frame windows start at multiples of 320 samples, so window frame j is file frame start/320 + j
-exactly: the grid over the file is the one a single pass would have (frame t covers samples
-[320t, 320t + 400), at t × 0.02 s). Where two windows overlap, each keeps the half of the overlap
-nearer its own centre, the frames with the most context on both sides.
+The frames of the windows are stitched into the grid one pass over the file would have made
+(`framing.owned_frames`).
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +38,15 @@ from ..inference.results import (
     overall_of,
 )
 from ..model.config import HOP, RECEPTIVE_FIELD, SAMPLE_RATE
+from .framing import (
+    Cut,
+    frame_count,
+    model_cuts,
+    owned_frames,
+    plan_windows,
+    to_seconds,
+)
+from .vad import SpeechDetector, VadOptions, speech_regions
 
 BatchPredict = Callable[[list[np.ndarray], bool], list[ClipOutput]]
 Progress = Callable[[float], None]
@@ -71,10 +75,10 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
                                          detect_speech=regions is None, progress=report, min_samples=min_samples)
         num_samples = len(audio)
         if regions is None:
-            cuts = speech_regions(speech_probs, num_samples, options)
+            stretches = speech_regions(speech_probs, num_samples, VadOptions.of(options))
         else:
-            cuts = regions_in_samples(regions, num_samples)
-        cuts = [fit_length(cut, min_samples, num_samples) for cut in split_long(cuts, options.max_segment_s)]
+            stretches = regions_in_samples(regions, num_samples)
+        cuts = model_cuts(stretches, options.max_segment_s, min_samples, num_samples)
         windows = plan_windows(num_samples, options.window_samples, options.overlap_samples) \
             if granularity == "frame" else []
         work = Tally(sum(e - s for s, e in cuts) + sum(min(options.window_samples, num_samples - s) for s in windows),
@@ -82,7 +86,7 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
         segments, segment_embeddings = analyze_segments(audio, cuts, predict, labels, options, work)
         frames = analyze_frames(audio, windows, predict, options, work, return_embedding,
                                 embedding_path) if windows else None
-    duration_s = round(num_samples / SAMPLE_RATE, 6)
+    duration_s = to_seconds(num_samples)
     embedding = None
     if return_embedding:
         embedding = frames.embedding if frames is not None else segment_embeddings
@@ -145,104 +149,10 @@ class ScratchWriter:
             self.progress(DECODE_SHARE * min(self.written / expected_samples, 1.0))
 
 
-# ---- voice activity: silero-vad ----
+# ---- the caller's own regions, instead of voice activity ----
 
 
-@functools.cache
-def silero_sequence_model():
-    """silero-vad's ONNX sequence model (one call scores up to 512 blocks); loaded once per process.
-
-    Importing silero_vad sets torch to one thread for the importing thread, which would halve the
-    emotion model's speed on that thread: the thread count is put back.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # silero's use of importlib.resources.path
-            from silero_vad import load_silero_vad
-
-            return load_silero_vad(sequence=True)
-    finally:
-        torch.set_num_threads(threads)
-
-
-class SpeechDetector:
-    """silero-vad fed block by block: speech probability for every 512 samples (32 ms).
-
-    The LSTM state and the 64-sample context of the previous 512-sample frame carry over between
-    calls, exactly as silero's own streaming and sequence front-ends do it.
-    """
-
-    FRAME = 512
-    CONTEXT = 64
-    FRAMES_PER_CALL = 512
-
-    def __init__(self):
-        self.session = silero_sequence_model().session
-        self.hidden = np.zeros((1, 1, 128), np.float32)
-        self.cell = np.zeros((1, 1, 128), np.float32)
-        self.context = np.zeros(self.CONTEXT, np.float32)
-        self.pending = np.zeros(0, np.float32)
-        self.probs: list[np.ndarray] = []
-
-    def feed(self, samples: np.ndarray) -> None:
-        """Score every whole 512-sample frame; the part of a frame at the end waits for the next block.
-
-        Only that part is copied, so a long block costs no more memory than it holds.
-        """
-        samples = np.asarray(samples, np.float32)
-        if len(self.pending):
-            fill = self.FRAME - len(self.pending)
-            self.pending = np.concatenate([self.pending, samples[:fill]])
-            samples = samples[fill:]
-            if len(self.pending) < self.FRAME:
-                return
-            self.score(self.pending)
-        usable = len(samples) // self.FRAME * self.FRAME
-        if usable:
-            self.score(samples[:usable])
-        self.pending = samples[usable:].copy()
-
-    def finish(self) -> np.ndarray:
-        """Score the part-frame left at the end (zero-padded), and return what `take` would."""
-        if len(self.pending):
-            self.score(np.pad(self.pending, (0, self.FRAME - len(self.pending))))
-            self.pending = np.zeros(0, np.float32)
-        return self.take()
-
-    def take(self) -> np.ndarray:
-        """The probabilities scored since the last take (all of them, for a file): a stream reads them as it goes."""
-        probs = np.concatenate(self.probs) if self.probs else np.zeros(0, np.float32)
-        self.probs = []
-        return probs
-
-    def score(self, samples: np.ndarray) -> None:
-        frames = samples.reshape(-1, self.FRAME)
-        for first in range(0, len(frames), self.FRAMES_PER_CALL):
-            block = frames[first: first + self.FRAMES_PER_CALL]
-            contexts = np.concatenate([self.context[None], block[:-1, -self.CONTEXT:]])
-            values, self.hidden, self.cell = self.session.run(
-                ["speech_probs", "hn", "cn"],
-                {"input": np.concatenate([contexts, block], axis=1), "h": self.hidden, "c": self.cell})
-            self.probs.append(np.asarray(values, np.float32).reshape(-1))
-            self.context = block[-1, -self.CONTEXT:].copy()
-
-
-def speech_regions(probs: np.ndarray, num_samples: int, options: LongformConfig) -> list[tuple[int, int]]:
-    """silero's own state machine (thresholds with hysteresis, padding; long stretches cut at pauses)."""
-    from silero_vad import get_speech_timestamps_from_probs
-
-    stamps = get_speech_timestamps_from_probs(
-        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.vad.threshold,
-        min_speech_duration_ms=options.vad.min_speech_ms, max_speech_duration_s=options.max_segment_s,
-        min_silence_duration_ms=options.vad.min_silence_ms, speech_pad_ms=options.vad.speech_pad_ms,
-        audio_length_samples=num_samples)
-    return [(int(s["start"]), int(s["end"])) for s in stamps]
-
-
-def regions_in_samples(regions: Sequence[tuple[float, float]], num_samples: int) -> list[tuple[int, int]]:
+def regions_in_samples(regions: Sequence[tuple[float, float]], num_samples: int) -> list[Cut]:
     duration = num_samples / SAMPLE_RATE
     cuts = []
     for start, end in regions:
@@ -253,30 +163,10 @@ def regions_in_samples(regions: Sequence[tuple[float, float]], num_samples: int)
     return sorted(cuts)
 
 
-def split_long(cuts: list[tuple[int, int]], max_segment_s: float) -> list[tuple[int, int]]:
-    """Cut stretches longer than the limit into equal parts (silero cuts at pauses first; this is the guarantee)."""
-    limit = int(max_segment_s * SAMPLE_RATE)
-    out = []
-    for start, end in cuts:
-        parts = math.ceil((end - start) / limit)
-        bounds = [start + (end - start) * i // parts for i in range(parts + 1)]
-        out.extend(zip(bounds[:-1], bounds[1:]))
-    return out
-
-
-def fit_length(cut: tuple[int, int], min_samples: int, num_samples: int) -> tuple[int, int]:
-    """Widen a stretch shorter than the model's minimum around its centre, within the file."""
-    start, end = cut
-    if end - start >= min_samples:
-        return cut
-    start = min(max(0, (start + end - min_samples) // 2), num_samples - min_samples)
-    return start, start + min_samples
-
-
 # ---- pass 2: segments and frame windows through the model ----
 
 
-def analyze_segments(audio: np.ndarray, cuts: list[tuple[int, int]], predict: BatchPredict, labels: tuple[str, ...],
+def analyze_segments(audio: np.ndarray, cuts: list[Cut], predict: BatchPredict, labels: tuple[str, ...],
                      options: LongformConfig, work: Tally) -> tuple[list[Segment], np.ndarray]:
     lengths = [end - start for start, end in cuts]
     segments: list[Segment | None] = [None] * len(cuts)
@@ -289,48 +179,6 @@ def analyze_segments(audio: np.ndarray, cuts: list[tuple[int, int]], predict: Ba
         work.add(sum(lengths[i] for i in group))
     stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, 0), np.float32)
     return segments, stacked
-
-
-def frame_count(num_samples: int) -> int:
-    """Frames the model makes of a clip: floor((N − 400) / 320) + 1."""
-    return max(0, (num_samples - RECEPTIVE_FIELD) // HOP + 1)
-
-
-def plan_windows(num_samples: int, window: int, overlap: int) -> list[int]:
-    """Window starts: every (window − overlap) samples, and a last one flush with the file's end.
-
-    Every start is a multiple of 320, so a window's frame j is file frame start/320 + j. The last
-    window starts at the first multiple of 320 that lets it reach the end, which keeps its overlap
-    with the one before at least `overlap`.
-    """
-    if num_samples <= window:
-        return [0]
-    hop = window - overlap
-    starts = list(range(0, num_samples - window, hop))
-    starts.append(last_window_start(num_samples, window))
-    return starts
-
-
-def last_window_start(num_samples: int, window: int) -> int:
-    """The first multiple of 320 from which a window of `window` samples reaches the end (0 if one covers all)."""
-    return max(0, -(-(num_samples - window) // HOP) * HOP)
-
-
-def owned_frames(starts: list[int], num_samples: int, window: int) -> list[tuple[int, int]]:
-    """The file frames [first, last) each window contributes: overlaps split at their middle."""
-    lengths = [min(window, num_samples - s) for s in starts]
-    bounds = [0] + [overlap_middle(starts[k], lengths[k], starts[k + 1]) for k in range(len(starts) - 1)]
-    return list(zip(bounds, bounds[1:] + [frame_count(num_samples)]))
-
-
-def overlap_middle(start: int, length: int, next_start: int) -> int:
-    """The frame where a window of `length` samples at `start` hands over to the next window.
-
-    Both starts are multiples of 320; frames before the middle of their overlap belong to the
-    first window, the rest to the next, so each frame comes from the window where it sits furthest
-    from an edge.
-    """
-    return (next_start // HOP + start // HOP + frame_count(length)) // 2
 
 
 @dataclass

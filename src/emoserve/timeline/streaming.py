@@ -1,17 +1,18 @@
 """Real-time analysis of one audio stream: PCM16 in, frame and utterance messages out (no sockets here).
 
-The WebSocket route (`api/routes_stream.py`) only moves bytes and JSON; everything a stream
+The WebSocket route (`api/routes/stream.py`) only moves bytes and JSON; everything a stream
 decides lives here, so it can be tested without a socket:
 
-- **frames**: the stream is cut into windows of `window` samples every `hop` samples, exactly the
-  windows of a long file (`longform`): starts on multiples of 320 so window frame j is stream frame
+- **frames**: the stream is cut into windows of `window` samples every `hop` samples on the 20 ms
+  grid of long files (`framing`): starts on multiples of 320 so window frame j is stream frame
   start/320 + j, and each window keeps the frames up to the middle of its overlap with the next
-  (`longform.overlap_middle`). Those frames are final the moment their window is analysed; at
+  (`framing.overlap_middle`). Those frames are final the moment their window is analysed; at
   the end a last window flush with the end of the stream hands out the rest.
-- **utterances**: silero-vad scores the same audio block by block (`longform.SpeechDetector`);
-  `SpeechSegmenter` applies silero's segmentation rules one probability at a time, so a stretch
-  is known the moment its trailing silence is long enough, and the stretches are exactly those a
-  long-audio job finds in the same audio. Each goes through the model alone (≤ 30 s; longer ones split).
+- **utterances**: silero-vad scores the same audio block by block (`vad.SpeechDetector`), and
+  `vad.SpeechSegmenter` applies silero's segmentation rules one probability at a time, so a
+  stretch is known the moment its trailing silence is long enough; a long-audio job runs the same
+  machine to the end of its file, so the stretches are exactly those it finds in the same audio.
+  Each goes through the model alone (≤ 30 s; longer ones split).
 
 Two workers per stream (frames, utterances) pull audio from their own inbox; the audio waiting in
 them is the stream's backlog, which the route keeps under `max_buffer_s` by not reading more.
@@ -31,20 +32,20 @@ from ..config import LongformConfig, StreamConfig
 from ..errors import AudioError, EmoserveError, PayloadTooLargeError
 from ..inference.engine import Engine, EngineOverloaded
 from ..inference.results import EmotionResult, Segment
-from ..model.config import FRAME_RATE, HOP, SAMPLE_RATE
-from .longform import (
-    SpeechDetector,
-    fit_length,
+from ..model.config import HOP, SAMPLE_RATE
+from .framing import (
     frame_count,
+    frame_time,
     last_window_start,
+    model_cuts,
     overlap_middle,
-    split_long,
+    to_seconds,
 )
+from .vad import SpeechDetector, SpeechSegmenter, VadOptions
 
 Send = Callable[[dict], Awaitable[None]]
 
 MAX_RETRY_WAIT_S = 5.0  # an overloaded engine's retry-after is honoured up to this, then the work is retried
-MIN_SILENCE_AT_MAX_SPEECH_MS = 98  # silero's default: the shortest pause a too-long stretch may be cut at
 
 
 # ---- bytes → samples ----
@@ -153,119 +154,7 @@ class FrameWindows:
             self.audio.drop_before(window.start)  # the last window may start anywhere after it
 
 
-# ---- utterances: silero's segmentation, one probability at a time ----
-
-
-@dataclass
-class Stretch:
-    start: int  # raw start: the first speech block
-    end: int  # raw end: where the silence began (or the cut)
-    padded_start: int
-
-
-class SpeechSegmenter:
-    """silero-vad's `get_speech_timestamps_from_probs`, as `longform.speech_regions` calls it, made incremental.
-
-    silero's function sees the whole file; a stream must know a stretch is over as soon as the
-    silence after it is long enough. This runs the same state machine (threshold with hysteresis,
-    minimum speech and silence, cuts of too-long stretches at their longest pause) one 512-sample
-    probability at a time, and pads each stretch as silero does once its neighbour is known, so
-    the stretches equal silero's over the whole stream (the tests compare them on random inputs).
-    """
-
-    def __init__(self, options: LongformConfig):
-        frame = SpeechDetector.FRAME
-        self.threshold = options.vad.threshold
-        self.neg_threshold = max(options.vad.threshold - 0.15, 0.01)
-        self.min_speech = SAMPLE_RATE * options.vad.min_speech_ms / 1000
-        self.min_silence = SAMPLE_RATE * options.vad.min_silence_ms / 1000
-        self.pad = SAMPLE_RATE * options.vad.speech_pad_ms / 1000
-        self.max_speech = SAMPLE_RATE * options.max_segment_s - frame - 2 * self.pad
-        self.min_silence_at_max_speech = SAMPLE_RATE * MIN_SILENCE_AT_MAX_SPEECH_MS / 1000
-        self.position = 0  # stream sample of the next probability's block
-        self.start: int | None = None  # of the stretch in progress (silero's `triggered`)
-        self.temp_end = 0  # where the current silence began, inside a stretch
-        self.possible_ends: list[tuple[int, int]] = []  # pauses inside the stretch: (start, length)
-        self.closed: deque[Stretch] = deque()  # ended, waiting for their padding
-
-    def push(self, probs: np.ndarray) -> list[tuple[int, int]]:
-        """Take the probabilities of the next blocks; return the stretches (padded) that are now final."""
-        self.steps(probs)
-        return self.resolve()
-
-    def finish(self, probs: np.ndarray, num_samples: int) -> list[tuple[int, int]]:
-        """The last probabilities; the stream is over after `num_samples`: return every stretch left."""
-        self.steps(probs)
-        if self.start is not None and num_samples - self.start > self.min_speech:
-            self.close(self.start, num_samples)
-        self.start = None
-        return self.resolve(num_samples)
-
-    def horizon(self) -> int:
-        """No stretch still to come starts before this sample."""
-        starts = [s.start for s in self.closed] + [self.position] + ([self.start] if self.start is not None else [])
-        return max(0, int(min(starts) - self.pad))
-
-    def steps(self, probs: np.ndarray) -> None:
-        for prob in np.asarray(probs, np.float32).tolist():  # the float64 values silero's loop compares
-            self.step(prob)
-            self.position += SpeechDetector.FRAME
-
-    def step(self, prob: float) -> None:
-        now = self.position
-        if prob >= self.threshold and self.temp_end:
-            if now - self.temp_end > self.min_silence_at_max_speech:
-                self.possible_ends.append((self.temp_end, now - self.temp_end))
-            self.temp_end = 0
-        if prob >= self.threshold and self.start is None:
-            self.start = now
-            return
-        if self.start is not None and now - self.start > self.max_speech:
-            if self.possible_ends:
-                end, pause = max(self.possible_ends, key=lambda e: e[1])
-                self.close(self.start, end)
-                self.start = end + pause if end + pause < end + now else None
-            else:
-                self.close(self.start, now)
-                self.start = None
-                self.temp_end, self.possible_ends = 0, []
-                return
-            self.temp_end, self.possible_ends = 0, []
-        if prob < self.neg_threshold and self.start is not None:
-            if not self.temp_end:
-                self.temp_end = now
-            if now - self.temp_end < self.min_silence:
-                return
-            if self.temp_end - self.start > self.min_speech:
-                self.close(self.start, self.temp_end)
-            self.start = None
-            self.temp_end, self.possible_ends = 0, []
-
-    def close(self, start: int, end: int) -> None:
-        self.closed.append(Stretch(start, end, int(max(0, start - self.pad))))
-
-    def resolve(self, num_samples: int | None = None) -> list[tuple[int, int]]:
-        """Pad the closed stretches whose next neighbour is known (or cannot come within two pads)."""
-        out = []
-        while self.closed:
-            stretch = self.closed[0]
-            if len(self.closed) > 1:
-                after = self.closed[1]
-                gap = after.start - stretch.end
-                if gap < 2 * self.pad:
-                    end = stretch.end + gap // 2
-                    after.padded_start = int(max(0, after.start - gap // 2))
-                else:
-                    end = int(stretch.end + self.pad)
-            elif num_samples is not None:
-                end = int(min(num_samples, stretch.end + self.pad))
-            elif (self.start if self.start is not None else self.position) - stretch.end >= 2 * self.pad:
-                end = int(stretch.end + self.pad)
-            else:
-                break
-            out.append((stretch.padded_start, end))
-            self.closed.popleft()
-        return out
+# ---- utterances: voiced stretches as they close ----
 
 
 @dataclass(frozen=True)
@@ -289,7 +178,7 @@ class UtteranceTracker:
     def __init__(self, options: LongformConfig, min_samples: int):
         self.options, self.min_samples = options, min_samples
         self.detector = SpeechDetector()
-        self.segmenter = SpeechSegmenter(options)
+        self.segmenter = SpeechSegmenter(VadOptions.of(options))
         self.audio = SampleBuffer()
 
     def feed(self, samples: np.ndarray) -> list[Voiced]:
@@ -304,8 +193,7 @@ class UtteranceTracker:
         """Split as long-audio jobs split (≤ max_segment_s; at least the model's minimum), with their audio."""
         if self.audio.end < self.min_samples:
             return []
-        parts = split_long(stretches, self.options.max_segment_s)
-        cuts = [fit_length(part, self.min_samples, self.audio.end) for part in parts]
+        cuts = model_cuts(stretches, self.options.max_segment_s, self.min_samples, self.audio.end)
         voiced = [Voiced(start, self.audio.slice(start, end)) for start, end in cuts]
         self.audio.drop_before(self.segmenter.horizon() - self.min_samples)
         return voiced
@@ -315,11 +203,11 @@ class UtteranceTracker:
 
 
 def frames_message(first_frame: int, scores: np.ndarray) -> dict:
-    return {"type": "frames", "start": round(first_frame / FRAME_RATE, 6), "scores": scores.tolist()}
+    return {"type": "frames", "start": frame_time(first_frame), "scores": scores.tolist()}
 
 
 def utterance_message(voiced: Voiced, result: EmotionResult) -> dict:
-    segment = Segment(round(voiced.start / SAMPLE_RATE, 6), round(voiced.end / SAMPLE_RATE, 6), result.emotion,
+    segment = Segment(to_seconds(voiced.start), to_seconds(voiced.end), result.emotion,
                       result.confidence, result.utterance_scores)
     return {"type": "utterance", **segment.to_dict()}
 
@@ -477,7 +365,7 @@ class StreamSession:
         """The engine's answer; while its queue is full, say so and retry (no audio of the stream is skipped)."""
         while True:
             try:
-                return await self.engine.submit(samples, granularity=granularity)
+                return await self.engine.submit(samples, granularity=granularity, origin="stream")
             except EngineOverloaded as error:
                 await self.send(error_message(error))
                 await asyncio.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))

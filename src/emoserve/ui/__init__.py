@@ -1,20 +1,18 @@
 """The web UI (Gradio, the optional `ui` extra): record or upload, see the emotion and its timeline.
 
-    mount_ui(app, service.ready_engine, settings, throttle)   # at /ui of the API server (`emoserve serve`)
-    standalone_app(settings)                                   # alone, with its own model (`emoserve ui`)
+    mount_ui(app, service, throttle)   # at /ui of the API server (`emoserve serve`)
+    standalone_app(settings)           # alone, with a service of its own (`emoserve ui`)
 
-The UI runs in the server's process and calls its engine directly: no HTTP hop, no second model.
-Its sign-in and its analyses spend the same per-client budgets (`Throttle`) as the API's calls.
+The UI runs on the composition root (`runtime.Service`) the API runs on, in the same process: it
+calls the service's engine directly, no HTTP hop, no second model, and never imports the API. Its
+sign-in and its analyses spend the same per-client budgets (`Throttle`) as the API's calls.
 Importing this package does not import Gradio, so the API runs without the extra.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -26,7 +24,7 @@ from ..logs import setup_logging
 from ..throttle import Throttle
 
 if TYPE_CHECKING:
-    from ..inference.engine import Engine
+    from ..runtime import Service
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +36,11 @@ def ui_available() -> bool:
     return importlib.util.find_spec("gradio") is not None
 
 
-def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings, throttle: Throttle,
-             path: str = UI_PATH, api_docs: str | None = "../docs") -> bool:
-    """Serve the UI at `path` of `app` (and redirect `/` to it); without Gradio, warn and leave `app` as it is.
-
-    `get_engine` returns the running engine or raises the `EmoserveError` that says why there is none.
-    With API keys, wrong sign-ins spend the address's failed-key budget in `throttle`, as wrong keys do.
+def mount_ui(app: FastAPI, service: Service, throttle: Throttle, path: str = UI_PATH,
+             api_docs: str | None = "../docs") -> bool:
+    """Serve the UI of `service` at `path` of `app` (and redirect `/` to it); without Gradio, warn and leave
+    `app` as it is. With API keys, wrong sign-ins spend the address's failed-key budget in `throttle`, as
+    wrong keys do.
     """
     if not ui_available():
         log.warning("web UI disabled: Gradio is not installed. Install the `ui` extra to have it at %s: %s "
@@ -53,7 +50,8 @@ def mount_ui(app: FastAPI, get_engine: Callable[[], Engine], settings: Settings,
 
     from .blocks import SignInThrottle, build_blocks, mount_options
 
-    blocks = build_blocks(get_engine, settings, throttle, api_docs)
+    settings = service.settings
+    blocks = build_blocks(service.ready_engine, settings, throttle, api_docs)
     gr.mount_gradio_app(app, blocks, path=path, **mount_options(settings))
     if settings.server.keys():
         app.add_middleware(SignInThrottle, login_path=f"{path.rstrip('/')}/login", throttle=throttle)
@@ -68,21 +66,9 @@ def standalone_app(settings: Settings) -> FastAPI:
 
     setup_logging(settings.server)
     service = Service(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(service.load())
-        try:
-            yield
-        finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
-            await service.close()
-
-    app = FastAPI(title="emoserve UI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="emoserve UI", lifespan=lambda app: service.running(), docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.service = service
-    throttle = Throttle.from_config(settings.server)
-    if not mount_ui(app, service.ready_engine, settings, throttle, path="/", api_docs=None):
+    if not mount_ui(app, service, Throttle.from_config(settings.server), path="/", api_docs=None):
         raise EmoserveError(f"the web UI needs Gradio: {INSTALL_HINT}", code="ui_unavailable")
     return app

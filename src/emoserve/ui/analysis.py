@@ -2,7 +2,8 @@
 
 The UI holds no model of its own: clips go through the same `Engine` as `POST /v1/analyze`
 (same decoder, limits and batches), and long files through `longform.analyze_long` with the
-engine as its batch-predict callable, so their segments queue and batch with everyone's clips.
+engine's `submit_blocking` as its batch-predict callable, so their segments queue and batch with
+everyone's clips.
 Nothing here imports Gradio: it is plain code the tests call directly.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import json
 import re
 import shutil
@@ -77,7 +79,8 @@ async def analyze_clip(engine: Engine, path: str | Path, granularity: str, setti
     """One clip under the API's limits (`max_duration_s`, `max_bytes`), exactly as /v1/analyze does it."""
     limits = settings.server
     waveform, result = await engine.analyze(Path(path), granularity=granularity, return_embedding=True,
-                                            max_seconds=limits.max_duration_s, max_bytes=limits.max_bytes)
+                                            max_seconds=limits.max_duration_s, max_bytes=limits.max_bytes,
+                                            origin="ui")
     return Analysis(Path(path).stem, result, waveform)
 
 
@@ -88,8 +91,9 @@ async def analyze_file(engine: Engine, path: str | Path, granularity: str, setti
                                    max_bytes=settings.ui.max_upload_bytes)
     model = engine.model
     options = settings.longform.model_copy(update={"max_duration_s": settings.ui.max_long_s})
+    predict = functools.partial(engine.submit_blocking, origin="ui")
     result = await asyncio.to_thread(
-        analyze_long, waveform, engine.predict, labels=model.labels, model_name=model.name, granularity=granularity,
+        analyze_long, waveform, predict, labels=model.labels, model_name=model.name, granularity=granularity,
         return_embedding=True, options=options, progress=progress, min_samples=model.config.min_samples)
     return Analysis(Path(path).stem, result, waveform)
 

@@ -18,8 +18,7 @@ from typing import Any
 import gradio as gr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..api.errors import error_response, retry_headers
-from ..api.middleware import key_is_valid
+from ..auth import key_is_valid, refusal_response
 from ..config import Settings
 from ..errors import EmoserveError
 from ..inference.engine import Engine
@@ -35,6 +34,7 @@ PLAYER_JS = (HERE / "player.js").read_text(encoding="utf-8")
 CSS = (HERE / "style.css").read_text(encoding="utf-8")
 GRANULARITIES = [("Whole clip", "utterance"), ("Every 20 ms (timeline)", "frame")]
 HINT = "Upload a file or record from the microphone, then press Analyze."
+TOO_MANY_SIGN_INS = 429  # the status of the throttle's `rate_limited`, as the API answers it
 
 EngineGetter = Callable[[], Engine]  # the running engine, or an EmoserveError saying why there is none
 
@@ -148,7 +148,7 @@ class SignInThrottle:
         try:
             self.throttle.check_sign_in(address)
         except EmoserveError as e:
-            await error_response(e.code, e.message, headers=retry_headers(e))(scope, receive, send)
+            await refusal_response(e, TOO_MANY_SIGN_INS)(scope, receive, send)
             return
         statuses = []
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-COMPONENTS = Path(__file__).parents[3] / "src" / "emoserve" / "integrations" / "home_assistant" / "custom_components"
+COMPONENTS = Path(__file__).parents[3] / "custom_components"  # the repository's, HACS layout
 
 if importlib.util.find_spec("pytest_homeassistant_custom_component") is None:
     collect_ignore_glob = ["test_*.py"]

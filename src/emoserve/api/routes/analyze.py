@@ -6,7 +6,6 @@ file), never after reading it whole into memory.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -22,7 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ...audio import processed_wav
 from ...errors import AudioError, InvalidParameterError
 from ...inference.results import GRANULARITIES, EmotionResult
-from ...runtime import Service
+from ..deps import run_until_disconnect, service_of
 from ..numbers import declared_length
 from ..schemas import ERROR_RESPONSES
 
@@ -113,7 +112,7 @@ async def read_form(request: Request, max_bytes: int) -> tuple[UploadFile, dict[
                         **ERROR_RESPONSES})
 async def analyze(request: Request) -> Response:
     """Analyse one clip (≤ 30 s, ≤ 10 MB by default). See docs/API.md for the result formats."""
-    service: Service = request.app.state.service
+    service = service_of(request)
     engine = service.ready_engine()
     limits = service.settings.server
     audio, fields = await read_form(request, limits.max_bytes)
@@ -136,18 +135,6 @@ async def analyze(request: Request) -> Response:
     embedding = npy_bytes(result.embedding) if want_embedding else None
     wav = processed_wav(waveform) if want_audio else None
     return render(request, result, embedding, wav)
-
-
-async def run_until_disconnect(request: Request, work) -> EmotionResult | None:
-    """Await the engine, but cancel the queued work if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            return None
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

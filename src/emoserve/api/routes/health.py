@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from ...inference.results import GRANULARITIES
-from ...runtime import Service
+from ..deps import service_of
 from ..schemas import ERROR_RESPONSES, Health, ModelsList
 
 router = APIRouter()
@@ -19,7 +19,7 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     """200 `healthy`, or 200 `degraded` with a `reason` when the disk is (nearly) full: the model still answers,
     uploads are refused. 503 while loading or after a failed load."""
-    service: Service = request.app.state.service
+    service = service_of(request)
     status, reason = service.status, None
     if status == "healthy" and service.store is not None:
         reason = await run_in_threadpool(service.store.storage_problem)
@@ -35,7 +35,7 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/v1/models", response_model=ModelsList, summary="The loaded model", responses=ERROR_RESPONSES)
 async def models(request: Request) -> ModelsList:
-    service: Service = request.app.state.service
+    service = service_of(request)
     service.ready_engine()
     return ModelsList(models=[service.model.info.to_dict()])
 
@@ -43,7 +43,7 @@ async def models(request: Request) -> ModelsList:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    service: Service = request.app.state.service
+    service = service_of(request)
     engine = service.engine
     payload = service.metrics.render(engine.queue_depth if engine else 0,
                                      engine.device_memory_bytes() if engine else None)

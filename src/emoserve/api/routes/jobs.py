@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import NotFoundError
-from ...jobs.store import Job
-from ...runtime import Service
+from ...jobs.records import Job
+from ..deps import service_of
 from ..numbers import ascii_decimal
 from ..schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
 
@@ -30,10 +30,6 @@ router = APIRouter(tags=["jobs"])
 POLL_FIRST_S, POLL_MAX_S = 0.05, 0.5
 READ_BLOCK = 1024 * 1024
 WaitSeconds = ascii_decimal("wait")
-
-
-def service_of(request: Request) -> Service:
-    return request.app.state.service
 
 
 def job_accepted(request: Request, job: Job) -> JSONResponse:

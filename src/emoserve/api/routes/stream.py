@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from ...errors import AudioError, EmoserveError, InvalidParameterError
 from ...runtime import Service
 from ...timeline.streaming import StreamSession, error_message
+from ..deps import service_of
 from ..errors import error_response, request_id, retry_headers, status_for
 from ..middleware import DENIAL_EXTENSION
 
@@ -56,7 +57,7 @@ class Channel:
 @router.websocket("/v1/stream")
 async def stream(websocket: WebSocket) -> None:
     """Binary messages: PCM16 audio; the text "end" flushes and ends the stream (docs/streaming.md)."""
-    service: Service = websocket.app.state.service
+    service = service_of(websocket)
     limit = service.settings.stream.max_concurrent
     if service.open_streams >= limit:
         await refuse(websocket, EmoserveError(f"{limit} streams are open, this server's limit "

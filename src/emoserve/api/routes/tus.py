@@ -32,12 +32,13 @@ from ...errors import (
     RequestTimeoutError,
     UploadExpiredError,
 )
-from ...jobs.store import CHECKSUM_ALGORITHMS, EXPIRED, UPLOADING, Store, TusAppender, Upload
+from ...jobs.records import EXPIRED, UPLOADING, Upload
+from ...jobs.store import CHECKSUM_ALGORITHMS, Store, TusAppender
 from ..bodies import body_pieces
+from ..deps import service_of
 from ..errors import error_response
 from ..numbers import declared_length, parse_ascii_int
 from ..schemas import UPLOAD_ERROR_RESPONSES
-from .jobs import service_of
 
 PREFIX = "/v1/tus"
 TUS_VERSION = "1.0.0"
@@ -237,7 +238,7 @@ async def patch(upload_id: str, request: Request, upload_offset: str | None = He
         raise PayloadTooLargeError(f"{declared} bytes at offset {offset} overrun the upload's length "
                                    f"{upload.total_size}")
     service = service_of(request)
-    with service.upload_bodies.claim():
+    with request.app.state.upload_bodies.claim():
         appender = await run_in_threadpool(store.tus_appender, upload_id, offset, checksum=checksum)
         try:
             offset = await append_body(appender, request, service.settings.store.upload_body_timeout_s)

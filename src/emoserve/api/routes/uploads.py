@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import PayloadTooLargeError
 from ..bodies import body_pieces
+from ..deps import service_of
 from ..numbers import ascii_int, declared_length
 from ..schemas import (
     UPLOAD_ERROR_RESPONSES,
@@ -25,7 +26,7 @@ from ..schemas import (
     UploadInit,
     UploadStatus,
 )
-from .jobs import service_of, submit
+from .jobs import submit
 
 router = APIRouter(tags=["uploads"])
 
@@ -66,7 +67,7 @@ async def put_chunk(upload_id: str, index: ChunkIndex, request: Request,
     store = service.ready_store()
     upload = await run_in_threadpool(store.writable_upload, upload_id, "chunked")  # 404/409/410 before the body
     refuse_declared_over(request, upload.chunk_size)
-    with service.upload_bodies.claim():
+    with request.app.state.upload_bodies.claim():
         receiver = await run_in_threadpool(store.receive_chunk, upload_id, index, md5=content_md5,
                                            sha256=x_chunk_sha256)
         try:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from ..inference.engine import BatchStats, EngineStats
+from .inference.engine import BatchStats, EngineStats
 
 ENGINE_COUNTERS = {  # EngineStats field → (metric name, help)
     "submitted": ("emoserve_engine_clips_submitted", "clips queued for the model"),

@@ -1,0 +1,40 @@
+"""API keys: which key a request presents and whether it opens the server, for the API and the web UI alike.
+
+The API's middleware checks the key of every /v1/* call; the UI takes the same keys as the
+password of its sign-in page. Both refuse with the API's error body (`refusal_response`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+
+from .errors import EmoserveError
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key of `Authorization: Bearer KEY`, else of `X-API-Key: KEY` (header names in lower case)."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get("x-api-key")
+
+
+def key_is_valid(given: str | None, keys: list[str]) -> bool:
+    """Constant-time against every key, so timing says nothing about which key or prefix matched."""
+    if not given:
+        return False
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given.encode(), key.encode())
+    return ok
+
+
+def refusal_response(error: EmoserveError, status: int) -> JSONResponse:
+    """The API's error body and Retry-After for a refusal answered outside the API's error handlers."""
+    body = {"error": {"code": error.code, "message": error.message}}
+    retry_after = error.details.get("retry_after")
+    headers = {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
