@@ -276,8 +276,14 @@ def test_idle_uploads_expire_and_the_sweep_shows_over_http(make_client, tmp_path
     directory = tmp_path / "data" / "uploads" / upload["upload_id"]
     assert directory.is_dir()
     deadline = time.monotonic() + 10
-    while client.get(f"/v1/upload/{upload['upload_id']}").json()["state"] != "expired" or directory.exists():
-        assert time.monotonic() < deadline, "the sweep did not expire the upload and remove its files"
+
+    def swept() -> bool:  # both uploads: the tus one was made a moment later and may expire one sweep later
+        chunked_gone = client.get(f"/v1/upload/{upload['upload_id']}").json()["state"] == "expired"
+        tus_gone = client.head(tus_url, headers={"Tus-Resumable": "1.0.0"}).status_code == 410
+        return chunked_gone and tus_gone and not directory.exists()
+
+    while not swept():
+        assert time.monotonic() < deadline, "the sweep did not expire the uploads and remove their files"
         time.sleep(0.05)
     for response in (client.put(upload["chunk_urls"][1], content=bytes(CHUNK)),
                      client.post("/v1/upload/complete", json={"upload_id": upload["upload_id"]}),

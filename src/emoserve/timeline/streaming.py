@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import wire
 from ..errors import AudioError, EmoserveError, InvalidParameterError, PayloadTooLargeError
 from ..inference.engine import Engine, EngineOverloaded
-from ..inference.results import EmotionResult, Segment
+from ..inference.results import EmotionResult
 from ..model.config import FRAME_RATE, HOP, SAMPLE_RATE
 from .longform import (
     LongformOptions,
@@ -352,21 +353,26 @@ class UtteranceTracker:
         return voiced
 
 
-# ---- the messages (docs/API.md, "Streaming") ----
+# ---- the messages: `emoserve.wire.StreamMessage` (docs/API.md, "Streaming") ----
 
 
 def frames_message(first_frame: int, scores: np.ndarray) -> dict:
-    return {"type": "frames", "start": round(first_frame / FRAME_RATE, 6), "scores": scores.tolist()}
+    return wire.FramesMessage.model_construct(type="frames", start=round(first_frame / FRAME_RATE, 6),
+                                              scores=scores.tolist()).to_dict()
 
 
 def utterance_message(voiced: Voiced, result: EmotionResult) -> dict:
-    segment = Segment(round(voiced.start / SAMPLE_RATE, 6), round(voiced.end / SAMPLE_RATE, 6), result.emotion,
-                      result.confidence, result.utterance_scores)
-    return {"type": "utterance", **segment.to_dict()}
+    return wire.UtteranceMessage(type="utterance", start=round(voiced.start / SAMPLE_RATE, 6),
+                                 end=round(voiced.end / SAMPLE_RATE, 6), emotion=result.emotion,
+                                 confidence=result.confidence, scores=result.utterance_scores).to_dict()
 
 
 def error_message(error: EmoserveError) -> dict:
-    return {"type": "error", "code": error.code, "message": error.message, **error.details}
+    return wire.StreamError(type="error", code=error.code, message=error.message, **error.details).to_dict()
+
+
+def end_message() -> dict:
+    return wire.StreamEnd(type="end").to_dict()
 
 
 # ---- one stream ----

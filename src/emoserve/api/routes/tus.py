@@ -31,9 +31,8 @@ from ...errors import (
     UploadExpiredError,
 )
 from ...jobs.store import EXPIRED, UPLOADING, Store, Upload, digest_matches
-from ..errors import error_response
+from ..errors import TUS_ERRORS, error_response
 from ..numbers import declared_length, parse_ascii_int
-from ..schemas import UPLOAD_ERROR_RESPONSES
 from .jobs import service_of
 
 PREFIX = "/v1/tus"
@@ -142,7 +141,7 @@ async def options(request: Request) -> Response:
 
 
 @router.post("", include_in_schema=False)
-@router.post("/", status_code=201, summary="tus creation", responses=UPLOAD_ERROR_RESPONSES)
+@router.post("/", status_code=201, summary="tus creation", responses=TUS_ERRORS)
 async def create(request: Request, upload_length: str | None = Header(None),
                  upload_metadata: str | None = Header(None),
                  upload_defer_length: str | None = Header(None)) -> Response:
@@ -170,7 +169,7 @@ async def head(upload_id: str, request: Request) -> Response:
 @router.patch("/{upload_id}", status_code=204, summary="tus append at Upload-Offset",
               openapi_extra={"requestBody": {"required": True, "content": {OFFSET_STREAM: {
                   "schema": {"type": "string", "format": "binary"}}}}},
-              responses=UPLOAD_ERROR_RESPONSES)
+              responses=TUS_ERRORS)
 async def patch(upload_id: str, request: Request, upload_offset: str | None = Header(None),
                 upload_checksum: str | None = Header(None)) -> Response:
     """Appends the body at `Upload-Offset` (409 unless it is the upload's offset); answers the new offset."""
@@ -247,7 +246,7 @@ async def append_once_verified(store: Store, upload_id: str, offset: int, reques
     return offset
 
 
-@router.delete("/{upload_id}", status_code=204, summary="tus termination", responses=UPLOAD_ERROR_RESPONSES)
+@router.delete("/{upload_id}", status_code=204, summary="tus termination", responses=TUS_ERRORS)
 async def terminate(upload_id: str, request: Request) -> Response:
     store, _ = await tus_upload(request, upload_id)
     await run_in_threadpool(store.delete_upload, upload_id)
