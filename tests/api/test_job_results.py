@@ -21,12 +21,12 @@ HALF_HOUR_OF_FRAMES = 90_000  # 30 min at one frame per 20 ms: a result of about
 def frame_result(frames: int) -> bytes:
     """The JSON of a result shaped like a long frame job's (docs/API.md), with random scores."""
     scores = np.random.default_rng(0).random((frames, len(LABELS)))
-    body = {"model": "random:tiny", "granularity": "frame", "duration_s": frames * 0.02, "labels": list(LABELS),
+    body = {"model": "random:tiny ü→😀", "granularity": "frame", "duration_s": frames * 0.02, "labels": list(LABELS),
             "segments": [{"start": 0.0, "end": 1.0, "emotion": "happy", "confidence": 0.9,
                           "scores": dict(zip(LABELS, scores[0].tolist()))}],
             "overall": {"emotion": "happy", "confidence": 0.9, "scores": dict(zip(LABELS, scores[0].tolist())),
                         "speech_s": 1.0},
-            "timestamps": [round(i * 0.02, 2) for i in range(frames)], "scores": scores.tolist(), "note": "ü→😀"}
+            "timestamps": [round(i * 0.02, 2) for i in range(frames)], "scores": scores.tolist()}
     return json_bytes(body)
 
 
