@@ -7,7 +7,7 @@ Serialising (`Body.to_json`, `Body.to_dict`) leaves out a field whose value is i
 optional fields (base64 parts, frame rows of a long result, error details) are absent rather than
 null; a field the server always sends has no default. Large results are built with
 `model_construct` from plain lists: the server's own data needs no validation, and pydantic's JSON
-encoder then writes a 30-minute frame result several times faster than `json.dumps`.
+encoder writes a 30-minute frame result (90,000 rows) in about half the time of `dict` + `json.dumps`.
 
 Answers ignore fields they do not know (an older client keeps working with a newer server);
 requests refuse them, so a typo is an error rather than silently ignored.
@@ -38,7 +38,7 @@ class Body(BaseModel):
         return self.model_dump(mode="json", exclude_defaults=True)
 
 
-class Request(BaseModel):
+class RequestBody(BaseModel):
     """A JSON body the server takes."""
 
     model_config = ConfigDict(extra="forbid")
@@ -149,7 +149,7 @@ ANALYZE_RESULT: TypeAdapter[UtteranceResult | FrameResult] = TypeAdapter(Analyze
 # ---- long audio: uploads and jobs ----
 
 
-class UploadInit(Request):
+class UploadInit(RequestBody):
     model_config = ConfigDict(extra="forbid", strict=True)  # sizes are JSON integers, not "12", 12.0 or true
 
     filename: str | None = Field(None, max_length=4096, description="shown back to you; never a path on the server")
@@ -183,7 +183,7 @@ class ChunkReceived(Body):
     size: int
 
 
-class JobRequest(Request):
+class JobRequest(RequestBody):
     upload_id: str = Field(description="a chunked or tus upload")
     granularity: Granularity = Field("utterance", description="segments only, or also one row of scores per 20 ms "
                                                               "over the whole file")
