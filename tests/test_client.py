@@ -79,6 +79,11 @@ def test_health_and_models(client):
     assert info.name == "random:tiny" and info.labels == LABELS and info.embedding_dim > 0 and info.weights == "random"
 
 
+def test_the_clients_model_info_is_the_servers_whole(client, tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model, "quantization", "int8-dynamic")  # a field the server once left out
+    assert client.models() == [tiny_model.info]
+
+
 def test_analyze_a_path_gives_the_library_result(client, clip, tiny_model):
     result = client.analyze(clip)
     assert isinstance(result, ClientResult) and result.request_id

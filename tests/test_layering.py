@@ -12,7 +12,7 @@ PACKAGE = SRC / "emoserve"
 
 # Lowest first: a module may import its own layer and those below. Names are the first part under emoserve.
 LAYERS = [
-    {"", "errors", "labels", "files", "auth"},  # "": the package's __init__
+    {"", "errors", "labels", "files", "auth", "wire"},  # "": the package's __init__; wire: the bodies on the wire
     {"model", "config", "testing", "logs", "throttle"},  # config reads model constants; logs, throttle read config
     {"audio"},
     {"inference"},

@@ -247,7 +247,7 @@ def test_files_of_uploads_with_pending_jobs_outlive_their_expiry(store, clock):
     clock.now += 10 * 86400
     store.sweep()
     assert store.upload_file(upload.upload_id).is_file()
-    store.finish_job(job.job_id, result={"segments": []})
+    store.finish_job(job.job_id, result=b'{"segments":[]}')
     store.sweep()
     assert store.get_upload(upload.upload_id).state == "expired"
 
@@ -319,7 +319,7 @@ def test_an_upload_with_a_job_still_to_run_is_not_deleted(store):
     with pytest.raises(ConflictError, match="queued or running"):
         store.delete_upload(upload.upload_id)
     assert store.upload_file(upload.upload_id).read_bytes() == b"0123456789"
-    store.finish_job(job.job_id, result={})
+    store.finish_job(job.job_id, result=b'{}')
     store.delete_upload(upload.upload_id)
     assert not store.upload_dir(upload.upload_id).exists()
 

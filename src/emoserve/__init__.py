@@ -11,7 +11,7 @@ from .labels import LABELS
 
 __version__ = "0.1.0"
 
-LAZY = {"EmotionModel": "inference.emotion_model", "ModelInfo": "inference.emotion_model",
+LAZY = {"EmotionModel": "inference.emotion_model", "ModelInfo": "inference.results",
         "EmotionResult": "inference.results"}
 
 __all__ = [

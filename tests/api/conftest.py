@@ -10,6 +10,8 @@ from emoserve import EmotionModel
 from emoserve.api.app import create_app
 from emoserve.config import Settings
 
+from .contract import ContractChecker
+
 
 def wait_healthy(client: TestClient, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -30,6 +32,8 @@ def make_client(tmp_path, tiny_model):
         settings = Settings.from_flat(**{"model": "random:tiny", "log_dir": tmp_path / "logs",
                                          "data_dir": tmp_path / "data", **overrides})
         client = TestClient(create_app(settings, model=model), raise_server_exceptions=False)
+        client.contract = ContractChecker(client.app)  # every JSON answer is held against the wire contract
+        client.event_hooks = {**client.event_hooks, "response": [*client.event_hooks["response"], client.contract]}
         client.__enter__()
         clients.append(client)
         if model is not None:

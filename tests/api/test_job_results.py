@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from fastapi.responses import JSONResponse
 
+from emoserve.jobs.store import json_bytes
 from emoserve.labels import LABELS
 
 from ..test_store import looking_slowly
@@ -17,15 +18,16 @@ from ..test_store import looking_slowly
 HALF_HOUR_OF_FRAMES = 90_000  # 30 min at one frame per 20 ms: a result of about 17 MB of JSON
 
 
-def frame_result(frames: int) -> dict:
-    """A result shaped like a long frame job's (docs/API.md), with random scores."""
+def frame_result(frames: int) -> bytes:
+    """The JSON of a result shaped like a long frame job's (docs/API.md), with random scores."""
     scores = np.random.default_rng(0).random((frames, len(LABELS)))
-    return {"model": "random:tiny", "granularity": "frame", "duration_s": frames * 0.02, "labels": list(LABELS),
+    body = {"model": "random:tiny ü→😀", "granularity": "frame", "duration_s": frames * 0.02, "labels": list(LABELS),
             "segments": [{"start": 0.0, "end": 1.0, "emotion": "happy", "confidence": 0.9,
                           "scores": dict(zip(LABELS, scores[0].tolist()))}],
             "overall": {"emotion": "happy", "confidence": 0.9, "scores": dict(zip(LABELS, scores[0].tolist())),
                         "speech_s": 1.0},
-            "timestamps": [round(i * 0.02, 2) for i in range(frames)], "scores": scores.tolist(), "note": "ü→😀"}
+            "timestamps": [round(i * 0.02, 2) for i in range(frames)], "scores": scores.tolist()}
+    return json_bytes(body)
 
 
 def complete_upload(client) -> str:
@@ -38,7 +40,7 @@ def complete_upload(client) -> str:
     return upload.upload_id
 
 
-def finished_job(client, result: dict | None) -> str:
+def finished_job(client, result: bytes | None) -> str:
     """A running job finished by hand with `result` (or left running without one)."""
     store = client.app.state.service.store
     job = store.create_job(complete_upload(client), {"granularity": "frame", "return_embedding": False})

@@ -13,6 +13,7 @@ from ..logs import setup_logging
 from ..runtime import Service
 from ..throttle import Throttle
 from ..ui import mount_ui
+from ..wire import ANALYZE_RESULT, STREAM_MESSAGE, ErrorBody
 from .bodies import BodySlots
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
@@ -22,8 +23,8 @@ from .routes import jobs as routes_jobs
 from .routes import stream as routes_stream
 from .routes import tus as routes_tus
 from .routes import uploads as routes_uploads
-from .schemas import ErrorBody, FrameResult, UtteranceResult
 
+REF = "#/components/schemas/{model}"
 DESCRIPTION = """Speech emotion recognition with emotion2vec.
 
 Send a clip to `POST /v1/analyze`; send long audio with `/v1/upload/*` (chunked, parallel, resumable) or tus
@@ -63,13 +64,16 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
 
 
 def openapi_schema(app: FastAPI) -> dict:
-    """FastAPI's schema plus the result/error models that routes return by hand."""
+    """FastAPI's schema plus the bodies that routes send by hand: analysis results, errors and the messages of
+    the WebSocket /v1/stream (`StreamMessage`, which OpenAPI's paths cannot describe)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (UtteranceResult, FrameResult, ErrorBody):
-            extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        extras = {"AnalyzeResult": ANALYZE_RESULT.json_schema(ref_template=REF),
+                  "ErrorBody": ErrorBody.model_json_schema(ref_template=REF),
+                  "StreamMessage": STREAM_MESSAGE.json_schema(ref_template=REF)}
+        for name, extra in extras.items():
             components.update(extra.pop("$defs", {}))
-            components[model.__name__] = extra
+            components[name] = extra
         app.openapi_schema = schema
     return app.openapi_schema

@@ -1,75 +1,65 @@
 """Typed errors → the JSON error body, in one place.
 
-Every error the service answers is `{"error": {"code": ..., "message": ...}}` with the status of
-docs/API.md's table. Unknown failures are a 500 `internal_error` whose message never leaks a
-stack trace; the trace goes to error.log with the request id.
+Every error the service answers is `{"error": {"code": ..., "message": ...}}` (`wire.ErrorBody`) with
+the status that `emoserve.errors.ERROR_CODES` gives its code. Unknown failures are a 500
+`internal_error` whose message never leaks a stack trace; the trace goes to error.log with the
+request id.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
 
-from ..errors import EmoserveError
+from ..errors import ERROR_CODES, EmoserveError, code_for_status, status_for
+from ..wire import ErrorBody, ErrorDetail
 
 error_log = logging.getLogger("emoserve.error")
 access_log = logging.getLogger("emoserve.access")
 
-STATUS_BY_CODE: dict[str, int] = {
-    "empty_audio": 400,
-    "unsupported_format": 400,
-    "corrupt_audio": 400,
-    "invalid_parameter": 400,
-    "too_short": 400,
-    "checksum_mismatch": 400,  # tus PATCH answers 460, the status of its checksum extension
-    "unauthorized": 401,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "idle_timeout": 408,  # a WebSocket stream that sent nothing for EMOSERVE_STREAM_IDLE_TIMEOUT_S: close 4408
-    "request_timeout": 408,  # an upload body that stopped arriving; the connection is closed
-    "upload_incomplete": 409,
-    "conflict": 409,
-    "upload_expired": 410,
-    "unsupported_tus_version": 412,
-    "audio_too_long": 413,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "rate_limited": 429,
-    "quota_exceeded": 429,
-    "internal_error": 500,
-    "clip_too_large": 500,
-    "model_loading": 503,
-    "model_unavailable": 503,
-    "overloaded": 503,
-    "insufficient_storage": 507,
-}
-DEFAULT_RETRY_AFTER_S = {503: 1, 429: 30}  # 429 here: upload quotas, freed as uploads finish or expire
-CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-                  401: "unauthorized", 429: "rate_limited"}
-
-
-def status_for(code: str) -> int:
-    return STATUS_BY_CODE.get(code, 400 if code else 500)
-
 
 def error_response(code: str, message: str, status: int | None = None, headers: dict | None = None,
-                   details: dict | None = None) -> JSONResponse:
-    body: dict = {"error": {"code": code, "message": message}}
-    if details:
-        body["error"].update(details)
-    return JSONResponse(body, status_code=status or status_for(code), headers=headers)
+                   details: dict | None = None) -> Response:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, **(details or {})))
+    return Response(body.to_json(), status_code=status or status_for(code), headers=headers,
+                    media_type="application/json")
 
 
 def retry_headers(error: EmoserveError) -> dict | None:
     retry_after = getattr(error, "retry_after", None) or error.details.get("retry_after")
     if retry_after is None:
-        retry_after = DEFAULT_RETRY_AFTER_S.get(status_for(error.code))
+        kind = ERROR_CODES.get(error.code)
+        retry_after = kind.retry_after_s if kind is not None else None
     return {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
+
+
+def error_responses(codes: Iterable[str]) -> dict[int, dict]:
+    """OpenAPI `responses` for these codes: one per status, described from the table of codes."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ERROR_CODES[code].status, []).append(code)
+    return {status: {"model": ErrorBody, "description": "; ".join(f"`{code}`: {ERROR_CODES[code].description}"
+                                                                  for code in codes_of_status)}
+            for status, codes_of_status in sorted(by_status.items())}
+
+
+ANALYZE_CODES = ("empty_audio", "unsupported_format", "corrupt_audio", "invalid_parameter", "too_short",
+                 "unauthorized", "audio_too_long", "payload_too_large", "rate_limited", "internal_error",
+                 "model_loading", "model_unavailable", "overloaded")
+UPLOAD_CODES = ("invalid_parameter", "checksum_mismatch", "unauthorized", "not_found", "upload_incomplete",
+                "conflict", "upload_expired", "payload_too_large", "rate_limited", "quota_exceeded", "internal_error",
+                "model_loading", "model_unavailable")
+COMMON_ERRORS = error_responses(("unauthorized", "rate_limited", "internal_error", "model_loading",
+                                 "model_unavailable"))
+ANALYZE_ERRORS = error_responses(ANALYZE_CODES)
+UPLOAD_ERRORS = error_responses(UPLOAD_CODES)
+TUS_ERRORS = error_responses((*UPLOAD_CODES, "unsupported_tus_version", "unsupported_media_type"))
 
 
 def request_id(connection: HTTPConnection) -> str:
@@ -80,7 +70,7 @@ def request_id(connection: HTTPConnection) -> str:
 DECODE_FAILURES = {"corrupt_audio", "unsupported_format"}  # the client's file, but worth a trace to debug
 
 
-async def handle_emoserve_error(request: Request, error: EmoserveError) -> JSONResponse:
+async def handle_emoserve_error(request: Request, error: EmoserveError) -> Response:
     """The error's JSON body; failures of ours (5xx) and undecodable files also go to error.log.
 
     503s (loading, overloaded) are backpressure, not failures: access.log counts them.
@@ -96,13 +86,13 @@ async def handle_emoserve_error(request: Request, error: EmoserveError) -> JSONR
     return error_response(error.code, error.message, status, headers, details)
 
 
-async def handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+async def handle_validation_error(request: Request, error: RequestValidationError) -> Response:
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5])
     return error_response("invalid_parameter", f"invalid request: {problems}")
 
 
-async def handle_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = CODE_BY_STATUS.get(error.status_code, "invalid_parameter" if error.status_code < 500 else "internal_error")
+async def handle_http_error(request: Request, error: StarletteHTTPException) -> Response:
+    code = code_for_status(error.status_code)
     message = error.detail if isinstance(error.detail, str) else str(error.detail)
     if error.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}; see /docs"
@@ -116,7 +106,7 @@ async def handle_disconnect(request: Request, error: ClientDisconnect) -> Respon
     return Response(status_code=499)  # nobody reads it
 
 
-async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
+async def handle_unexpected(request: Request, error: Exception) -> Response:
     error_log.exception("unhandled error on %s %s", request.method, request.url.path,
                         extra={"request_id": request_id(request)})
     return error_response("internal_error", f"internal error; quote request id {request_id(request)} when "

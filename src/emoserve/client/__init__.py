@@ -11,10 +11,11 @@
 `parse` turns the server's answers into results and typed errors; `local` is `LocalClient`.
 """
 
+from ..errors import AuthenticationError, RateLimitedError, ServiceUnavailableError
 from .flows import PRECONVERT_FORMATS, RetryPolicy, preconvert
 from .http import DEFAULT_URL, AsyncEmoClient, EmoClient
 from .local import LocalClient
-from .parse import AuthenticationError, ClientResult, Job, RateLimitedError, ServiceUnavailableError
+from .parse import ClientResult, Job
 
 __all__ = [
     "DEFAULT_URL",

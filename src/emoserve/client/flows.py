@@ -23,11 +23,19 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 import numpy as np
 
+from .. import wire
 from ..errors import EmoserveError, InvalidParameterError, NotFoundError, UploadExpiredError
 from ..files import file_sha256
 from ..inference.results import LongformResult, check_granularity
 from ..model.config import SAMPLE_RATE
-from .parse import ClientResult, Job, job_from_body, result_from_response
+from .parse import (
+    ClientResult,
+    Job,
+    accepted_job_from_json,
+    job_from_wire,
+    models_from_json,
+    result_from_response,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -210,12 +218,8 @@ class Flows:
         return response.json()
 
     def models_flow(self) -> Flow[list]:
-        from ..inference.emotion_model import ModelInfo
-
         response = yield from self.call("GET", "/v1/models")
-        return [ModelInfo(m["name"], tuple(m["labels"]), m["sample_rate"], m["frame_rate"], m["embedding_dim"],
-                          m["device"], m["dtype"], m.get("quantization"), m.get("weights", "pretrained"),
-                          m.get("parameters", 0), m.get("min_samples", 0)) for m in response.json()["models"]]
+        return models_from_json(response.content)
 
     def analyze_flow(self, audio: Any, granularity: str, return_embedding: bool, return_processed_audio: bool,
                      sample_rate: int | None, preconvert: bool | None, filename: str | None) -> Flow[ClientResult]:
@@ -249,7 +253,7 @@ class Flows:
             body = {"upload_id": upload_id, "granularity": granularity, "return_embedding": return_embedding,
                     "callback_url": callback_url}
             response = yield from self.call("POST", "/v1/upload/complete", json=body)
-        return job_from_body(response.json()), resume_file
+        return accepted_job_from_json(response.content), resume_file
 
     def upload_flow(self, path: Path, filename: str, chunk_size: int | None, parallel: int,
                     resume: bool) -> Flow[tuple[str, ResumeFile]]:
@@ -258,47 +262,47 @@ class Flows:
         total_size = path.stat().st_size
         resume_file = ResumeFile(self.resume_dir, self.base_url, sha256)
         state = resume_file.load() if resume else None
-        upload = None
+        upload: wire.UploadStatus | None = None
         if state is not None:
             try:
-                upload = (yield from self.call("GET", f"/v1/upload/{state['upload_id']}")).json()
+                response = yield from self.call("GET", f"/v1/upload/{state['upload_id']}")
+                upload = wire.UploadStatus.model_validate_json(response.content)
             except (NotFoundError, UploadExpiredError):
                 upload = None
-            if upload is not None and upload.get("state") not in ("uploading", "complete"):
+            if upload is not None and upload.state not in ("uploading", "complete"):
                 upload = None
         if upload is None:
             init = {"filename": filename, "total_size": total_size, "sha256": sha256}
             if chunk_size is not None:
                 init["chunk_size"] = chunk_size
-            upload = (yield from self.call("POST", "/v1/upload/init", json=init)).json()
-            upload["missing"] = list(range(upload["chunk_count"]))
-            resume_file.save({"upload_id": upload["upload_id"], "chunk_size": upload["chunk_size"],
+            response = yield from self.call("POST", "/v1/upload/init", json=init)
+            upload = wire.UploadCreated.model_validate_json(response.content)
+            resume_file.save({"upload_id": upload.upload_id, "chunk_size": upload.chunk_size,
                               "total_size": total_size, "sha256": sha256, "base_url": self.base_url})
         else:
-            log.info("resuming upload %s: %d of %d chunks to send", upload["upload_id"],
-                     len(upload.get("missing", [])), upload["chunk_count"])
-        upload_id = upload["upload_id"]
-        size = upload.get("chunk_size") or state["chunk_size"]
-        missing = upload.get("missing", []) if upload.get("state") != "complete" else []
-        yield Together([self.chunk_flow(upload_id, path, index, size) for index in missing], parallel)
-        return upload_id, resume_file
+            log.info("resuming upload %s: %d of %d chunks to send", upload.upload_id, len(upload.missing),
+                     upload.chunk_count)
+        missing = upload.missing if upload.state != "complete" else []
+        yield Together([self.chunk_flow(upload.upload_id, path, index, upload.chunk_size) for index in missing],
+                       parallel)
+        return upload.upload_id, resume_file
 
-    def chunk_flow(self, upload_id: str, path: Path, index: int, chunk_size: int) -> Flow[dict]:
+    def chunk_flow(self, upload_id: str, path: Path, index: int, chunk_size: int) -> Flow[wire.ChunkReceived]:
         data = read_chunk(path, index, chunk_size)  # read when the flow starts: `parallel` chunks in memory at most
         response = yield from self.call("PUT", f"/v1/upload/{upload_id}/chunk/{index}", content=data,
                                         headers={"Content-Type": "application/octet-stream",
                                                  "X-Chunk-SHA256": hashlib.sha256(data).hexdigest()})
-        return response.json()
+        return wire.ChunkReceived.model_validate_json(response.content)
 
     def job_flow(self, job_id: str, wait: float | None = None) -> Flow[Job]:
         params = {"wait": f"{wait:.3f}"} if wait else None  # plain decimal: the server refuses 1e-05
         timeout = self.timeout + (wait or 0.0)
         response = yield from self.call("GET", f"/v1/jobs/{job_id}", params=params, timeout=timeout)
-        body = response.json()
+        body = wire.JobStatus.model_validate_json(response.content)
         embedding = None
-        if body["status"] == "succeeded" and (body.get("options") or {}).get("return_embedding"):
+        if body.status == "succeeded" and body.options.return_embedding:
             embedding = (yield from self.call("GET", f"/v1/jobs/{job_id}/embedding.npy")).content
-        return job_from_body(body, embedding)
+        return job_from_wire(body, embedding)
 
     def wait_flow(self, job: Job | str, timeout: float | None) -> Flow[Job]:
         """Long-poll `?wait=` until the job ends; TimeoutError once `timeout` seconds have passed."""

@@ -1,74 +1,36 @@
-"""The server's answers → the library's types: results, jobs and typed errors (the API's JSON, docs/API.md)."""
+"""The server's answers → the library's types: results, jobs, models and typed errors.
+
+Each answer is validated with its model of `emoserve.wire` (the contract the server sends), then
+turned into the type a local caller gets: numpy arrays where the library has them.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 
-from ..errors import (
-    AudioError,
-    ChecksumMismatchError,
-    ConflictError,
-    EmoserveError,
-    InvalidParameterError,
-    NotFoundError,
-    PayloadTooLargeError,
-    QuotaExceededError,
-    UploadExpiredError,
-    UploadIncompleteError,
-)
-from ..inference.results import EmotionResult, LongformResult, Overall, Segment
+from .. import wire
+from ..errors import EmoserveError, code_for_status, error_for
+from ..inference.results import EmotionResult, LongformResult, ModelInfo, Overall, Segment
 from ..labels import LABELS
 
-# ---- errors: the server's code → the library's typed error ----
-
-
-class AuthenticationError(EmoserveError):
-    """No API key, or a wrong one (401): pass `api_key=` or set EMOSERVE_API_KEY."""
-
-    code = "unauthorized"
-
-
-class RateLimitedError(EmoserveError):
-    """The per-key rate limit was hit (429): wait `retry_after` seconds."""
-
-    code = "rate_limited"
-
-
-class ServiceUnavailableError(EmoserveError):
-    """The model is loading, the queue is full, or the model failed to load (503)."""
-
-    code = "overloaded"
-
-
-ERRORS_BY_CODE: dict[str, type[EmoserveError]] = {
-    "empty_audio": AudioError, "unsupported_format": AudioError, "corrupt_audio": AudioError,
-    "too_short": AudioError, "audio_too_long": AudioError, "invalid_parameter": InvalidParameterError,
-    "not_found": NotFoundError, "conflict": ConflictError, "upload_incomplete": UploadIncompleteError,
-    "upload_expired": UploadExpiredError, "checksum_mismatch": ChecksumMismatchError,
-    "payload_too_large": PayloadTooLargeError, "quota_exceeded": QuotaExceededError,
-    "unauthorized": AuthenticationError, "rate_limited": RateLimitedError,
-    "model_loading": ServiceUnavailableError, "overloaded": ServiceUnavailableError,
-    "model_unavailable": ServiceUnavailableError,
-}
+# ---- errors: the server's code → the library's typed error (emoserve.errors.ERROR_CODES) ----
 
 
 def error_from_response(response: httpx.Response) -> EmoserveError:
     """The typed error for a non-2xx answer, carrying the server's code, message, status and Retry-After."""
     try:
-        body = response.json()["error"]
-        code, message = str(body["code"]), str(body["message"])
-        details = {k: v for k, v in body.items() if k not in ("code", "message")}
-    except (ValueError, KeyError, TypeError):
-        code = {401: "unauthorized", 404: "not_found", 413: "payload_too_large", 429: "rate_limited",
-                503: "overloaded"}.get(response.status_code, "internal_error")
-        message, details = f"HTTP {response.status_code}: {response.text[:200]}", {}
-    error = ERRORS_BY_CODE.get(code, EmoserveError)(message, code=code, details=details)
+        body = wire.ErrorBody.model_validate_json(response.content).error
+        code, message = body.code, body.message
+        details = body.model_dump(exclude_defaults=True, exclude={"code", "message"})
+    except ValueError:  # not our JSON (a proxy's page): the code its status stands for
+        code, message, details = code_for_status(response.status_code), \
+            f"HTTP {response.status_code}: {response.text[:200]}", {}
+    error = error_for(code, message, details)
     error.status_code = response.status_code
     error.request_id = response.headers.get("x-request-id")
     error.retry_after = retry_after_seconds(response.headers.get("retry-after"))
@@ -93,39 +55,44 @@ class ClientResult(EmotionResult):
     request_id: str | None = None
 
 
-def result_from_body(body: dict, embedding: bytes | None = None, processed_audio: bytes | None = None,
+def result_from_json(data: bytes, embedding: bytes | None = None, processed_audio: bytes | None = None,
                      request_id: str | None = None) -> ClientResult:
-    """The API's JSON (docs/API.md) → the library's result, numpy arrays where the library has them."""
-    if embedding is None and body.get("embedding_npy_b64"):
-        embedding = base64.b64decode(body["embedding_npy_b64"])
-    if processed_audio is None and body.get("processed_audio_wav_b64"):
-        processed_audio = base64.b64decode(body["processed_audio_wav_b64"])
-    granularity = body.get("granularity") or ("frame" if "timestamps" in body else "utterance")
-    if granularity == "frame":
-        labels = tuple(body["labels"])
-        scores: dict | np.ndarray = np.asarray(body["scores"], dtype=np.float32).reshape(-1, len(labels))
-        utterance_scores = dict(body.get("utterance_scores") or {})
-        timestamps = np.asarray(body["timestamps"], dtype=np.float64)
+    """An analysis result (`wire.AnalyzeResult`) → the library's result, numpy arrays where the library has them."""
+    body = wire.ANALYZE_RESULT.validate_json(data)
+    if embedding is None and body.embedding_npy_b64:
+        embedding = base64.b64decode(body.embedding_npy_b64)
+    if processed_audio is None and body.processed_audio_wav_b64:
+        processed_audio = base64.b64decode(body.processed_audio_wav_b64)
+    if isinstance(body, wire.FrameResult):
+        labels = tuple(body.labels)
+        scores: dict | np.ndarray = np.asarray(body.scores, dtype=np.float32).reshape(-1, len(labels))
+        utterance_scores = body.utterance_scores
+        timestamps = np.asarray(body.timestamps, dtype=np.float64)
     else:
-        utterance_scores = dict(body.get("scores") or {})
+        utterance_scores = body.scores
         labels, scores, timestamps = tuple(utterance_scores) or LABELS, utterance_scores, None
-    return ClientResult(body.get("emotion"), body.get("confidence"), scores, labels, float(body["duration_s"]),
-                        body["model"], granularity, utterance_scores, timestamps,
-                        load_npy(embedding) if embedding is not None else None, processed_audio, request_id)
+    return ClientResult(body.emotion, body.confidence, scores, labels, body.duration_s, body.model, body.granularity,
+                        utterance_scores, timestamps, load_npy(embedding) if embedding is not None else None,
+                        processed_audio, request_id)
 
 
-def longform_from_body(body: dict, embedding: bytes | None = None) -> LongformResult:
-    """A finished job's `result` JSON → `LongformResult`."""
-    segments = [Segment(s["start"], s["end"], s.get("emotion"), s.get("confidence"), dict(s.get("scores") or {}))
-                for s in body["segments"]]
-    o = body["overall"]
-    overall = Overall(o.get("emotion"), o.get("confidence"), dict(o.get("scores") or {}), o.get("speech_s", 0.0))
-    labels = tuple(body.get("labels") or LABELS)
-    frames = body.get("scores")
-    return LongformResult(segments, overall, labels, float(body["duration_s"]), body["model"], body["granularity"],
+def longform_from_wire(body: wire.LongformResult, embedding: bytes | None = None) -> LongformResult:
+    """A finished job's `result` → `LongformResult`."""
+    segments = [Segment(s.start, s.end, s.emotion, s.confidence, s.scores) for s in body.segments]
+    o = body.overall
+    labels = tuple(body.labels)
+    frames = body.scores
+    return LongformResult(segments, Overall(o.emotion, o.confidence, o.scores, o.speech_s), labels, body.duration_s,
+                          body.model, body.granularity,
                           np.asarray(frames, dtype=np.float32).reshape(-1, len(labels)) if frames is not None else None,
-                          np.asarray(body["timestamps"], dtype=np.float64) if frames is not None else None,
+                          np.asarray(body.timestamps, dtype=np.float64) if frames is not None else None,
                           load_npy(embedding) if embedding is not None else None)
+
+
+def models_from_json(data: bytes) -> list[ModelInfo]:
+    """`GET /v1/models` → `ModelInfo` of each model, every field the server sends."""
+    return [ModelInfo(**{**m.model_dump(), "labels": tuple(m.labels)})
+            for m in wire.ModelsList.model_validate_json(data).models]
 
 
 def load_npy(data: bytes) -> np.ndarray:
@@ -177,11 +144,10 @@ def result_from_response(response: httpx.Response) -> ClientResult:
     request_id = response.headers.get("x-request-id")
     content_type = response.headers.get("content-type", "")
     if not content_type.startswith("multipart/"):
-        return result_from_body(response.json(), request_id=request_id)
+        return result_from_json(response.content, request_id=request_id)
     parts = parse_multipart(content_type, response.content)
-    body = json.loads(parts[0][1])
     binary = {headers.get("content-type", "").split(";")[0].strip(): data for headers, data in parts[1:]}
-    return result_from_body(body, binary.get("application/x-npy"), binary.get("audio/wav"), request_id)
+    return result_from_json(parts[0][1], binary.get("application/x-npy"), binary.get("audio/wav"), request_id)
 
 
 @dataclass(frozen=True)
@@ -200,13 +166,17 @@ class Job:
         return self.status in ("succeeded", "failed")
 
 
-def job_from_body(body: dict, embedding: bytes | None = None) -> Job:
+def job_from_wire(body: wire.JobStatus, embedding: bytes | None = None) -> Job:
+    """`GET /v1/jobs/{id}` → `Job`, with the embedding fetched for it, if any."""
     error = None
-    if body.get("error"):
-        e = body["error"]
-        code = e.get("code", "internal_error")
-        error = ERRORS_BY_CODE.get(code, EmoserveError)(e.get("message", "the job failed"), code=code,
-                                                         details=e.get("details") or {})
-    result = longform_from_body(body["result"], embedding) if body.get("result") else None
-    return Job(body["job_id"], body["status"], float(body.get("progress") or 0.0), result, error,
-               dict(body.get("options") or {}))
+    if body.error is not None:
+        details = body.error.details.model_dump(exclude_defaults=True) if body.error.details else {}
+        error = error_for(body.error.code, body.error.message, details)
+    result = longform_from_wire(body.result, embedding) if body.result is not None else None
+    return Job(body.job_id, body.status, body.progress, result, error, body.options.model_dump())
+
+
+def accepted_job_from_json(data: bytes) -> Job:
+    """The 202 of `POST /v1/upload/complete` or `/v1/jobs` → `Job` (its progress is read with `job`)."""
+    body = wire.JobAccepted.model_validate_json(data)
+    return Job(body.job_id, body.status, 0.0)

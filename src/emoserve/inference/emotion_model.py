@@ -15,7 +15,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from ..model.checkpoint import load_model_dir, random_state_dict
 from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
 from ..model.emotion2vec import Emotion2vec
 from .batching import plan_batches
-from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
+from .results import ClipOutput, EmotionResult, LongformResult, ModelInfo, check_granularity, make_result
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +79,6 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    labels: tuple[str, ...]
-    sample_rate: int
-    frame_rate: int
-    embedding_dim: int
-    device: str
-    dtype: str
-    quantization: str | None  # "int8-dynamic" on the fast CPU path, else None (exact)
-    weights: str  # "pretrained", or "random" for the random:* test models
-    parameters: int
-    min_samples: int
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["labels"] = list(self.labels)
-        return d
 
 
 class EmotionModel:

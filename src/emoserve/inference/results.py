@@ -1,15 +1,18 @@
 """Model outputs → the results users see (utterance or frame), in one place.
 
 The library, the CLI, the API and the UI all build their answers from `EmotionResult`, so an
-answer means the same thing wherever it comes from.
+answer means the same thing wherever it comes from. `to_wire()` gives a result's body of the API
+(`emoserve.wire`), built without validation from plain lists (frame results are large);
+`to_dict()` is that body as plain Python values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import wire
 from ..errors import EmoserveError, InvalidParameterError
 from ..model.config import FRAME_RATE, SAMPLE_RATE
 
@@ -47,20 +50,20 @@ class EmotionResult:
     timestamps: np.ndarray | None = None  # (T,) start of each frame in seconds, for frame results
     embedding: np.ndarray | None = None  # (D,) utterance or (T, D) frame embedding, when asked for
 
-    def to_dict(self) -> dict:
+    def to_wire(self) -> wire.UtteranceResult | wire.FrameResult:
         """The JSON body of the API (docs/API.md), without the binary embedding."""
-        body: dict = {"emotion": self.emotion, "confidence": self.confidence}
         if self.granularity == "frame":
-            body["scores"] = np.asarray(self.scores).tolist()
-            body["timestamps"] = np.asarray(self.timestamps).tolist()
-            body["labels"] = list(self.labels)
-            body["utterance_scores"] = self.utterance_scores
-        else:
-            body["scores"] = self.utterance_scores
-        body["duration_s"] = self.duration_s
-        body["model"] = self.model
-        body["granularity"] = self.granularity
-        return body
+            return wire.FrameResult.model_construct(
+                emotion=self.emotion, confidence=self.confidence, scores=np.asarray(self.scores).tolist(),
+                timestamps=np.asarray(self.timestamps).tolist(), labels=list(self.labels),
+                utterance_scores=self.utterance_scores, duration_s=self.duration_s, model=self.model,
+                granularity="frame")
+        return wire.UtteranceResult.model_construct(
+            emotion=self.emotion, confidence=self.confidence, scores=self.utterance_scores,
+            duration_s=self.duration_s, model=self.model, granularity="utterance")
+
+    def to_dict(self) -> dict:
+        return self.to_wire().to_dict()
 
 
 def check_granularity(granularity: str) -> str:
@@ -120,9 +123,9 @@ class Segment:
     confidence: float | None
     scores: dict[str, float]
 
-    def to_dict(self) -> dict:
-        return {"start": self.start, "end": self.end, "emotion": self.emotion, "confidence": self.confidence,
-                "scores": self.scores}
+    def to_wire(self) -> wire.Segment:
+        return wire.Segment.model_construct(start=self.start, end=self.end, emotion=self.emotion,
+                                            confidence=self.confidence, scores=self.scores)
 
 
 def make_segment(out: ClipOutput, start_sample: int, labels: tuple[str, ...]) -> Segment:
@@ -140,9 +143,9 @@ class Overall:
     scores: dict[str, float]
     speech_s: float  # total duration of the voiced segments
 
-    def to_dict(self) -> dict:
-        return {"emotion": self.emotion, "confidence": self.confidence, "scores": self.scores,
-                "speech_s": self.speech_s}
+    def to_wire(self) -> wire.Overall:
+        return wire.Overall.model_construct(emotion=self.emotion, confidence=self.confidence, scores=self.scores,
+                                            speech_s=self.speech_s)
 
 
 def overall_of(segments: list[Segment], labels: tuple[str, ...]) -> Overall:
@@ -174,14 +177,38 @@ class LongformResult:
     timestamps: np.ndarray | None = None
     embedding: np.ndarray | None = None
 
-    def to_dict(self) -> dict:
+    def to_wire(self) -> wire.LongformResult:
         """The `result` of a finished long-audio job (API.md), without the binary embedding."""
-        body: dict = {"segments": [s.to_dict() for s in self.segments], "overall": self.overall.to_dict()}
+        frames = {}
         if self.granularity == "frame":
-            body["scores"] = np.asarray(self.frame_scores).tolist()
-            body["timestamps"] = np.asarray(self.timestamps).tolist()
-        body["labels"] = list(self.labels)
-        body["duration_s"] = self.duration_s
-        body["model"] = self.model
-        body["granularity"] = self.granularity
-        return body
+            frames = {"scores": np.asarray(self.frame_scores).tolist(),
+                      "timestamps": np.asarray(self.timestamps).tolist()}
+        return wire.LongformResult.model_construct(
+            segments=[s.to_wire() for s in self.segments], overall=self.overall.to_wire(), **frames,
+            labels=list(self.labels), duration_s=self.duration_s, model=self.model, granularity=self.granularity)
+
+    def to_dict(self) -> dict:
+        return self.to_wire().to_dict()
+
+
+# ---- what a loaded model is ----
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    labels: tuple[str, ...]
+    sample_rate: int
+    frame_rate: int
+    embedding_dim: int
+    device: str
+    dtype: str
+    quantization: str | None  # "int8-dynamic" on the fast CPU path, else None (exact)
+    weights: str  # "pretrained", or "random" for the random:* test models
+    parameters: int
+    min_samples: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        return d

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from .. import webhooks
+from .. import webhooks, wire
 from ..config import JobsConfig, LongformConfig
 from ..errors import ConflictError, EmoserveError, NotFoundError
 from ..files import fsync_dir
@@ -175,10 +175,10 @@ class JobRunner:
                 self.store.release_job(job.job_id)
                 return
             if isinstance(e, EmoserveError):
-                finished = self.fail(job, {"code": e.code, "message": e.message, "details": e.details})
+                finished = self.fail(job, wire.JobError(code=e.code, message=e.message, details=e.details))
             else:  # a bug or the model failing must fail this job, never the runner
                 log.exception("job %s failed", job.job_id)
-                finished = self.fail(job, {"code": "internal_error", "message": f"{type(e).__name__}: {e}"})
+                finished = self.fail(job, wire.JobError(code="internal_error", message=f"{type(e).__name__}: {e}"))
         with self.changed:
             self.changed.notify_all()
         if finished is None:
@@ -186,13 +186,14 @@ class JobRunner:
         elif finished.callback_url:
             self.spawn(lambda: self.deliver_callback(finished), f"emoserve-callback-{job.job_id}")
 
-    def fail(self, job: Job, error: dict) -> Job | None:
+    def fail(self, job: Job, error: wire.JobError) -> Job | None:
         try:
-            return self.store.finish_job(job.job_id, error=error)
+            return self.store.finish_job(job.job_id, error=error.to_dict())
         except NotFoundError:
             return None
 
-    def analyze(self, job: Job, job_dir: Path) -> dict:
+    def analyze(self, job: Job, job_dir: Path) -> bytes:
+        """The job's result as its JSON (`wire.LongformResult`), the embedding file written."""
         path = self.store.upload_file(job.upload_id)
         want_embedding = bool(job.options.get("return_embedding"))
         partial = job_dir / "embedding.part.npy"
@@ -206,7 +207,7 @@ class JobRunner:
                 os.fsync(f.fileno())
             os.replace(partial, job_dir / EMBEDDING_FILE)
             fsync_dir(job_dir)
-        return result.to_dict()
+        return result.to_wire().to_json()
 
     # ---- callbacks and expiry ----
 

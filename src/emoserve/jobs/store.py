@@ -581,11 +581,12 @@ class Store:
                                  (round(progress, 4), self.clock(), job_id, RUNNING)).rowcount
         return changed == 1
 
-    def finish_job(self, job_id: str, result: dict | None = None, error: dict | None = None) -> Job:
-        """Succeeded with `result`, or failed with `error`, in one commit with the status.
+    def finish_job(self, job_id: str, result: bytes | None = None, error: dict | None = None) -> Job:
+        """Succeeded with `result` (its JSON, `wire.LongformResult`), or failed with `error`, in one commit with
+        the status.
 
-        The result is serialised once, here, into the job's result file (fsynced before the commit);
-        its SHA-256, kept in the row, is what readers use as ETag without reading the file.
+        The result is written once, here, into the job's result file (fsynced before the commit); its
+        SHA-256, kept in the row, is what readers use as ETag without reading the file.
         """
         digest = self.write_result(job_id, result) if result is not None else None
         now = self.clock()
@@ -596,9 +597,8 @@ class Store:
                         json.dumps(error) if error is not None else None, now, now, job_id))
         return self.get_job(job_id)
 
-    def write_result(self, job_id: str, result: dict) -> str:
+    def write_result(self, job_id: str, data: bytes) -> str:
         """Write the result file durably; its SHA-256 (hex)."""
-        data = json_bytes(result)
         path = self.job_dir(job_id) / RESULT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with storage_errors():
@@ -614,7 +614,7 @@ class Store:
             db.execute("ALTER TABLE jobs ADD COLUMN result_sha256 TEXT")
             for job_id, text in db.execute("SELECT id, result FROM jobs WHERE result IS NOT NULL").fetchall():
                 db.execute("UPDATE jobs SET result_sha256 = ? WHERE id = ?",
-                           (self.write_result(job_id, json.loads(text)), job_id))
+                           (self.write_result(job_id, json_bytes(json.loads(text))), job_id))
             db.execute("ALTER TABLE jobs DROP COLUMN result")
 
     def release_job(self, job_id: str) -> None:

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import wire
 from ..config import LongformConfig, StreamConfig
 from ..errors import AudioError, EmoserveError, PayloadTooLargeError
 from ..inference.engine import Engine, EngineOverloaded
-from ..inference.results import EmotionResult, Segment
+from ..inference.results import EmotionResult
 from ..model.config import HOP, SAMPLE_RATE
 from .framing import (
     frame_count,
@@ -199,21 +200,26 @@ class UtteranceTracker:
         return voiced
 
 
-# ---- the messages (docs/API.md, "Streaming") ----
+# ---- the messages: `emoserve.wire.StreamMessage` (docs/API.md, "Streaming") ----
 
 
 def frames_message(first_frame: int, scores: np.ndarray) -> dict:
-    return {"type": "frames", "start": frame_time(first_frame), "scores": scores.tolist()}
+    return wire.FramesMessage.model_construct(type="frames", start=frame_time(first_frame),
+                                              scores=scores.tolist()).to_dict()
 
 
 def utterance_message(voiced: Voiced, result: EmotionResult) -> dict:
-    segment = Segment(to_seconds(voiced.start), to_seconds(voiced.end), result.emotion,
-                      result.confidence, result.utterance_scores)
-    return {"type": "utterance", **segment.to_dict()}
+    return wire.UtteranceMessage(type="utterance", start=to_seconds(voiced.start), end=to_seconds(voiced.end),
+                                 emotion=result.emotion, confidence=result.confidence,
+                                 scores=result.utterance_scores).to_dict()
 
 
 def error_message(error: EmoserveError) -> dict:
-    return {"type": "error", "code": error.code, "message": error.message, **error.details}
+    return wire.StreamError(type="error", code=error.code, message=error.message, **error.details).to_dict()
+
+
+def end_message() -> dict:
+    return wire.StreamEnd(type="end").to_dict()
 
 
 # ---- one stream ----

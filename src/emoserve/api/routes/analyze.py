@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import uuid
 from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -22,8 +21,8 @@ from ...audio import processed_wav
 from ...errors import AudioError, InvalidParameterError
 from ...inference.results import GRANULARITIES, EmotionResult
 from ..deps import run_until_disconnect, service_of
+from ..errors import ANALYZE_ERRORS
 from ..numbers import declared_length
-from ..schemas import ERROR_RESPONSES
 
 router = APIRouter()
 
@@ -105,11 +104,10 @@ async def read_form(request: Request, max_bytes: int) -> tuple[UploadFile, dict[
 
 @router.post("/v1/analyze", openapi_extra=ANALYZE_FORM, summary="Emotion of one clip",
              responses={200: {"description": "the result; multipart/mixed with .npy/.wav parts when asked for",
-                              "content": {"application/json": {"schema": {"oneOf": [
-                                  {"$ref": "#/components/schemas/UtteranceResult"},
-                                  {"$ref": "#/components/schemas/FrameResult"}]}},
+                              "content": {"application/json": {"schema": {
+                                  "$ref": "#/components/schemas/AnalyzeResult"}},
                                   "multipart/mixed": {}}},
-                        **ERROR_RESPONSES})
+                        **ANALYZE_ERRORS})
 async def analyze(request: Request) -> Response:
     """Analyse one clip (≤ 30 s, ≤ 10 MB by default). See docs/API.md for the result formats."""
     service = service_of(request)
@@ -144,17 +142,16 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def render(request: Request, result: EmotionResult, embedding: bytes | None, wav: bytes | None) -> Response:
-    body = result.to_dict()
+    body = result.to_wire()
     headers = {"X-Embedding-Size": str(len(embedding))} if embedding is not None else {}
     accept = request.headers.get("accept", "")
     wants_json = "application/json" in accept and "multipart/mixed" not in accept
     if (embedding is None and wav is None) or wants_json:
-        if embedding is not None:
-            body["embedding_npy_b64"] = base64.b64encode(embedding).decode()
-        if wav is not None:
-            body["processed_audio_wav_b64"] = base64.b64encode(wav).decode()
-        return JSONResponse(body, headers=headers)
-    parts = [("application/json", None, json.dumps(body).encode())]
+        inline = {"embedding_npy_b64": embedding, "processed_audio_wav_b64": wav}
+        body = body.model_copy(update={name: base64.b64encode(data).decode() for name, data in inline.items()
+                                       if data is not None})
+        return Response(body.to_json(), media_type="application/json", headers=headers)
+    parts = [("application/json", None, body.to_json())]
     if embedding is not None:
         parts.append(("application/x-npy", "embedding.npy", embedding))
     if wav is not None:

@@ -8,8 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from ...inference.results import GRANULARITIES
+from ...wire import Health, ModelDescription, ModelsList
 from ..deps import service_of
-from ..schemas import ERROR_RESPONSES, Health, ModelsList
+from ..errors import COMMON_ERRORS
 
 router = APIRouter()
 
@@ -28,16 +29,16 @@ async def health(request: Request) -> JSONResponse:
                   granularity_supported=list(GRANULARITIES),
                   weights=service.model.weights if service.model else None, error=service.error, reason=reason)
     if service.status == "healthy":
-        return JSONResponse(body.model_dump(exclude_none=True))
+        return JSONResponse(body.to_dict())
     headers = {"Retry-After": "2"} if service.status == "loading" else None
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=503, headers=headers)
+    return JSONResponse(body.to_dict(), status_code=503, headers=headers)
 
 
-@router.get("/v1/models", response_model=ModelsList, summary="The loaded model", responses=ERROR_RESPONSES)
+@router.get("/v1/models", response_model=ModelsList, summary="The loaded model", responses=COMMON_ERRORS)
 async def models(request: Request) -> ModelsList:
     service = service_of(request)
     service.ready_engine()
-    return ModelsList(models=[service.model.info.to_dict()])
+    return ModelsList(models=[ModelDescription.model_validate(service.model.info, from_attributes=True)])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

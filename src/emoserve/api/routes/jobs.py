@@ -21,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import NotFoundError
 from ...jobs.records import Job
+from ...wire import JobAccepted, JobRequest, JobStatus
 from ..deps import service_of
+from ..errors import UPLOAD_ERRORS
 from ..numbers import ascii_decimal
-from ..schemas import UPLOAD_ERROR_RESPONSES, JobAccepted, JobRequest, JobStatus
 
 router = APIRouter(tags=["jobs"])
 
@@ -35,8 +36,8 @@ WaitSeconds = ascii_decimal("wait")
 def job_accepted(request: Request, job: Job) -> JSONResponse:
     """202 + where to follow the job; a repeated request answers the same job (whatever its status now)."""
     status_url = str(request.url_for("get_job", job_id=job.job_id))
-    return JSONResponse({"job_id": job.job_id, "status": job.status, "status_url": status_url}, status_code=202,
-                        headers={"Location": status_url})
+    body = JobAccepted(job_id=job.job_id, status=job.status, status_url=status_url)
+    return JSONResponse(body.to_dict(), status_code=202, headers={"Location": status_url})
 
 
 async def submit(request: Request, body: JobRequest) -> JSONResponse:
@@ -47,7 +48,7 @@ async def submit(request: Request, body: JobRequest) -> JSONResponse:
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted, summary="Analyse a complete upload",
-             responses=UPLOAD_ERROR_RESPONSES)
+             responses=UPLOAD_ERRORS)
 async def create_job(body: JobRequest, request: Request) -> JSONResponse:
     """A job over an upload already complete (chunked after /v1/upload/complete, or tus once every byte came)."""
     return await submit(request, body)
@@ -55,7 +56,7 @@ async def create_job(body: JobRequest, request: Request) -> JSONResponse:
 
 @router.get("/v1/jobs/{job_id}", name="get_job", response_model=JobStatus, summary="A job's status and result",
             responses={304: {"description": "If-None-Match names the job's current ETag: nothing changed"},
-                       **UPLOAD_ERROR_RESPONSES})
+                       **UPLOAD_ERRORS})
 async def get_job(job_id: str, request: Request,
                   wait: Annotated[WaitSeconds, Query(description="block up to this many seconds until the job "
                                                                  "is done (cut to the server's limit, 60 s by "
@@ -112,7 +113,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
             response_class=Response,
             responses={200: {"content": {"application/x-npy": {}},
                              "description": "float32 .npy: (segments, D) for utterance, (frames, D) for frame"},
-                       **UPLOAD_ERROR_RESPONSES})
+                       **UPLOAD_ERRORS})
 async def get_embedding(job_id: str, request: Request) -> StreamingResponse:
     runner = service_of(request).ready_runner()
     path = await run_in_threadpool(runner.embedding_file, job_id)
@@ -132,7 +133,7 @@ def blocks(file: BinaryIO) -> Iterator[bytes]:
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=204, summary="Delete a job, its result and its embedding",
-               responses=UPLOAD_ERROR_RESPONSES)
+               responses=UPLOAD_ERRORS)
 async def delete_job(job_id: str, request: Request) -> Response:
     """A running job stops at its next step; the upload stays (start another job on it, or let it expire)."""
     runner = service_of(request).ready_runner()

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ...errors import AudioError, EmoserveError, InvalidParameterError
 from ...runtime import Service
-from ...timeline.streaming import StreamSession, error_message
+from ...timeline.streaming import StreamSession, end_message, error_message
 from ..deps import service_of
 from ..errors import error_response, request_id, retry_headers, status_for
 from ..middleware import DENIAL_EXTENSION
@@ -99,7 +99,7 @@ async def serve(websocket: WebSocket, service: Service) -> None:
             if outcome == DISCONNECTED:
                 return
             await analysis
-            await channel.send({"type": "end"})
+            await channel.send(end_message())
             code, reason = (1000, "") if outcome == ENDED else (4000 + status_for(outcome), outcome)
             await channel.close(code, reason)
         else:

@@ -36,9 +36,8 @@ from ...jobs.records import EXPIRED, UPLOADING, Upload
 from ...jobs.store import CHECKSUM_ALGORITHMS, Store, TusAppender
 from ..bodies import body_pieces
 from ..deps import service_of
-from ..errors import error_response
+from ..errors import TUS_ERRORS, error_response
 from ..numbers import declared_length, parse_ascii_int
-from ..schemas import UPLOAD_ERROR_RESPONSES
 
 PREFIX = "/v1/tus"
 TUS_VERSION = "1.0.0"
@@ -175,7 +174,7 @@ async def options(request: Request) -> Response:
 
 
 @router.post("", include_in_schema=False)
-@router.post("/", status_code=201, summary="tus creation", responses=UPLOAD_ERROR_RESPONSES)
+@router.post("/", status_code=201, summary="tus creation", responses=TUS_ERRORS)
 async def create(request: Request, upload_length: str | None = Header(None),
                  upload_metadata: str | None = Header(None),
                  upload_defer_length: str | None = Header(None),
@@ -215,7 +214,7 @@ async def head(upload_id: str, request: Request) -> Response:
 @router.patch("/{upload_id}", status_code=204, summary="tus append at Upload-Offset",
               openapi_extra={"requestBody": {"required": True, "content": {OFFSET_STREAM: {
                   "schema": {"type": "string", "format": "binary"}}}}},
-              responses=UPLOAD_ERROR_RESPONSES)
+              responses=TUS_ERRORS)
 async def patch(upload_id: str, request: Request, upload_offset: str | None = Header(None),
                 upload_checksum: str | None = Header(None)) -> Response:
     """Appends the body at `Upload-Offset` (409 unless it is the upload's offset); answers the new offset."""
@@ -262,7 +261,7 @@ async def append_body(appender: TusAppender, request: Request, idle_timeout_s: f
     return await run_in_threadpool(appender.finish)
 
 
-@router.delete("/{upload_id}", status_code=204, summary="tus termination", responses=UPLOAD_ERROR_RESPONSES)
+@router.delete("/{upload_id}", status_code=204, summary="tus termination", responses=TUS_ERRORS)
 async def terminate(upload_id: str, request: Request) -> Response:
     store, _ = await tus_upload(request, upload_id)
     await run_in_threadpool(store.delete_upload, upload_id)

@@ -14,18 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import PayloadTooLargeError
+from ...wire import ChunkReceived, JobAccepted, JobRequest, UploadCreated, UploadInit, UploadStatus
 from ..bodies import body_pieces
 from ..deps import service_of
+from ..errors import UPLOAD_ERRORS
 from ..numbers import ascii_int, declared_length
-from ..schemas import (
-    UPLOAD_ERROR_RESPONSES,
-    ChunkReceived,
-    JobAccepted,
-    JobRequest,
-    UploadCreated,
-    UploadInit,
-    UploadStatus,
-)
 from .jobs import submit
 
 router = APIRouter(tags=["uploads"])
@@ -44,7 +37,7 @@ def refuse_declared_over(request: Request, cap: int) -> None:
 
 
 @router.post("/v1/upload/init", status_code=201, response_model=UploadCreated, summary="Start a chunked upload",
-             responses=UPLOAD_ERROR_RESPONSES)
+             responses=UPLOAD_ERRORS)
 async def init_upload(body: UploadInit, request: Request) -> JSONResponse:
     """Announce a file; PUT its chunks to `chunk_urls` (any order, in parallel), then POST /v1/upload/complete."""
     store = service_of(request).ready_store()
@@ -52,12 +45,13 @@ async def init_upload(body: UploadInit, request: Request) -> JSONResponse:
                                       body.sha256)
     first = str(request.url_for("put_chunk", upload_id=upload.upload_id, index="0"))
     chunk_urls = [first[:-1] + str(index) for index in range(upload.chunk_count)]
-    return JSONResponse({**upload.to_dict(), "chunk_urls": chunk_urls}, status_code=201,
-                        headers={"Location": str(request.url_for("get_upload", upload_id=upload.upload_id))})
+    body = UploadCreated(**upload.to_dict(), chunk_urls=chunk_urls)
+    location = str(request.url_for("get_upload", upload_id=upload.upload_id))
+    return JSONResponse(body.to_dict(), status_code=201, headers={"Location": location})
 
 
 @router.put("/v1/upload/{upload_id}/chunk/{index}", name="put_chunk", response_model=ChunkReceived,
-            summary="Send one chunk", openapi_extra=RAW_BODY, responses=UPLOAD_ERROR_RESPONSES)
+            summary="Send one chunk", openapi_extra=RAW_BODY, responses=UPLOAD_ERRORS)
 async def put_chunk(upload_id: str, index: ChunkIndex, request: Request,
                     content_md5: str | None = Header(None, description="MD5 of the chunk, base64 or hex"),
                     x_chunk_sha256: str | None = Header(None, description="SHA-256 of the chunk, hex or base64")
@@ -80,16 +74,16 @@ async def put_chunk(upload_id: str, index: ChunkIndex, request: Request,
 
 
 @router.get("/v1/upload/{upload_id}", name="get_upload", response_model=UploadStatus,
-            summary="What arrived, what is missing", responses=UPLOAD_ERROR_RESPONSES)
+            summary="What arrived, what is missing", responses=UPLOAD_ERRORS)
 async def get_upload(upload_id: str, request: Request) -> JSONResponse:
     """The resume point after a dropped connection or a crash: send the `missing` chunks again."""
     store = service_of(request).ready_store()
     upload = await run_in_threadpool(store.get_upload, upload_id)
-    return JSONResponse(upload.to_dict())
+    return JSONResponse(UploadStatus(**upload.to_dict()).to_dict())
 
 
 @router.delete("/v1/upload/{upload_id}", status_code=204, summary="Abandon an upload",
-               responses=UPLOAD_ERROR_RESPONSES)
+               responses=UPLOAD_ERRORS)
 async def delete_upload(upload_id: str, request: Request) -> Response:
     """Remove an upload and its data now, freeing its quota (refused while a job on it is queued or running)."""
     store = service_of(request).ready_store()
@@ -98,7 +92,7 @@ async def delete_upload(upload_id: str, request: Request) -> Response:
 
 
 @router.post("/v1/upload/complete", status_code=202, response_model=JobAccepted,
-             summary="Join the chunks and start the analysis", responses=UPLOAD_ERROR_RESPONSES)
+             summary="Join the chunks and start the analysis", responses=UPLOAD_ERRORS)
 async def complete_upload(body: JobRequest, request: Request) -> JSONResponse:
     """409 `upload_incomplete` with the `missing` chunks if some are missing; 400 `checksum_mismatch` if the
     joined file does not match the sha256 given at init. Repeating it answers the same job."""
