@@ -29,7 +29,7 @@ from .longform import LongformOptions, analyze_long
 from .model import hub
 from .model.checkpoint import load_model_dir, random_state_dict
 from .model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
-from .model.emotion2vec import Emotion2vec
+from .model.emotion2vec import Emotion2vec, emotion_scores
 from .results import ClipOutput, EmotionResult, LongformResult, check_granularity, make_result
 from .settings import get_settings
 
@@ -253,11 +253,9 @@ class EmotionModel:
 
     def classify(self, x: torch.Tensor) -> torch.Tensor | None:
         """softmax(proj(x)) in float32 over the labels in use (labels named "unuse*" are masked)."""
-        head = self.network.proj
-        if head is None:
+        if self.network.proj is None:
             return None
-        logits = torch.nn.functional.linear(x.float(), head.weight.float(), head.bias.float())
-        return torch.softmax(logits.index_select(-1, self.label_index), dim=-1)
+        return emotion_scores(self.network.proj, self.label_index, x)
 
     # ---- the public API ----
 

@@ -295,6 +295,12 @@ class Emotion2vec(nn.Module):
         return (out.features * mask).sum(1) / out.frame_lengths[:, None].to(out.features.dtype)
 
 
+def emotion_scores(head: nn.Linear, label_index: Tensor, x: Tensor) -> Tensor:
+    """softmax(head(x)) in float32 over the labels in use (`label_index`; labels named "unuse*" are left out)."""
+    logits = F.linear(x.float(), head.weight.float(), head.bias.float())
+    return torch.softmax(logits.index_select(-1, label_index), dim=-1)
+
+
 def valid_mask(lengths: Tensor, width: int) -> Tensor:
     """(B, width) bool, True on each row's first `lengths[row]` steps."""
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
