@@ -186,7 +186,8 @@ class Engine:
         if model is None:
             model = EmotionModel.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
                                                  cache_dir=settings.cache, source=settings.source,
-                                                 quantize=settings.quantize, compile=settings.compile)
+                                                 precision=settings.precision, quantize=settings.quantize,
+                                                 compile=settings.compile)
         return cls(model, max_batch_size=settings.max_batch_size, max_batch_samples=settings.max_batch_samples,
                    max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
                    decode_workers=settings.decode_workers, threads=settings.threads)

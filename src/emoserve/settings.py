@@ -6,6 +6,7 @@ CLI flags override env vars, env vars override defaults: `Settings(**flags)` doe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +18,10 @@ class Settings(BaseSettings):
     # model
     model: str = Field("emotion2vec_plus_large", description="model name, local model dir, or random:tiny|base|large")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    precision: Literal["exact", "fast"] = Field(
+        "exact", description="exact: fp32 with FunASR parity; fast: the fastest close path for this hardware (bf16 on "
+                             "GPUs and AMX/AVX512-BF16 CPUs, int8 matmuls on other x86 CPUs); see docs/engine.md")
+    dtype: str = Field("auto", description="auto (as precision says), or force float32, bfloat16, float16")
     cache: Path = Field(Path.home() / ".cache" / "emoserve", description="downloaded and converted models")
     source: str = Field("hf", description="where `models pull` downloads from: hf or modelscope")
 
@@ -73,8 +77,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="clips waiting for the model; more get 503 overloaded")
     decode_workers: int = Field(2, ge=1, description="threads that decode and resample audio beside the model")
     threads: int | None = Field(None, ge=1, description="torch compute threads; default: the CPUs this process has")
-    quantize: bool = Field(False, description="CPU fast path: int8 dynamic quantization of the transformer's "
-                                              "linear layers (faster, not exact; see docs/engine.md)")
+    quantize: bool = Field(False, description="CPU: int8 matmuls in the transformer, whatever precision says "
+                                              "(faster, not exact; see docs/engine.md)")
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
                                              "measured slower than plain fp32 here: see docs/engine.md)")
 

@@ -160,7 +160,7 @@ def test_a_base_size_model_exports_exactly(tmp_path):
 
 
 def test_only_an_exact_fp32_cpu_model_exports(tmp_path):
-    model = EmotionModel.from_pretrained("random:tiny", device="cpu").quantize_int8()
+    model = EmotionModel.from_pretrained("random:tiny", device="cpu", precision="fast")
     with pytest.raises(InvalidParameterError):
         export_onnx(model, tmp_path)
     with pytest.raises(InvalidParameterError):

@@ -42,6 +42,8 @@ class ModelDescription(BaseModel):
     weights: str
     parameters: int
     min_samples: int
+    precision: Literal["exact", "fast"] = Field(description="exact: fp32 with FunASR parity; fast: a faster close path")
+    execution: str = Field(description="what precision resolved to on this hardware, e.g. 'fp32, MKL matmuls'")
 
 
 class ModelsList(BaseModel):

@@ -67,7 +67,8 @@ def analyze_file(client, path: Path, granularity: str, want_embedding: bool) -> 
     return row, timeline.embedding
 
 
-def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None):
+def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None,
+                precision: str | None = None):
     if server and model:
         raise InvalidParameterError("use --server URL or --model NAME, not both")
     if server:
@@ -78,9 +79,10 @@ def make_client(server: str | None, model: str | None, api_key: str | None, prec
     from ..emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
     from ..settings import get_settings
 
-    settings = get_settings(model=model, device=device)
+    settings = get_settings(model=model, device=device, precision=precision)
     loaded = EmotionModel.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype,
-                                          cache_dir=settings.cache, source=settings.source)
+                                          cache_dir=settings.cache, source=settings.source,
+                                          precision=settings.precision)
     return LocalClient(loaded, max_duration_s=settings.max_duration_s)
 
 
@@ -101,6 +103,8 @@ def analyze(
     preconvert: Annotated[bool, typer.Option("--preconvert", help="decode to 16 kHz mono FLAC before uploading")]
     = False,
     device: Annotated[str | None, typer.Option(help="local model device: auto, cpu, cuda")] = None,
+    precision: Annotated[str | None, typer.Option(help="local model: exact (default) or fast (docs/engine.md)")]
+    = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     with clean_errors():
@@ -108,7 +112,7 @@ def analyze(
         files, failures = collect_files(paths, recursive)
         writer = Writer(fmt, output, resume)
         todo = [f for f in files if str(f) not in writer.done]
-        client = make_client(server, model, api_key, preconvert, device)
+        client = make_client(server, model, api_key, preconvert, device, precision)
         started = time.perf_counter()
         try:
             failures += run_all(client, todo, writer, granularity, embeddings_dir, jobs)

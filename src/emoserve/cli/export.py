@@ -23,6 +23,6 @@ def onnx(
     from ..model.export import export_onnx
 
     with clean_errors():
-        loaded = EmotionModel.from_pretrained(model, device="cpu", dtype="float32")
+        loaded = EmotionModel.from_pretrained(model, device="cpu", precision="exact")
         path = export_onnx(loaded, output, precision)
     console.print(f"wrote {path} ({precision}, labels: {', '.join(loaded.labels) or 'none'})")

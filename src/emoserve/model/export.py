@@ -71,8 +71,7 @@ def export_onnx(model: EmotionModel, directory: str | Path, precision: str = "fp
     """Write `directory/model.onnx` for an fp32 model on CPU; `precision` converts the graph (see PRECISIONS)."""
     if precision not in PRECISIONS:
         raise InvalidParameterError(f"ONNX precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if model.device.type != "cpu" or model.dtype != torch.float32 or model.quantization is not None \
-            or model.compiled:
+    if model.device.type != "cpu" or model.plan.compute != "fp32" or model.compiled:
         raise InvalidParameterError("export an exact fp32 model on CPU: load it with device='cpu' and the "
                                     "default precision; the export converts it (--precision)")
     try:
