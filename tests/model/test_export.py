@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from emoserve import EmotionModel
@@ -24,6 +25,10 @@ from emoserve.model.checkpoint import random_state_dict
 from emoserve.model.config import TINY
 from emoserve.model.emotion2vec import Emotion2vec
 from emoserve.model.export import export_onnx
+from emoserve.model.kernels import OneDNNLinear
+from emoserve.model.precision import apply_plan, plan_execution
+
+from .test_cpu import ZEN5
 
 DOCS = Path(__file__).parents[2] / "docs" / "onnx.md"
 LENGTHS = [400, 3217, 16000, 719, 23456]
@@ -70,7 +75,11 @@ def check_batch_matches_alone_and_torch(model: EmotionModel, path: Path, lengths
 
 @pytest.fixture(scope="module")
 def model() -> EmotionModel:
-    return EmotionModel.from_pretrained("random:tiny", device="cpu")
+    """With the linears an AMD AVX-512 CPU runs (1×1 convolutions): the graph must not depend on that."""
+    model = EmotionModel.from_pretrained("random:tiny", device="cpu")
+    apply_plan(plan_execution("exact", torch.device("cpu"), cpu=ZEN5), model.network)
+    assert isinstance(model.network.blocks[0].attn.qkv, OneDNNLinear)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +100,8 @@ def test_outputs_and_metadata_are_as_documented(exported, model):
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
     assert types["num_samples"] == types["frame_lengths"] == onnx.TensorProto.INT64
     assert types["waveforms"] == types["scores"] == onnx.TensorProto.FLOAT
+    convolutions = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(convolutions) == len(TINY.feature_encoder_spec) + TINY.conv_pos_depth  # linears are MatMuls
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert metadata["labels"].split(",") == list(model.labels) == list(LABELS)
     assert metadata["sample_rate"] == "16000" and metadata["precision"] == "fp32"
