@@ -154,7 +154,7 @@ class EmotionModel:
     # ---- opt-in speed paths ----
 
     def quantize_int8(self) -> EmotionModel:
-        """Switch to the int8 CPU path (what precision="fast" picks on x86 CPUs without native bf16).
+        """Switch to the int8 CPU path (what precision="fast" picks on x86 CPUs without AMX).
 
         The transformer's Linear layers become `kernels.Int8Linear`: int8 weights per output
         channel, activations quantized per call, oneDNN's int8 matmul (VNNI where the CPU has
@@ -165,7 +165,7 @@ class EmotionModel:
         if self.compiled:
             raise InvalidParameterError("quantize before compiling, or not at all: they do not combine")
         if self.plan.compute != "int8":
-            self.plan = plan_execution(self.plan.precision, self.device, quantize=True)
+            self.plan = plan_execution(self.plan.precision, self.device, self.dtype, quantize=True)
             apply_plan(self.plan, self.network)
         return self
 

@@ -29,12 +29,17 @@ from torch import Tensor, nn
 from .config import Emotion2vecConfig
 
 
+def conv_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+    """Valid outputs of an unpadded conv over `lengths` valid inputs: floor((L - k) / s) + 1, at least 0."""
+    return (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp_min(0)
+
+
 def frame_counts(config: Emotion2vecConfig, num_samples: Tensor) -> Tensor:
-    """Frames the conv extractor makes from each clip: floor((L - k) / s) + 1 per layer."""
-    lengths = num_samples.clone()
+    """Frames the conv extractor makes from each clip."""
+    lengths = num_samples
     for _, kernel, stride in config.feature_encoder_spec:
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths.clamp_min(0)
+        lengths = conv_lengths(lengths, kernel, stride)
+    return lengths
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -72,8 +77,7 @@ class ConvLayer(nn.Module):
         channels_last = x.transpose(1, 2).unsqueeze(2)  # (B, C, 1, L), memory still (B, L, C)
         x = F.conv2d(channels_last, self.conv.weight.unsqueeze(2), stride=(1, self.conv.stride[0]))
         x = x.squeeze(2).transpose(1, 2)  # (B, L', C'), contiguous: oneDNN kept the layout
-        kernel, stride = self.conv.kernel_size[0], self.conv.stride[0]
-        lengths = (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp_min(0)
+        lengths = conv_lengths(lengths, self.conv.kernel_size[0], self.conv.stride[0])
         if isinstance(self.norm, nn.LayerNorm):
             x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),
                              self.norm.bias.float(), self.norm.eps).type_as(x)
