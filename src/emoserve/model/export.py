@@ -72,8 +72,8 @@ def export_onnx(model: EmotionModel, directory: str | Path, precision: str = "fp
     if precision not in PRECISIONS:
         raise InvalidParameterError(f"ONNX precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if model.device.type != "cpu" or model.plan.compute != "fp32" or model.compiled:
-        raise InvalidParameterError("export an exact fp32 model on CPU: load it with device='cpu' and the "
-                                    "default precision; the export converts it (--precision)")
+        raise InvalidParameterError("export an exact fp32 model on CPU: load it with device='cpu' and "
+                                    "precision='exact'; the export converts it (--precision)")
     try:
         import onnx  # noqa: F401  (the exporter's own dependencies: onnx and onnxscript)
         import onnxscript  # noqa: F401
