@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import inspect
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -89,8 +90,11 @@ def test_the_docs_name_settings_that_exist():
 def test_each_variable_sets_its_field_and_no_other(clean_environment, variable):
     path = variables()[variable]
     default = functools.reduce(getattr, path, Settings())
+    section = functools.reduce(getattr, path[:-1], Settings())
+    choices = typing.get_args(type(section).model_fields[path[-1]].annotation)  # a Literal's allowed values
     before = flat(Settings())
-    clean_environment.setenv(variable, another_value(default))
+    value = next((c for c in choices if isinstance(c, str) and c != default), None) or another_value(default)
+    clean_environment.setenv(variable, value)
     after = flat(Settings())
     assert {p for p in before if before[p] != after[p]} == {path}
 

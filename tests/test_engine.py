@@ -321,7 +321,7 @@ def test_the_fast_paths_stay_close_to_the_exact_model():
 def test_gpu_engine_batches_in_bf16_close_to_cpu_fp32():
     waveforms = clips(seed=4, count=6, low=8_000, high=80_000)
     reference = EmotionModel.from_pretrained("random:tiny", device="cpu").predict(waveforms)
-    gpu = EmotionModel.from_pretrained("random:tiny", device="cuda")
+    gpu = EmotionModel.from_pretrained("random:tiny", device="cuda", precision="fast")
 
     async def run():
         async with Engine(gpu, max_wait_ms=20) as engine:

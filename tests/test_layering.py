@@ -34,6 +34,7 @@ INTEGRATIONS = (*FOUNDATION, "client", "integrations")
 # Upward imports inside a function that are the library's facade, each with its reason.
 FACADES = {
     ("inference.emotion_model", "timeline.longform"): "EmotionModel.analyze_long: the library's call for long audio",
+    ("model.export", "inference.emotion_model"): "a type annotation only (TYPE_CHECKING): export takes a loaded model",
 }
 
 

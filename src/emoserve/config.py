@@ -19,7 +19,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -42,11 +42,14 @@ class ModelConfig(Section):
 
     model: str = Field("emotion2vec_plus_large", description="model name, local model dir, or random:tiny|base|large")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    precision: Literal["exact", "fast"] = Field(
+        "exact", description="exact: fp32 with FunASR parity; fast: the fastest close path for this hardware (bf16 on "
+                             "GPUs and AMX CPUs, int8 matmuls on other x86 CPUs); see docs/engine.md")
+    dtype: str = Field("auto", description="auto (as precision says), or force float32, bfloat16, float16")
     cache: Path = Field(Path.home() / ".cache" / "emoserve", description="downloaded and converted models")
     source: str = Field("hf", description="where `models pull` downloads from: hf or modelscope")
-    quantize: bool = Field(False, description="CPU fast path: int8 dynamic quantization of the transformer's "
-                                              "linear layers (faster, not exact; see docs/engine.md)")
+    quantize: bool = Field(False, description="CPU: int8 matmuls in the transformer, whatever precision says "
+                                              "(faster, not exact; see docs/engine.md)")
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
                                              "measured slower than plain fp32 here: see docs/engine.md)")
 

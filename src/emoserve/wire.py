@@ -110,6 +110,10 @@ class ModelDescription(Body):
     weights: str = Field(description='"pretrained", or "random" for the random:* test models')
     parameters: int = Field(description="number of weights of the network")
     min_samples: int = Field(description="shortest audio the model takes, in 16 kHz samples")
+    precision: Literal["exact", "fast"] | None = Field(
+        None, description="exact: fp32 with FunASR parity; fast: a faster close path (docs/engine.md)")
+    execution: str | None = Field(None, description="what precision resolved to on this hardware, e.g. "
+                                                    "'fp32, MKL matmuls'")
 
 
 class ModelsList(Body):

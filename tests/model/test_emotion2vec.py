@@ -8,6 +8,8 @@ from emoserve.model.checkpoint import random_state_dict
 from emoserve.model.config import PLUS_BASE, PLUS_LARGE, TINY
 from emoserve.model.emotion2vec import Emotion2vec, alibi_slopes, frame_counts
 
+from .test_parity_funasr import VARIANTS
+
 
 def build(config, seed=3):
     network = Emotion2vec(config).eval().requires_grad_(False)
@@ -21,7 +23,7 @@ def test_frame_count_is_the_conv_formula_and_matches_the_extractor():
         expected = (n - 400) // 320 + 1
         assert frame_counts(TINY, torch.tensor([n])).item() == expected
         with torch.inference_mode():
-            assert network.feature_extractor(torch.zeros(1, n)).shape[-1] == expected
+            assert network.feature_extractor(torch.zeros(1, n), torch.tensor([n])).shape[1] == expected
 
 
 def test_min_samples_is_the_receptive_field():
@@ -74,6 +76,34 @@ def test_a_padded_batch_gives_each_clip_what_it_gets_alone(config, rng):
             probs_alone = torch.softmax(network.proj(embedding), -1)
             probs_batch = torch.softmax(network.proj(pooled[i]), -1)
         assert (probs_alone - probs_batch).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "base"])
+def test_a_padded_fp32_batch_matches_each_clip_alone_in_float64(variant, rng):
+    """The masked, static forward computes the network's math: each clip of a mixed-length batch
+    gets, within fp32 rounding, what float64 arithmetic gives that clip unpadded (every config
+    variant, the per-channel GroupNorm extractor included, which must ignore padded steps)."""
+    config = PLUS_BASE if variant == "base" else VARIANTS[variant]
+    network = build(config)
+    reference = build(config).double()
+    lengths = [400, 3217, 16000, 719, 23456]
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    batch = torch.zeros(len(clips), max(lengths))
+    for i, clip in enumerate(clips):
+        batch[i, : len(clip)] = torch.from_numpy(clip)
+    with torch.inference_mode():
+        out = network(batch, torch.tensor(lengths))
+        pooled = network.pool(out)
+        for i, clip in enumerate(clips):
+            alone = reference(torch.from_numpy(clip).double()[None])
+            t = alone.frame_lengths[0].item()
+            assert out.frame_lengths[i].item() == t
+            scale = alone.features.abs().max().item()
+            assert (out.features[i, :t].double() - alone.features[0]).abs().max().item() <= 5e-6 * scale
+            if config.num_labels:
+                scores = torch.softmax(network.proj(pooled[i]), -1).double()
+                expected = torch.softmax(reference.proj(reference.pool(alone)[0]), -1)
+                assert (scores - expected).abs().max().item() <= 1e-6
 
 
 def test_padding_content_does_not_leak_into_a_clip(rng):

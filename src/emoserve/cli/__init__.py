@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from . import analyze, bench, cluster, models, plot, serve, ui
+from . import analyze, bench, cluster, export, models, plot, serve, ui
 
 app = typer.Typer(name="emoserve", help="Speech emotion recognition with emotion2vec: library, service, CLI.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(models.app, name="models")
+app.add_typer(export.app, name="export")
 app.command("analyze")(analyze.analyze)
 app.command("bench")(bench.bench)
 app.command("cluster")(cluster.cluster)

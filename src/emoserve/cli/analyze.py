@@ -84,10 +84,11 @@ def analyze_file(client, path: Path | str, granularity: str, want_embedding: boo
     return row, timeline.embedding
 
 
-def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None):
+def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None,
+                precision: str | None = None):
     if server and model:
         raise InvalidParameterError("use --server URL or --model NAME, not both")
-    settings = get_settings(model=model, device=device)
+    settings = get_settings(model=model, device=device, precision=precision)
     if server:
         from ..client import EmoClient
 
@@ -120,6 +121,8 @@ def analyze(
     ray: Annotated[str | None, typer.Option(
         help="run on a Ray cluster with Ray Data: auto (the running cluster), local (start one here) or its "
              "address; --jobs is then files at once per model replica (docs/scaling.md)")] = None,
+    precision: Annotated[str | None, typer.Option(help="local model: exact (default) or fast (docs/engine.md)")]
+    = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     with clean_errors():
@@ -134,7 +137,7 @@ def analyze(
             files, failures = list_inputs(paths, recursive)
         writer = Writer(fmt, output, resume)
         todo = [f for f in files if str(f) not in writer.done]
-        client = make_client(server, model, api_key, preconvert, device) if ray is None else None
+        client = make_client(server, model, api_key, preconvert, device, precision) if ray is None else None
         started = time.perf_counter()
         try:
             if client is not None:

@@ -16,6 +16,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
     api_only: Annotated[bool | None, typer.Option("--api-only/--with-ui", help="skip the web UI")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+    precision: Annotated[str | None, typer.Option(help="exact (fp32, FunASR parity) or fast (docs/engine.md)")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="clips per model batch")] = None,
 ) -> None:
@@ -24,7 +25,7 @@ def serve(
 
     from ..api.app import create_app
 
-    settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device, dtype=dtype,
-                            max_batch_size=max_batch_size)
+    settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device, precision=precision,
+                            dtype=dtype, max_batch_size=max_batch_size)
     app = create_app(settings)
     uvicorn.run(app, **uvicorn_options(settings.server))

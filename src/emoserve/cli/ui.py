@@ -15,6 +15,7 @@ def ui(
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int, typer.Option(help="port")] = 7860,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
+    precision: Annotated[str | None, typer.Option(help="exact (fp32, FunASR parity) or fast (docs/engine.md)")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16")] = None,
 ) -> None:
     """Start the web UI with its own model. `emoserve serve` already has it at /ui, beside the API."""
@@ -22,7 +23,7 @@ def ui(
 
     from ..ui import standalone_app
 
-    settings = get_settings(model=model, host=host, port=port, device=device, dtype=dtype)
+    settings = get_settings(model=model, host=host, port=port, device=device, precision=precision, dtype=dtype)
     with clean_errors():
         app = standalone_app(settings)
     uvicorn.run(app, **uvicorn_options(settings.server))

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,8 @@ from ..labels import LABELS, UNUSED_PREFIX
 from ..model import hub
 from ..model.checkpoint import load_model_dir, random_state_dict
 from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE, TINY, Emotion2vecConfig
-from ..model.emotion2vec import Emotion2vec
+from ..model.emotion2vec import Emotion2vec, emotion_scores
+from ..model.precision import ExecutionPlan, apply_plan, plan_execution
 from .batching import plan_batches
 from .results import ClipOutput, EmotionResult, LongformResult, ModelInfo, check_granularity, make_result
 
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = ModelConfig()  # the keyword defaults of `from_pretrained`: config.py is their one source
 RANDOM_CONFIGS = {"tiny": TINY, "base": PLUS_BASE, "large": PLUS_LARGE, "base-nohead": BASE}
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 
 
 def bound_onednn_kernel_cache() -> None:
@@ -61,35 +58,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise InvalidParameterError(f"dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
-    native = DTYPES[dtype] == torch.bfloat16 and cpu_has_native_bf16()
-    if DTYPES[dtype] != torch.float32 and device.type == "cpu" and not native:
-        log.warning("%s on this CPU is emulated and many times slower than float32", dtype)
-    return DTYPES[dtype]
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN then runs bf16 matmuls ~3× faster than fp32 (otherwise ~5× slower)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 
 
 class EmotionModel:
     """A loaded emotion2vec network on a device, with its labels."""
 
     def __init__(self, network: Emotion2vec, labels: Sequence[str], name: str, *, weights: str = "pretrained",
-                 device: str | torch.device = DEFAULTS.device, dtype: str | torch.dtype = DEFAULTS.dtype):
+                 device: str | torch.device = DEFAULTS.device, dtype: str | torch.dtype = DEFAULTS.dtype,
+                 precision: str = DEFAULTS.precision):
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             bound_onednn_kernel_cache()
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.plan: ExecutionPlan = plan_execution(precision, self.device, dtype)
         self.network = network.eval().requires_grad_(False).to(self.device)
         self.config: Emotion2vecConfig = network.config
         active = [i for i, label in enumerate(labels) if not label.startswith(UNUSED_PREFIX)]
@@ -99,19 +79,30 @@ class EmotionModel:
             raise InvalidParameterError(f"{len(labels)} labels for a head of {network.proj.out_features} outputs")
         self.name = name
         self.weights = weights
-        self.num_parameters = sum(p.numel() for p in self.network.parameters())  # before quantization hides some
-        self.quantization: str | None = None
+        self.num_parameters = sum(p.numel() for p in self.network.parameters())  # before int8 packs some
+        apply_plan(self.plan, self.network)
         self.compiled = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.plan.dtype
+
+    @property
+    def quantization(self) -> str | None:
+        return "int8-dynamic" if self.plan.compute == "int8" else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULTS.model, *, device: str = DEFAULTS.device,
                         dtype: str = DEFAULTS.dtype, cache_dir: str | Path = DEFAULTS.cache,
                         source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
-                        quantize: bool = DEFAULTS.quantize, compile: bool = DEFAULTS.compile) -> EmotionModel:
+                        precision: str = DEFAULTS.precision, quantize: bool = DEFAULTS.quantize,
+                        compile: bool = DEFAULTS.compile) -> EmotionModel:
         """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
         `random:tiny|base|large`.
 
-        `quantize` and `compile` apply `quantize_int8` and `compile` below (opt-in speed paths).
+        `precision`: "exact" (fp32, FunASR parity) or "fast" (the best path for this hardware; see
+        `emoserve.model.precision`).
+        `quantize` and `compile` apply `quantize_int8` and `compile` below.
         """
         started = time.perf_counter()
         cache = Path(cache_dir)
@@ -130,20 +121,22 @@ class EmotionModel:
         with torch.device("meta"):
             network = Emotion2vec(config)
         network.load_state_dict(state, strict=True, assign=True)
-        model = cls(network, labels, name, weights=weights, device=device, dtype=dtype)
+        model = cls(network, labels, name, weights=weights, device=device, dtype=dtype,
+                    precision=precision)
         if quantize:
             model.quantize_int8()
         if compile:
             model.compile()
-        log.info("loaded %s (%s weights) on %s/%s in %.2fs", name, weights, model.device, model.dtype,
-                 time.perf_counter() - started)
+        log.info("loaded %s (%s weights) on %s in %.2fs: %s precision, %s (%s)", name, weights, model.device,
+                 time.perf_counter() - started, model.plan.precision, model.plan.execution, model.plan.reason)
         return model
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> EmotionModel:
         """The model its settings section names, loaded as it says (`Settings().model`)."""
         return cls.from_pretrained(config.model, device=config.device, dtype=config.dtype, cache_dir=config.cache,
-                                   source=config.source, quantize=config.quantize, compile=config.compile)
+                                   source=config.source, precision=config.precision, quantize=config.quantize,
+                                   compile=config.compile)
 
     @property
     def info(self) -> ModelInfo:
@@ -151,32 +144,25 @@ class EmotionModel:
             name=self.name, labels=self.labels, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
             embedding_dim=self.config.embed_dim, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
             quantization=self.quantization, weights=self.weights, parameters=self.num_parameters,
-            min_samples=self.config.min_samples,
+            min_samples=self.config.min_samples, precision=self.plan.precision, execution=self.plan.execution,
         )
 
     # ---- opt-in speed paths ----
 
     def quantize_int8(self) -> EmotionModel:
-        """The fast CPU path: int8 dynamic quantization of the transformer's Linear layers.
+        """Switch to the int8 CPU path (what precision="fast" picks on x86 CPUs without AMX).
 
-        Weights are int8 per output channel, activations are quantized per batch on the fly (fbgemm,
-        VNNI where the CPU has it). About 70% of the fp32 time is in these matmuls; the conv
-        extractor, norms, attention and the emotion head stay fp32. Results are no longer exact:
-        benchmarks/engine_bench.py reports label agreement and score error against fp32.
+        The transformer's Linear layers become `kernels.Int8Linear`: int8 weights per output
+        channel, activations quantized per call, oneDNN's int8 matmul (VNNI where the CPU has
+        it). About 70% of the fp32 time is in these matmuls; the conv extractor, norms, attention
+        and the emotion head stay fp32. Not exact: benchmarks/engine_paired.py reports label
+        agreement and score error against fp32.
         """
-        if self.device.type != "cpu":
-            raise InvalidParameterError("int8 dynamic quantization runs on CPU only; on GPU use dtype bf16")
         if self.compiled:
             raise InvalidParameterError("quantize before compiling, or not at all: they do not combine")
-        if self.quantization is None:
-            linears = {name for name, module in self.network.named_modules()
-                       if isinstance(module, torch.nn.Linear) and name.startswith("blocks.")}
-            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-            with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated, not yet replaced on CPU
-                warnings.simplefilter("ignore")
-                torch.ao.quantization.quantize_dynamic(self.network, dict.fromkeys(linears, qconfig),
-                                                       dtype=torch.qint8, inplace=True)
-            self.quantization = "int8-dynamic"
+        if self.plan.compute != "int8":
+            self.plan = plan_execution(self.plan.precision, self.device, self.dtype, quantize=True)
+            apply_plan(self.plan, self.network)
         return self
 
     def compile(self) -> EmotionModel:
@@ -187,8 +173,8 @@ class EmotionModel:
         first calls compile (~20 s for plus_large on 2 cores); results stay within fp32 rounding.
         Freezing is inductor's process-wide setting: other graphs compiled in this process get it too.
         """
-        if self.quantization is not None:
-            raise InvalidParameterError("compile the exact fp32 model; int8 quantization and compile do not combine")
+        if self.plan.compute != "fp32":
+            raise InvalidParameterError("compile the exact fp32 model; fast paths and compile do not combine")
         if not self.compiled:
             import torch._inductor.config
 
@@ -223,9 +209,7 @@ class EmotionModel:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
             num_samples = num_samples.to(self.device, non_blocking=True)
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 \
-            else nullcontext()
-        with autocast:
+        with self.plan.context(self.device):
             out = self.network(batch, num_samples)
         out.features = out.features.float()
         embeddings = self.network.pool(out)
@@ -248,11 +232,9 @@ class EmotionModel:
 
     def classify(self, x: torch.Tensor) -> torch.Tensor | None:
         """softmax(proj(x)) in float32 over the labels in use (labels named "unuse*" are masked)."""
-        head = self.network.proj
-        if head is None:
+        if self.network.proj is None:
             return None
-        logits = torch.nn.functional.linear(x.float(), head.weight.float(), head.bias.float())
-        return torch.softmax(logits.index_select(-1, self.label_index), dim=-1)
+        return emotion_scores(self.network.proj, self.label_index, x)
 
     # ---- the public API ----
 

@@ -207,6 +207,8 @@ class ModelInfo:
     weights: str  # "pretrained", or "random" for the random:* test models
     parameters: int
     min_samples: int
+    precision: str | None = None  # "exact" (fp32, FunASR parity) or "fast"; None when a server did not say
+    execution: str | None = None  # what the precision resolved to here, e.g. "fp32, MKL matmuls"
 
     def to_dict(self) -> dict:
         d = asdict(self)

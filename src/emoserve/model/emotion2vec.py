@@ -10,6 +10,11 @@ emotion2vec is data2vec 2.0's audio encoder with a linear emotion head:
 Clips of different lengths run in one padded batch and give the same numbers as each clip alone:
 normalization uses each clip's own samples, padded frames are zeroed before every positional
 conv, and attention never looks at padded keys.
+
+The forward has no data-dependent control flow or shapes: padding is masked by arithmetic
+whether or not a batch has any (multiplying by 1 and adding 0 change nothing), and per-clip
+statistics are masked sums. So the same code runs eagerly, under torch.compile, and exports to
+ONNX with dynamic batch and length (`emoserve.model.export`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,17 @@ from torch import Tensor, nn
 from .config import Emotion2vecConfig
 
 
+def conv_lengths(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+    """Valid outputs of an unpadded conv over `lengths` valid inputs: floor((L - k) / s) + 1, at least 0."""
+    return (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp_min(0)
+
+
 def frame_counts(config: Emotion2vecConfig, num_samples: Tensor) -> Tensor:
-    """Frames the conv extractor makes from each clip: floor((L - k) / s) + 1 per layer."""
-    lengths = num_samples.clone()
+    """Frames the conv extractor makes from each clip."""
+    lengths = num_samples
     for _, kernel, stride in config.feature_encoder_spec:
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths.clamp_min(0)
+        lengths = conv_lengths(lengths, kernel, stride)
+    return lengths
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -43,22 +53,6 @@ def alibi_slopes(num_heads: int) -> list[float]:
         return power_of_2(num_heads)
     closest = 2 ** math.floor(math.log2(num_heads))
     return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
-
-
-def linear(layer: nn.Module, x: Tensor) -> Tensor:
-    """`layer(x)`, where a float nn.Linear on CPU runs as a 1×1 channels-last convolution: (B, N, D) → (B, N, D').
-
-    The same fp32 arithmetic in another summation order, computed by oneDNN, which uses AVX-512
-    on any x86 CPU, where torch's fp32 matmul calls MKL, which runs AVX2 code on AMD CPUs:
-    ~1.7× faster matmuls on the AMD EPYC (Zen 5) measured. The output stays contiguous.
-    Quantized layers, GPUs, autocast and torch.compile (which packs linears for oneDNN itself)
-    take the plain path.
-    """
-    if type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 3 \
-            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
-        return layer(x)
-    out = F.conv2d(x.transpose(1, 2).unsqueeze(2), layer.weight[:, :, None, None], layer.bias)  # (B, D', 1, N)
-    return out.squeeze(2).transpose(1, 2)
 
 
 class ConvLayer(nn.Module):
@@ -78,17 +72,20 @@ class ConvLayer(nn.Module):
         elif norm == "group":
             self.norm = nn.GroupNorm(out_channels, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) → (B, L', C')
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, L, C), lengths: (B,) valid steps per clip → (B, L', C') and the valid steps of that."""
         channels_last = x.transpose(1, 2).unsqueeze(2)  # (B, C, 1, L), memory still (B, L, C)
         x = F.conv2d(channels_last, self.conv.weight.unsqueeze(2), stride=(1, self.conv.stride[0]))
         x = x.squeeze(2).transpose(1, 2)  # (B, L', C'), contiguous: oneDNN kept the layout
+        lengths = conv_lengths(lengths, self.conv.kernel_size[0], self.conv.stride[0])
         if isinstance(self.norm, nn.LayerNorm):
             x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),
                              self.norm.bias.float(), self.norm.eps).type_as(x)
-        elif isinstance(self.norm, nn.GroupNorm):  # one group per channel: each channel over time
-            x = F.group_norm(x.transpose(1, 2).float(), self.norm.num_groups, self.norm.weight.float(),
-                             self.norm.bias.float(), self.norm.eps).type_as(x).transpose(1, 2)
-        return F.gelu(x)
+        elif isinstance(self.norm, nn.GroupNorm):  # one group per channel: each channel over its valid steps
+            norm = self.norm
+            x = (masked_standardize(x.float(), valid_mask(lengths, x.shape[1]), lengths, dim=1, eps=norm.eps)
+                 * norm.weight.float() + norm.bias.float()).type_as(x)
+        return F.gelu(x), lengths
 
 
 class FeatureExtractor(nn.Module):
@@ -104,11 +101,11 @@ class FeatureExtractor(nn.Module):
             in_channels = channels
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, waveforms: Tensor) -> Tensor:  # (B, N) → (B, C, T), a view of time-major frames
-        x = waveforms.unsqueeze(-1)
+    def forward(self, waveforms: Tensor, num_samples: Tensor) -> Tensor:  # (B, N) → (B, T, C)
+        x, lengths = waveforms.unsqueeze(-1), num_samples
         for layer in self.layers:
-            x = layer(x)
-        return x.transpose(1, 2)
+            x, lengths = layer(x, lengths)
+        return x
 
 
 class PositionalConv(nn.Module):
@@ -123,19 +120,19 @@ class PositionalConv(nn.Module):
             for _ in range(config.conv_pos_depth)
         )
         self.trim = 1 if kernel % 2 == 0 else 0  # fairseq's SamePad
+        self.dim = dim
         self.eps = config.norm_eps
 
-    def forward(self, x: Tensor, frame_mask: Tensor | None) -> Tensor:
-        """x: (B, T, D); frame_mask: (B, T, 1), 1 on real frames, or None when nothing is padded."""
+    def forward(self, x: Tensor, frame_mask: Tensor) -> Tensor:
+        """x: (B, T, D); frame_mask: (B, T, 1), 1 on real frames and 0 on padding."""
         if self.pre_norm is not None:
             x = self.pre_norm(x)
         for conv in self.convs:
-            if frame_mask is not None:
-                x = x * frame_mask  # a clip alone sees zeros past its end: so must a padded one
+            x = x * frame_mask  # a clip alone sees zeros past its end: so must a padded one
             x = conv(x.transpose(1, 2))
             if self.trim:
                 x = x[:, :, : -self.trim]
-            x = F.gelu(F.layer_norm(x.transpose(1, 2), (x.shape[1],), eps=self.eps))
+            x = F.gelu(F.layer_norm(x.transpose(1, 2), (self.dim,), eps=self.eps))
         return x
 
 
@@ -149,12 +146,12 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         batch, length, dim = x.shape
         # (B, N, 3D) → 3 × (B, H, N, D/H)
-        q, k, v = linear(self.qkv, x).view(batch, length, 3, self.num_heads, dim // self.num_heads) \
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads) \
             .permute(2, 0, 3, 1, 4)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return linear(self.out, x.transpose(1, 2).reshape(batch, length, dim))
+        return self.out(x.transpose(1, 2).reshape(batch, length, dim))
 
 
 class MLP(nn.Module):
@@ -164,7 +161,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(self.fc2, F.gelu(linear(self.fc1, x)))
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -227,28 +224,27 @@ class Emotion2vec(nn.Module):
         batch, width = waveforms.shape
         if num_samples is None:
             num_samples = torch.full((batch,), width, dtype=torch.long, device=waveforms.device)
-        padded = bool((num_samples < width).any())
-        if self.config.normalize:
-            waveforms = normalize_waveforms(waveforms, num_samples, self.config.norm_eps)
-        elif padded:
-            waveforms = waveforms * (torch.arange(width, device=waveforms.device)[None, :] < num_samples[:, None])
+        sample_mask = valid_mask(num_samples, width)  # (B, N)
+        if self.config.normalize:  # layer norm of each clip over its own samples
+            waveforms = masked_standardize(waveforms, sample_mask, num_samples, dim=1, eps=self.config.norm_eps)
+        else:
+            waveforms = waveforms * sample_mask
 
-        x = self.feature_extractor(waveforms)  # (B, C, T)
-        x = linear(self.feature_proj, self.feature_norm(x.transpose(1, 2)))  # (B, T, D)
+        x = self.feature_extractor(waveforms, num_samples)  # (B, T, C)
+        x = self.feature_proj(self.feature_norm(x))  # (B, T, D)
         frames = x.shape[1]
         frame_lengths = frame_counts(self.config, num_samples).clamp_max(frames)
-        frame_mask = torch.arange(frames, device=x.device)[None, :] < frame_lengths[:, None]
-        x = x + self.pos_conv(x, frame_mask[..., None].to(x.dtype) if padded else None)
+        frame_mask = valid_mask(frame_lengths, frames)  # (B, T)
+        x = x + self.pos_conv(x, frame_mask[..., None].to(x.dtype))
 
         extra = self.config.num_extra_tokens
         x = torch.cat([self.extra_tokens.expand(batch, -1, -1).to(x.dtype), x], dim=1)
-        key_mask = F.pad(frame_mask, (extra, 0), value=True) if padded else None
-        masks = self.attention_masks(frames, key_mask, x.device)
+        masks = self.attention_masks(frame_mask)
 
         x = self.transformer(x, masks)
         return EncoderOutput(x[:, extra:], frame_lengths, frame_mask)
 
-    def transformer(self, x: Tensor, masks: list[Tensor | None]) -> Tensor:
+    def transformer(self, x: Tensor, masks: list[Tensor]) -> Tensor:
         """The blocks, with their norms: (B, N, D) → (B, N, D). One region, so it compiles as one graph."""
         if self.context_norm is not None:
             x = self.context_norm(x)
@@ -258,15 +254,15 @@ class Emotion2vec(nn.Module):
             x = self.final_norm(x)
         return x
 
-    def attention_masks(self, frames: int, key_mask: Tensor | None, device: torch.device) -> list[Tensor | None]:
-        """Additive masks (B|1, H, N, N): scaled ALiBi on frames (0 for extra tokens), -inf on padded keys.
+    def attention_masks(self, frame_mask: Tensor) -> list[Tensor]:
+        """Additive masks (B, H|1, N, N): scaled ALiBi on frames (0 for extra tokens), -inf on padded keys.
 
         One mask serves every block, unless the checkpoint learned one ALiBi scale per layer.
         """
         cfg = self.config
-        padding = None
-        if key_mask is not None:  # (B, N) True = attend
-            padding = torch.zeros(key_mask.shape, device=device).masked_fill(~key_mask, float("-inf"))[:, None, None, :]
+        device, frames = frame_mask.device, frame_mask.shape[1]
+        key_mask = torch.cat([frame_mask.new_ones(frame_mask.shape[0], cfg.num_extra_tokens), frame_mask], dim=1)
+        padding = torch.zeros(key_mask.shape, device=device).masked_fill(~key_mask, float("-inf"))[:, None, None, :]
         if self.alibi_scale is None:
             return [padding]
         positions = torch.arange(frames, device=device)
@@ -278,8 +274,7 @@ class Emotion2vec(nn.Module):
             scaled = F.pad(bias * scale[0], (cfg.num_extra_tokens, 0, cfg.num_extra_tokens, 0))
             if cfg.num_alibi_heads < cfg.num_heads:
                 scaled = F.pad(scaled, (0, 0, 0, 0, 0, cfg.num_heads - cfg.num_alibi_heads))
-            scaled = scaled[None]  # (1, H, N, N)
-            masks.append(scaled if padding is None else scaled + padding)
+            masks.append(scaled[None] + padding)  # (B, H, N, N)
         return masks
 
     def pool(self, out: EncoderOutput) -> Tensor:
@@ -288,12 +283,29 @@ class Emotion2vec(nn.Module):
         return (out.features * mask).sum(1) / out.frame_lengths[:, None].to(out.features.dtype)
 
 
-def normalize_waveforms(waveforms: Tensor, num_samples: Tensor, eps: float) -> Tensor:
-    """Layer-norm each clip over its own samples, exactly as FunASR does for a clip alone.
+def emotion_scores(head: nn.Linear, label_index: Tensor, x: Tensor) -> Tensor:
+    """softmax(head(x)) in float32 over the labels in use (`label_index`; labels named "unuse*" are left out)."""
+    logits = F.linear(x.float(), head.weight.float(), head.bias.float())
+    return torch.softmax(logits.index_select(-1, label_index), dim=-1)
 
-    One F.layer_norm per clip keeps padded and unpadded clips bit-identical; the cost is O(N).
+
+def valid_mask(lengths: Tensor, width: int) -> Tensor:
+    """(B, width) bool, True on each row's first `lengths[row]` steps."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_standardize(x: Tensor, mask: Tensor, lengths: Tensor, dim: int, eps: float) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over each row's valid steps along `dim` (a layer norm per clip), 0 elsewhere.
+
+    Masked sums instead of a norm per clip: no data-dependent shapes, and for a clip alone the
+    same statistics as F.layer_norm / F.group_norm (within fp32 rounding).
+    mask: (B, L) bool over `dim` = 1; lengths: (B,) valid steps.
     """
-    out = torch.zeros_like(waveforms)
-    for row, n in enumerate(num_samples.tolist()):
-        out[row, :n] = F.layer_norm(waveforms[row, :n], (n,), eps=eps)
-    return out
+    weight = mask.to(x.dtype)
+    if x.dim() == 3:
+        weight = weight[..., None]
+    count = lengths.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+    mean = (x * weight).sum(dim, keepdim=True) / count
+    centered = (x - mean) * weight
+    variance = (centered * centered).sum(dim, keepdim=True) / count
+    return centered * torch.rsqrt(variance + eps)
