@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .api.metrics import ServiceMetrics
@@ -37,6 +38,7 @@ class Service:
     store: Store | None = None
     runner: JobRunner | None = None
     open_streams: int = 0  # WebSocket streams being served, against settings.stream_max_concurrent
+    on_load_failure: Callable[[], None] | None = None  # `emoserve serve` exits then, so a supervisor restarts it
     metrics: ServiceMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,7 +47,7 @@ class Service:
     async def load(self, model: EmotionModel | None = None) -> None:
         """Open the store, load (unless given) and warm up the model, start the engine and the job runner.
 
-        Never raises: a failure is reported by /health.
+        Never raises: a failure is reported by /health (and `on_load_failure` is called).
         """
         s = self.settings
         engine = None
@@ -69,6 +71,8 @@ class Service:
             self.error = e.message if isinstance(e, EmoserveError) else f"{type(e).__name__}: {e}"
             error_log.exception("model %s failed to load", s.model)
             load_log.error("model %s failed to load: %s", s.model, self.error, extra={"model": s.model})
+            if self.on_load_failure is not None:
+                self.on_load_failure()
             return
         self.runner = runner
         self.model, self.engine, self.status = model, engine, "healthy"
@@ -88,6 +92,11 @@ class Service:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         self.metrics.model_ready.set(0)
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and taking work: what /readyz answers (false again once a stop has begun)."""
+        return self.status == "healthy" and self.engine is not None and self.engine.is_running
 
     def ready_engine(self) -> Engine:
         """The engine, or a 503 that says why there is none yet."""

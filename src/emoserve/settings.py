@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = Field("", description="comma-separated proxy addresses or networks (* for any) whose "
                                                      "X-Forwarded-For/-Proto are trusted; empty: none")
     cors_origins: str = Field("", description="comma-separated allowed CORS origins; * for any; empty: off")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take to "
+                                      "finish before they are cancelled; then jobs and the engine stop")
     log_dir: Path = Field(Path("logs"), description="access.log, error.log, model_load.log go here")
     log_json: bool = Field(False, description="write log files as JSON lines")
     log_max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="rotate a log file at this size")

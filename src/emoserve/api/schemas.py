@@ -31,6 +31,16 @@ class Health(BaseModel):
     error: str | None = Field(None, description="why the model failed to load (status failed)")
 
 
+class Liveness(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "failed", "stopping"]
+    model: str
+    error: str | None = Field(None, description="why the model failed to load (status failed)")
+
+
 class ModelDescription(BaseModel):
     name: str
     labels: list[str]

@@ -29,12 +29,12 @@ def clean_errors() -> Iterator[None]:
 
 
 def uvicorn_options(settings: Settings) -> dict:
-    """`uvicorn.run`'s options for our servers: our own access log, a graceful drain, and proxy headers
+    """uvicorn's options for our servers: our own access log, a graceful drain, and proxy headers
     only from the proxies `forwarded_allow_ips` names (uvicorn alone trusts X-Forwarded-For from 127.0.0.1:
     behind a local proxy, each client could name its own address, and with it a fresh budget)."""
     proxies = settings.forwarded_allow_ips.strip()
     options = {"host": settings.host, "port": settings.port, "log_level": "warning", "access_log": False,
-               "timeout_graceful_shutdown": 30, "proxy_headers": bool(proxies)}
+               "timeout_graceful_shutdown": settings.shutdown_timeout_s, "proxy_headers": bool(proxies)}
     if proxies:
         options["forwarded_allow_ips"] = proxies
     return options
