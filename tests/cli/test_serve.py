@@ -67,7 +67,8 @@ def test_serve_exits_1_and_says_why_when_the_model_cannot_load(tmp_path):
 def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path):
     server = LiveServer(tmp_path).start()
     try:
-        request = httpx.Request("POST", server.url("/v1/analyze"), files={"audio_file": ("a.wav", wav_bytes(noise(16000)))})
+        clip = wav_bytes(noise(16000))
+        request = httpx.Request("POST", server.url("/v1/analyze"), files={"audio_file": ("a.wav", clip)})
         body = request.read()
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
             # `Expect: 100-continue`: the server answers 100 once the app reads the body, so the request is in flight
