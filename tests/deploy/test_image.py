@@ -81,8 +81,9 @@ def image() -> str:
 def container(image):
     port = free_port()
     name = f"emoserve-test-{port}"
-    docker("run", "--detach", "--name", name, "--network", "host", "--env", "EMOSERVE_MODEL=random:tiny",
-           "--env", f"EMOSERVE_PORT={port}", image)
+    # read-only but for the /data volume and a /tmp tmpfs, as docs/deploy.md's Kubernetes example runs it
+    docker("run", "--detach", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
+           "--env", "EMOSERVE_MODEL=random:tiny", "--env", f"EMOSERVE_PORT={port}", image)
     try:
         yield name, f"http://127.0.0.1:{port}"
     finally:
