@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "emoserve-base:bookworm"
 IMAGE = "emoserve:test"
 WHEELHOUSE = ROOT / "deploy" / "wheelhouse"
+CONTAINER_FS_S = 600  # creating or removing a container copies or deletes the whole image under the vfs driver
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -83,11 +84,12 @@ def container(image):
     name = f"emoserve-test-{port}"
     # read-only but for the /data volume and a /tmp tmpfs, as docs/deploy.md's Kubernetes example runs it
     docker("run", "--detach", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-           "--env", "EMOSERVE_MODEL=random:tiny", "--env", f"EMOSERVE_PORT={port}", image)
+           "--env", "EMOSERVE_MODEL=random:tiny", "--env", f"EMOSERVE_PORT={port}", image,
+           timeout=CONTAINER_FS_S)
     try:
         yield name, f"http://127.0.0.1:{port}"
     finally:
-        docker("rm", "--force", "--volumes", name, check=False)
+        docker("rm", "--force", "--volumes", name, check=False, timeout=CONTAINER_FS_S)
 
 
 def wait_for(condition, what: str, container_name: str, timeout: float = 180.0):
