@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
@@ -56,6 +55,8 @@ def torch_pin() -> str:
 
 def fill_wheelhouse() -> None:
     """Everything the image installs, as this machine's pip resolves it (its find-links, indexes, constraints)."""
+    import tomllib  # Python 3.11+, as the image's Python (why_no_docker checks it)
+
     build_requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(WHEELHOUSE), torch_pin(),
                     *build_requires, ".[server]"], cwd=ROOT, check=True, timeout=1800)
