@@ -35,6 +35,7 @@ NOT_SETTINGS = {  # EMOSERVE_* names the docs mention that configure something e
     "EMOSERVE_SERVER": "the server a client (CLI `analyze --server`, the Rasa action) talks to",
     "EMOSERVE_API_KEY": "that client's API key",
     "EMOSERVE_UI_SCREENSHOTS": "where tests/ui/test_browser.py writes the docs' screenshots",
+    "EMOSERVE_APT_SOURCES": "the apt sources deploy/make-base-image.sh builds the Docker base image from",
 }
 LIBRARY_PACKAGES = ("audio", "model", "inference", "timeline", "jobs", "client")
 

@@ -211,6 +211,8 @@ class ServerConfig(Section):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all interfaces)")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take to "
+                                      "finish before they are cancelled; then jobs and the engine stop")
     api_only: bool = Field(False, description="serve the API without the web UI")
     api_keys: str = Field("", description="comma-separated API keys; empty: auth off", repr=False)
     api_keys_file: Path | None = Field(None, description="file with one API key per line")

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
@@ -42,6 +42,7 @@ class Service:
     store: Store | None = None
     runner: JobRunner | None = None
     open_streams: int = 0  # WebSocket streams being served, against settings.stream.max_concurrent
+    on_load_failure: Callable[[], None] | None = None  # `emoserve serve` exits then, so a supervisor restarts it
     metrics: ServiceMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +65,7 @@ class Service:
     async def load(self, model: EmotionModel | None = None) -> None:
         """Open the store, load (unless given) and warm up the model, start the engine and the job runner.
 
-        Never raises: a failure is reported by /health.
+        Never raises: a failure is reported by /health (and `on_load_failure` is called).
         """
         s = self.settings
         engine = None
@@ -92,6 +93,8 @@ class Service:
             self.error = e.message if isinstance(e, EmoserveError) else f"{type(e).__name__}: {e}"
             error_log.exception("model %s failed to load", s.model.model)
             load_log.error("model %s failed to load: %s", s.model.model, self.error, extra={"model": s.model.model})
+            if self.on_load_failure is not None:
+                self.on_load_failure()
             return
         self.runner = runner
         self.model, self.engine, self.status = model, engine, "healthy"
@@ -111,6 +114,11 @@ class Service:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         self.metrics.model_ready.set(0)
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and taking work: what /readyz answers (false again once a stop has begun)."""
+        return self.status == "healthy" and self.engine is not None and self.engine.is_running
 
     def ready_engine(self) -> Engine:
         """The engine, or a 503 that says why there is none yet."""

@@ -96,6 +96,16 @@ class Health(Body):
     reason: str | None = Field(None, description="status degraded: what is wrong and what to do")
 
 
+class Liveness(Body):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(Body):
+    status: Literal["ready", "loading", "failed", "stopping"]
+    model: str
+    error: str | None = Field(None, description="why the model failed to load (status failed)")
+
+
 class ModelDescription(Body):
     """Every field of the library's `ModelInfo`, so a client sees what a local caller sees."""
 

@@ -36,7 +36,7 @@ def uvicorn_options(config: ServerConfig) -> dict:
     behind a local proxy, each client could name its own address, and with it a fresh budget)."""
     proxies = config.forwarded_allow_ips.strip()
     options = {"host": config.host, "port": config.port, "log_level": "warning", "access_log": False,
-               "timeout_graceful_shutdown": 30, "proxy_headers": bool(proxies)}
+               "timeout_graceful_shutdown": config.shutdown_timeout_s, "proxy_headers": bool(proxies)}
     if proxies:
         options["forwarded_allow_ips"] = proxies
     return options

@@ -1,4 +1,8 @@
-"""GET /health, /v1/models, /metrics."""
+"""GET /health, /livez, /readyz, /v1/models, /metrics.
+
+/health describes the service for people and clients; /livez and /readyz are the two questions an
+orchestrator asks: is the process alive (else restart it), is it taking work (else send it none).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from ...inference.results import GRANULARITIES
-from ...wire import Health, ModelDescription, ModelsList
+from ...wire import Health, Liveness, ModelDescription, ModelsList, Readiness
 from ..deps import service_of
 from ..errors import COMMON_ERRORS
 
@@ -32,6 +36,24 @@ async def health(request: Request) -> JSONResponse:
         return JSONResponse(body.to_dict())
     headers = {"Retry-After": "2"} if service.status == "loading" else None
     return JSONResponse(body.to_dict(), status_code=503, headers=headers)
+
+
+@router.get("/livez", response_model=Liveness, summary="Is the process alive? (liveness probe)")
+async def livez() -> Liveness:
+    return Liveness()
+
+
+@router.get("/readyz", response_model=Readiness, summary="Is the model loaded and warm, the engine taking work? "
+            "(readiness probe)", responses={503: {"model": Readiness, "description": "loading or stopping (retry "
+                                                                                    "after Retry-After) or failed"}})
+async def readyz(request: Request) -> JSONResponse:
+    service = service_of(request)
+    if service.ready:
+        return JSONResponse(Readiness(status="ready", model=service.model.name).model_dump(exclude_none=True))
+    status = "stopping" if service.status == "healthy" else service.status
+    body = Readiness(status=status, model=service.settings.model.model, error=service.error)
+    headers = None if status == "failed" else {"Retry-After": "2"}  # a failed load does not heal by waiting
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=503, headers=headers)
 
 
 @router.get("/v1/models", response_model=ModelsList, summary="The loaded model", responses=COMMON_ERRORS)
