@@ -150,6 +150,30 @@ AnalyzeResult = Annotated[UtteranceResult | FrameResult, Field(discriminator="gr
 ANALYZE_RESULT: TypeAdapter[UtteranceResult | FrameResult] = TypeAdapter(AnalyzeResult)
 
 
+class ChannelFields(Body):
+    channel: int = Field(description="0-based channel index in the file (0 is left in stereo)")
+    name: str = Field(description="from channel_names; default left, right, then ch2, ch3, ...")
+
+
+class ChannelUtteranceResult(UtteranceResult, ChannelFields):
+    """One channel of channels=split: exactly what that channel alone gives as a mono file."""
+
+
+class ChannelFrameResult(FrameResult, ChannelFields):
+    """One channel of channels=split: exactly what that channel alone gives as a mono file."""
+
+
+ChannelAnalyzeResult = Annotated[ChannelUtteranceResult | ChannelFrameResult, Field(discriminator="granularity")]
+
+
+class SplitAnalyzeResult(Body):
+    """channels=split: one result per channel of the file, each analysed on its own."""
+
+    channels: list[ChannelAnalyzeResult]
+    duration_s: float
+    model: str
+
+
 # ---- long audio: uploads and jobs ----
 
 
