@@ -146,8 +146,7 @@ class FrameResult(Body):
         None, description="with Accept: application/json and return_processed_audio")
 
 
-AnalyzeResult = Annotated[UtteranceResult | FrameResult, Field(discriminator="granularity")]
-ANALYZE_RESULT: TypeAdapter[UtteranceResult | FrameResult] = TypeAdapter(AnalyzeResult)
+MonoAnalyzeResult = Annotated[UtteranceResult | FrameResult, Field(discriminator="granularity")]
 
 
 class ChannelFields(Body):
@@ -172,6 +171,10 @@ class SplitAnalyzeResult(Body):
     channels: list[ChannelAnalyzeResult]
     duration_s: float
     model: str
+
+
+AnalyzeResult = MonoAnalyzeResult | SplitAnalyzeResult  # what POST /v1/analyze answers (channels=mix | split)
+ANALYZE_RESULT: TypeAdapter[UtteranceResult | FrameResult | SplitAnalyzeResult] = TypeAdapter(AnalyzeResult)
 
 
 # ---- long audio: uploads and jobs ----
