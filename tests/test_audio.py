@@ -13,10 +13,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emoserve import AudioError
-from emoserve.audio import MAX_CHANNELS, SAMPLE_RATE, StreamedAudio, decode_audio, processed_wav, stream_audio
+from emoserve.audio import (
+    MAX_CHANNELS,
+    SAMPLE_RATE,
+    StreamedAudio,
+    decode_audio,
+    decode_channels,
+    processed_wav,
+    stream_audio,
+)
 from emoserve.audio.inputs import open_input
 from emoserve.audio.readers import read_with_pyav
 from emoserve.audio.sink import Resampler
+from emoserve.errors import InvalidParameterError
 from tests.samples import (
     ENCODINGS,
     audio_file,
@@ -25,6 +34,7 @@ from tests.samples import (
     noise,
     soundfile_bytes,
     speech,
+    sweep,
     tone,
     wav_bytes,
 )
@@ -780,3 +790,77 @@ def test_fuzz_mutated_and_truncated_files(watchdog, seed, edits, cut):
 @given(seed=st.sampled_from(SEEDS), magic=st.sampled_from(MAGICS), keep=st.integers(0, 64))
 def test_fuzz_wrong_headers(watchdog, seed, magic, keep):
     decodes_or_refuses(magic + seed[keep:])
+
+
+# ---- channels kept apart (channels=split) ----
+
+def stereo_pair(rate: int) -> np.ndarray:
+    """Two different signals, (n, 2) float32: a sweep on the left, noise on the right."""
+    left = sweep(0.7, rate)
+    right = noise(len(left), seed=3, amplitude=0.3)
+    return np.stack([left, right], axis=1).astype(np.float32)
+
+
+def mono_of_each(make_file, stereo: np.ndarray) -> list[np.ndarray]:
+    return [decode_audio(make_file(np.ascontiguousarray(stereo[:, k]))) for k in range(stereo.shape[1])]
+
+
+SPLIT_FILES = {
+    "pcm16_wav_44k": lambda samples: wav_bytes(samples, 44_100),
+    "float_wav_48k": lambda samples: wav_bytes(samples, 48_000, "FLOAT"),
+    "flac_22k": lambda samples: soundfile_bytes(samples, 22_050, "FLAC"),
+    "pcm16_wav_16k": lambda samples: wav_bytes(samples, SAMPLE_RATE),
+}
+SPLIT_RATES = {"pcm16_wav_44k": 44_100, "float_wav_48k": 48_000, "flac_22k": 22_050, "pcm16_wav_16k": SAMPLE_RATE}
+
+
+@pytest.mark.parametrize("kind", list(SPLIT_FILES))
+def test_each_kept_channel_is_that_channel_alone_as_a_mono_file(kind):
+    stereo = stereo_pair(SPLIT_RATES[kind])
+    channels = decode_channels(SPLIT_FILES[kind](stereo))
+    assert channels.dtype == np.float32 and channels.shape[0] == 2
+    for row, alone in zip(channels, mono_of_each(SPLIT_FILES[kind], stereo), strict=True):
+        np.testing.assert_array_equal(row, alone)  # exact: the same steps
+    assert not np.allclose(channels[0], channels[1], atol=1e-2)
+
+
+def test_ffmpeg_planar_and_numpy_channels_are_kept_as_mono_files_of_each():
+    stereo = stereo_pair(44_100)
+    channels = decode_channels(encode(stereo, 44_100, "flac"), max_seconds=5)
+    alone = [decode_audio(encode(np.ascontiguousarray(stereo[:, k]), 44_100, "flac")) for k in range(2)]
+    np.testing.assert_allclose(channels, np.stack(alone), rtol=0, atol=1e-5)
+    as_rows = decode_channels(np.ascontiguousarray(stereo.T), sample_rate=44_100)  # (channels, samples)
+    np.testing.assert_allclose(as_rows, np.stack([decode_audio(stereo[:, k].copy(), sample_rate=44_100)
+                                                  for k in range(2)]), rtol=0, atol=1e-5)
+
+
+def test_each_kept_channel_gets_its_own_gain():
+    loud, quiet = tone(0.5, SAMPLE_RATE, amplitude=4.0), tone(0.5, SAMPLE_RATE, amplitude=0.5)
+    channels = decode_channels(np.stack([loud, quiet], axis=1))
+    np.testing.assert_array_equal(channels[0], decode_audio(loud))
+    np.testing.assert_array_equal(channels[1], decode_audio(quiet))
+    assert np.abs(channels[1]).max() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_many_channels_are_all_kept_up_to_the_limit():
+    six = tone(0.5, 48_000, channels=6)
+    channels = decode_channels(wav_bytes(six, 48_000))
+    assert channels.shape == (6, SAMPLE_RATE // 2)
+    for c, row in enumerate(channels):
+        assert_tone(row, 0.5, 0.5 / (c + 1))
+    too_many = np.zeros((1000, MAX_CHANNELS + 1), np.float32)
+    with pytest.raises(AudioError) as caught:
+        decode_channels(too_many)
+    assert caught.value.code == "unsupported_format"
+
+
+def test_splitting_a_mono_file_is_an_invalid_parameter_that_says_it_has_one_channel():
+    with pytest.raises(InvalidParameterError, match="one channel") as caught:
+        decode_channels(wav_bytes(tone(0.5)))
+    assert caught.value.code == "invalid_parameter"
+
+
+def test_kept_channels_keep_the_duration_limit():
+    with pytest.raises(AudioError) as caught:
+        decode_channels(wav_bytes(tone(2.0, 44_100, channels=2), 44_100), max_seconds=1.0)
+    assert caught.value.code == "audio_too_long"

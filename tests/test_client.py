@@ -386,3 +386,19 @@ def test_async_analyze_long_and_preconverted_long_file(server, tmp_path, long_fi
     plain, converted = asyncio.run(main())
     assert [s.emotion for s in plain.segments] == [s.emotion for s in tiny_model.analyze_long(long_file).segments]
     assert converted.duration_s == pytest.approx(plain.duration_s, abs=0.1) and converted.segments
+
+
+@pytest.mark.parametrize("granularity", ["utterance", "frame"])
+def test_split_analysis_gives_the_library_split_result_with_parts_per_channel(client, tiny_model, granularity):
+    stereo = wav_bytes(np.stack([sweep(1.0, rate=44100), noise(44100, seed=5, amplitude=0.3)], axis=1), rate=44100)
+    got = client.analyze(stereo, granularity=granularity, return_embedding=True, return_processed_audio=True,
+                         channels="split", channel_names=["agent", "customer"])
+    want = tiny_model.analyze(stereo, granularity=granularity, return_embedding=True, channels="split",
+                              channel_names="agent,customer")
+    assert [(c.channel, c.name) for c in got.channels] == [(0, "agent"), (1, "customer")]
+    assert got.duration_s == want.duration_s and got.model == want.model
+    for mine, theirs in zip(got.channels, want.channels, strict=True):
+        assert isinstance(mine.result, ClientResult)
+        assert_same_result(mine.result, theirs.result)
+        heard, rate = sf.read(io.BytesIO(mine.result.processed_audio), dtype="float32")
+        assert rate == 16000 and len(heard) == 16000

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from emoserve import LABELS, AudioError, EmotionModel, InvalidParameterError
-from emoserve.model.config import TINY
+from emoserve.model.config import SAMPLE_RATE, TINY
 
 from .conftest import write_checkpoint
-from .samples import noise, sweep, wav_bytes
+from .samples import espeak_available, noise, speech, sweep, wav_bytes
 
 
 def test_random_models_say_they_are_random(tiny_model):
@@ -141,3 +141,55 @@ def test_onednn_kernel_cache_is_bounded_by_a_cpu_model_unless_the_user_set_it():
     theirs = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"},
                             capture_output=True, text=True, check=True)
     assert (ours.stdout.split(), theirs.stdout.split()) == (["None", "32"], ["7", "7"])  # importing sets nothing
+
+
+# ---- channels="split": each channel on its own ----
+
+@pytest.fixture(scope="module")
+def two_voices() -> tuple[np.ndarray, np.ndarray]:
+    """Different espeak-ng speech on the left and on the right, equally long (44.1 kHz, resampled on decode)."""
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    left, right = speech("I am so happy to see you today", 44_100), speech("Why would you ever do that to me", 44_100)
+    length = max(len(left), len(right))
+    return np.pad(left, (0, length - len(left))), np.pad(right, (0, length - len(right)))
+
+
+@pytest.mark.parametrize("granularity", ["utterance", "frame"])
+def test_split_gives_each_channel_what_it_gives_alone_as_a_mono_file(tiny_model, two_voices, granularity):
+    stereo = wav_bytes(np.stack(two_voices, axis=1), 44_100)
+    split = tiny_model.analyze(stereo, granularity=granularity, return_embedding=True, channels="split",
+                               channel_names="agent,customer")
+    assert [(c.channel, c.name) for c in split.channels] == [(0, "agent"), (1, "customer")]
+    for entry, voice in zip(split.channels, two_voices, strict=True):
+        alone = tiny_model.analyze(wav_bytes(voice, 44_100), granularity=granularity, return_embedding=True)
+        assert entry.result.emotion == alone.emotion
+        np.testing.assert_allclose(entry.result.embedding, alone.embedding, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(list(entry.result.utterance_scores.values())),
+                                   np.asarray(list(alone.utterance_scores.values())), rtol=0, atol=1e-5)
+        if granularity == "frame":
+            np.testing.assert_allclose(entry.result.scores, alone.scores, rtol=0, atol=1e-5)
+        assert entry.result.duration_s == alone.duration_s == split.duration_s
+    assert not np.allclose(split.channels[0].result.embedding, split.channels[1].result.embedding, atol=1e-3)
+
+
+def test_split_names_default_to_left_right_then_numbered(tiny_model):
+    three = np.stack([noise(SAMPLE_RATE, seed=s) for s in range(3)], axis=1)
+    split = tiny_model.analyze(three, channels="split")
+    assert [c.name for c in split.channels] == ["left", "right", "ch2"]
+    assert split.to_dict()["channels"][2] == {"channel": 2, "name": "ch2", **split.channels[2].result.to_dict()}
+
+
+@pytest.mark.parametrize("names, message", [("a,b,c", "names 3 channels"), ("a,a", "distinct"),
+                                            (["a", ""], "empty")])
+def test_bad_channel_names_are_refused(tiny_model, names, message):
+    stereo = np.stack([noise(SAMPLE_RATE, seed=s) for s in range(2)], axis=1)
+    with pytest.raises(InvalidParameterError, match=message):
+        tiny_model.analyze(stereo, channels="split", channel_names=names)
+
+
+def test_split_of_a_mono_file_and_unknown_modes_are_invalid_parameters(tiny_model):
+    with pytest.raises(InvalidParameterError, match="one channel"):
+        tiny_model.analyze(wav_bytes(noise(SAMPLE_RATE)), channels="split")
+    with pytest.raises(InvalidParameterError, match="channels must be one of mix, split"):
+        tiny_model.analyze(wav_bytes(noise(SAMPLE_RATE)), channels="both")

@@ -160,8 +160,35 @@ class FrameResult(Body):
         None, description="with Accept: application/json and return_processed_audio")
 
 
-AnalyzeResult = Annotated[UtteranceResult | FrameResult, Field(discriminator="granularity")]
-ANALYZE_RESULT: TypeAdapter[UtteranceResult | FrameResult] = TypeAdapter(AnalyzeResult)
+MonoAnalyzeResult = Annotated[UtteranceResult | FrameResult, Field(discriminator="granularity")]
+
+
+class ChannelFields(Body):
+    channel: int = Field(description="0-based channel index in the file (0 is left in stereo)")
+    name: str = Field(description="from channel_names; default left, right, then ch2, ch3, ...")
+
+
+class ChannelUtteranceResult(UtteranceResult, ChannelFields):
+    """One channel of channels=split: exactly what that channel alone gives as a mono file."""
+
+
+class ChannelFrameResult(FrameResult, ChannelFields):
+    """One channel of channels=split: exactly what that channel alone gives as a mono file."""
+
+
+ChannelAnalyzeResult = Annotated[ChannelUtteranceResult | ChannelFrameResult, Field(discriminator="granularity")]
+
+
+class SplitAnalyzeResult(Body):
+    """channels=split: one result per channel of the file, each analysed on its own."""
+
+    channels: list[ChannelAnalyzeResult]
+    duration_s: float
+    model: str
+
+
+AnalyzeResult = MonoAnalyzeResult | SplitAnalyzeResult  # what POST /v1/analyze answers (channels=mix | split)
+ANALYZE_RESULT: TypeAdapter[UtteranceResult | FrameResult | SplitAnalyzeResult] = TypeAdapter(AnalyzeResult)
 
 
 # ---- long audio: uploads and jobs ----

@@ -164,3 +164,50 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         response = post(client, wav_bytes(noise(16000)))
         assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
     assert "failed to load" in (tmp_path / "logs" / "model_load.log").read_text()
+
+
+# ---- channels=split ----
+
+def stereo_call() -> tuple[np.ndarray, np.ndarray]:
+    return sweep(1.0, rate=44100), noise(44100, seed=5, amplitude=0.3)
+
+
+def test_split_answers_one_entry_per_channel_each_what_that_channel_gives_alone(client, tiny_model):
+    left, right = stereo_call()
+    response = post(client, wav_bytes(np.stack([left, right], axis=1), rate=44100), channels="split",
+                    channel_names="agent,customer", granularity="frame")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"channels", "duration_s", "model"} and body["duration_s"] == 1.0
+    assert [(c["channel"], c["name"]) for c in body["channels"]] == [(0, "agent"), (1, "customer")]
+    for entry, voice in zip(body["channels"], (left, right), strict=True):
+        alone = post(client, wav_bytes(voice, rate=44100), granularity="frame").json()
+        assert set(entry) == {"channel", "name", *alone}
+        assert entry["utterance_scores"] == pytest.approx(alone["utterance_scores"], abs=1e-5)
+        assert np.allclose(entry["scores"], alone["scores"], atol=1e-5)
+
+
+def test_split_embeddings_and_audio_per_channel_in_json_and_multipart(client, tiny_model):
+    stereo = wav_bytes(np.stack(stereo_call(), axis=1), rate=44100)
+    body = post(client, stereo, channels="split", return_embedding="true", return_processed_audio="true",
+                headers={"Accept": "application/json"}).json()
+    for entry in body["channels"]:
+        embedding = np.load(io.BytesIO(base64.b64decode(entry["embedding_npy_b64"])))
+        assert embedding.shape == (tiny_model.info.embedding_dim,)
+        audio, rate = sf.read(io.BytesIO(base64.b64decode(entry["processed_audio_wav_b64"])))
+        assert rate == 16000 and len(audio) == 16000
+    parts = parse_mixed(post(client, stereo, channels="split", return_embedding="true", return_processed_audio="1"))
+    assert [p[1] for p in parts] == [None, "embedding-0.npy", "processed-0.wav", "embedding-1.npy", "processed-1.wav"]
+    assert [c["name"] for c in json.loads(parts[0][2])["channels"]] == ["left", "right"]
+
+
+@pytest.mark.parametrize(("data", "fields", "message"), [
+    (wav_bytes(noise(16000)), {"channels": "split"}, "one channel"),
+    (wav_bytes(np.stack([noise(16000), noise(16000, seed=1)], axis=1)), {"channels": "split",
+                                                                        "channel_names": "a,b,c"}, "names 3"),
+    (wav_bytes(noise(16000)), {"channels": "left"}, "channels must be"),
+])
+def test_split_refusals_are_invalid_parameters(client, data, fields, message):
+    response = post(client, data, **fields)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_parameter"
+    assert message in response.json()["error"]["message"]

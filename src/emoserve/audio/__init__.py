@@ -10,7 +10,8 @@ Every decoder hands blocks to `sink.Resampler`, which mixes them to mono, enforc
 as they arrive (a tiny file that expands to hours stops at the limit, in time and memory),
 resamples with soxr HQ as a stream and passes the 16 kHz blocks on as they are ready:
 `stream_audio` hands them to its caller (memory bounded by the block size, whatever the length),
-and `decode_audio` is `stream_audio` with a caller that joins them (`decode`). Every refusal is an
+and `decode_audio` is `stream_audio` with a caller that joins them (`decode`). `decode_channels` keeps
+the channels apart (`sink.ChannelSplitter`): each is resampled as it would be alone in a mono file. Every refusal is an
 `AudioError` whose `code` is the API's (`refusals`).
 A file that holds less than its container declares (an upload cut short, a recorder that crashed)
 is refused as `corrupt_audio`, not answered for the part that arrived (`integrity`): PCM containers,
@@ -19,7 +20,7 @@ duration and their last packet once decoded.
 """
 
 from ..model.config import SAMPLE_RATE
-from .decode import StreamedAudio, decode_audio, processed_wav, stream_audio
+from .decode import StreamedAudio, decode_audio, decode_channels, processed_wav, stream_audio
 from .inputs import AudioSource
 from .refusals import MAX_CHANNELS, MAX_RATE, MIN_RATE, SUPPORTED
 from .sink import BlockConsumer
@@ -34,6 +35,7 @@ __all__ = [
     "BlockConsumer",
     "StreamedAudio",
     "decode_audio",
+    "decode_channels",
     "processed_wav",
     "stream_audio",
 ]

@@ -1,4 +1,5 @@
-"""The public calls: any audio → 16 kHz mono float32 in [-1, 1] (`decode_audio`, `stream_audio`), and back to WAV."""
+"""The public calls: any audio → 16 kHz mono float32 in [-1, 1] (`decode_audio`, `stream_audio`), or one such row
+per channel (`decode_channels`), and back to WAV."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from ..errors import InvalidParameterError
 from ..model.config import SAMPLE_RATE
 from .inputs import AudioSource, open_input
 from .readers import decode_encoded
 from .refusals import check_length
-from .sink import BlockConsumer, Resampler, array_channels, to_mono
+from .sink import BlockConsumer, ChannelSplitter, Resampler, array_channels, to_mono
 
 
 def decode_audio(source: AudioSource, *, sample_rate: int | None = None, max_seconds: float | None = None,
@@ -26,11 +28,46 @@ def decode_audio(source: AudioSource, *, sample_rate: int | None = None, max_sec
     blocks: list[np.ndarray] = []
     streamed = stream_audio(source, lambda block, expected: blocks.append(block), sample_rate=sample_rate,
                             max_seconds=max_seconds, max_bytes=max_bytes, min_samples=min_samples)
+    return joined(blocks, streamed.gain)
+
+
+def joined(blocks: list[np.ndarray], gain: float) -> np.ndarray:
+    """One channel's 16 kHz blocks as one array, brought to full scale by `gain` (see `StreamedAudio.gain`)."""
     samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)  # one block: no copy
-    if streamed.gain != 1.0:
-        samples *= np.float32(streamed.gain)
+    if gain != 1.0:
+        samples *= np.float32(gain)
         np.clip(samples, -1.0, 1.0, out=samples)  # the float32 rounding of the gain
     return samples
+
+
+def decode_channels(source: AudioSource, *, sample_rate: int | None = None, max_seconds: float | None = None,
+                    max_bytes: int | None = None, min_samples: int | None = None) -> np.ndarray:
+    """Decode keeping the channels apart: (channels, samples) float32 at 16 kHz, for analysing each on its own.
+
+    Row k is exactly what `decode_audio` gives for channel k alone as a mono file (same scaling, soxr
+    stream and gain), so a channel's analysis does not depend on its neighbours. Audio with one channel is
+    refused (`InvalidParameterError`): there is nothing to split. Limits as `decode_audio`.
+    """
+    rows: list[list[np.ndarray]] = []
+
+    def consumer_for(channel: int) -> BlockConsumer:
+        rows.append([])
+        return lambda block, expected: rows[channel].append(block)
+
+    sink = ChannelSplitter(max_seconds, consumer_for)
+    if isinstance(source, np.ndarray):
+        samples, channel_axis = array_channels(source)
+        sink.expect(samples.shape[1 - channel_axis] / (sample_rate or SAMPLE_RATE))
+        sink.add_frames(samples, channel_axis, sample_rate or SAMPLE_RATE, source.dtype.kind != "f")
+    else:
+        with open_input(source, max_bytes) as data:
+            decode_encoded(data, sink)
+    sink.finish()
+    check_length(sink.num_samples, min_samples)
+    if len(rows) == 1:
+        raise InvalidParameterError("channels=split needs a file with two or more channels; this file has one "
+                                    "channel (mono): analyse it with channels=mix")
+    return np.stack([joined(blocks, gain) for blocks, gain in zip(rows, sink.gains, strict=True)])
 
 
 @dataclass(frozen=True)

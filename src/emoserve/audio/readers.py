@@ -2,7 +2,8 @@
 
 16-bit PCM WAV is parsed here and read with numpy (no decoder, no copy of in-memory bytes); other
 WAV, FLAC, AIFF, CAF and AU go to soundfile (libsndfile); the rest, and what soundfile cannot open,
-to PyAV (FFmpeg) with audio demuxers only. Each hands its blocks to the `Resampler`.
+to PyAV (FFmpeg) with audio demuxers only. Each hands its blocks to the sink: `Resampler` (mixed) or
+`ChannelSplitter` (channels kept).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from ..model.config import SAMPLE_RATE
 from .inputs import EncodedInput, sniff
 from .integrity import DeclaredLength, check_data_held, check_declared_length, declared_length, wav_data
 from .refusals import check_channels, check_rate, corrupt, cut_short, unsupported
-from .sink import Resampler, mix, to_mono
+from .sink import ChannelSplitter, Resampler
+
+Sink = Resampler | ChannelSplitter  # mixed to mono, or each channel kept
 
 BLOCK_SAMPLES = 1 << 20  # samples read per block (all channels), and most a block makes at 16 kHz: bounds memory
 ACCEPTED_DEMUXERS = "wav,w64,flac,ogg,aiff,caf,au,mp3,aac,mov,matroska,amr,asf"
@@ -34,7 +37,7 @@ PYAV_ERRORS = (av.error.FFmpegError, ValueError, OSError, EOFError, RuntimeError
 SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError)
 
 
-def decode_encoded(data: EncodedInput, sink: Resampler) -> None:
+def decode_encoded(data: EncodedInput, sink: Sink) -> None:
     kind = sniff(data.head)
     check_data_held(data, kind)
     declared = declared_length(data, kind)
@@ -55,7 +58,7 @@ def block_frames(channels: int, rate: int) -> int:
 
 # ---- 16-bit PCM WAV: header parsed here, samples read with numpy ----
 
-def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: Resampler) -> None:
+def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: Sink) -> None:
     offset, frames, channels, rate = layout
     check_channels(channels)
     check_rate(rate)
@@ -71,7 +74,7 @@ def read_pcm16_wav(data: EncodedInput, layout: tuple[int, int, int, int], sink: 
             samples = np.empty(count, dtype="<i2")
             data.file.seek(position)
             samples = samples[:data.file.readinto(samples) // (2 * channels) * channels]
-        sink.add(to_mono(samples.reshape(-1, channels), channel_axis=1), rate, from_integers=True)
+        sink.add_frames(samples.reshape(-1, channels), 1, rate, from_integers=True)
 
 
 def pcm16_wav_layout(data: EncodedInput) -> tuple[int, int, int, int] | None:
@@ -89,7 +92,7 @@ def pcm16_wav_layout(data: EncodedInput) -> tuple[int, int, int, int] | None:
 
 # ---- soundfile (libsndfile) ----
 
-def read_with_soundfile(data: EncodedInput, sink: Resampler) -> bool:
+def read_with_soundfile(data: EncodedInput, sink: Sink) -> bool:
     """Decode with libsndfile; False when it cannot open the file, fails midway or finds nothing, so PyAV gets a try."""
     data.file.seek(0)
     try:
@@ -110,7 +113,7 @@ def read_with_soundfile(data: EncodedInput, sink: Resampler) -> bool:
                 return False
             if not len(samples):
                 break
-            sink.add(to_mono(samples, channel_axis=1), sound.samplerate, from_integers=False)
+            sink.add_frames(samples, 1, sound.samplerate, from_integers=False)
     return sink.has_audio
 
 
@@ -137,7 +140,7 @@ class CallbackSafeFile:
 
 # ---- PyAV (FFmpeg) ----
 
-def read_with_pyav(data: EncodedInput, sink: Resampler, known: bool, skip_frames: int = 0,
+def read_with_pyav(data: EncodedInput, sink: Sink, known: bool, skip_frames: int = 0,
                    declared: DeclaredLength | None = None) -> float:
     """Decode the first audio stream, skipping damaged packets as players do; returns where its last frame ends (s).
 
@@ -218,7 +221,7 @@ class FrameBatch:
     read, and planar frames of more than 8 channels, where the array lives on the heap, are refused.
     """
 
-    def __init__(self, sink: Resampler, skip_frames: int = 0):
+    def __init__(self, sink: Sink, skip_frames: int = 0):
         self.sink = sink
         self.skip_frames = skip_frames
         self.planes: list[list[np.ndarray]] = []  # per frame: one array per plane
@@ -250,13 +253,11 @@ class FrameBatch:
         rate, sample_format, channels = self.layout
         rows = [np.concatenate(arrays) for arrays in zip(*self.planes, strict=True)]
         self.planes, self.frames = [], 0
+        from_integers = rows[0].dtype.kind != "f"
         if sample_format.endswith("p"):
-            check_channels(len(rows))
-            mono = mix(rows, rows[0].dtype)
+            self.sink.add_rows(rows, rate, from_integers)
         else:
-            check_channels(channels)
-            mono = to_mono(rows[0].reshape(-1, channels), channel_axis=1)
-        self.sink.add(mono, rate, from_integers=rows[0].dtype.kind != "f")
+            self.sink.add_frames(rows[0].reshape(-1, channels), 1, rate, from_integers)
 
 
 def describe_ffmpeg_error(error: Exception) -> str:

@@ -1,5 +1,6 @@
 """Samples → the model's rate: channels mixed to mono, the duration limit checked as blocks arrive, soxr HQ
-resampling as a stream; every decoder hands its blocks to `Resampler`."""
+resampling as a stream; every decoder hands its blocks to `Resampler` (mixed), or to `ChannelSplitter`
+(each channel kept, and resampled exactly as it would be alone in a mono file)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import soxr
 
 from ..errors import AudioError
 from ..model.config import SAMPLE_RATE
-from .refusals import MAX_CHANNELS, check_channels, check_rate, too_long
+from .refusals import MAX_CHANNELS, check_channels, check_rate, too_long, unsupported
 
 BlockConsumer = Callable[[np.ndarray, int | None], None]  # (16 kHz block, samples expected in all or None)
 
@@ -59,7 +60,28 @@ def mix(rows: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
     return mono
 
 
-class Resampler:
+class DurationLimit:
+    """The duration limit, checked as frames arrive; `seconds` is what has arrived."""
+
+    max_seconds: float | None
+
+    @property
+    def seconds(self) -> float:
+        raise NotImplementedError
+
+    def frames_left(self, rate: int) -> int | None:
+        """Frames at `rate` that still fit under the limit (None: no limit), so readers ask for no more."""
+        if self.max_seconds is None:
+            return None
+        return max(0, round((self.max_seconds - self.seconds) * rate))
+
+    def check_room(self, frames: int, rate: int) -> None:
+        """Refuse before decoding when the length is known up front (a WAV header)."""
+        if self.max_seconds is not None and self.seconds + frames / rate > self.max_seconds + 0.5 / rate:
+            raise too_long(self.max_seconds)
+
+
+class Resampler(DurationLimit):
     """Mono blocks at their source rate in, 16 kHz blocks out to a consumer; the duration limit is checked as
     blocks arrive.
 
@@ -89,16 +111,14 @@ class Resampler:
     def seconds(self) -> float:
         return self.done_seconds + (self.frames / self.rate if self.rate else 0.0)
 
-    def frames_left(self, rate: int) -> int | None:
-        """Frames at `rate` that still fit under the limit (None: no limit), so readers ask for no more."""
-        if self.max_seconds is None:
-            return None
-        return max(0, round((self.max_seconds - self.seconds) * rate))
+    def add_frames(self, samples: np.ndarray, channel_axis: int, rate: int, from_integers: bool) -> None:
+        """A 2-D block of all channels (readers' interleaved frames), mixed to mono."""
+        self.add(to_mono(samples, channel_axis), rate, from_integers)
 
-    def check_room(self, frames: int, rate: int) -> None:
-        """Refuse before decoding when the length is known up front (a WAV header)."""
-        if self.max_seconds is not None and self.seconds + frames / rate > self.max_seconds + 0.5 / rate:
-            raise too_long(self.max_seconds)
+    def add_rows(self, rows: Sequence[np.ndarray], rate: int, from_integers: bool) -> None:
+        """One equally long row per channel (planar frames), mixed to mono."""
+        check_channels(len(rows))
+        self.add(mix(rows, rows[0].dtype), rate, from_integers)
 
     def add(self, mono: np.ndarray, rate: int, from_integers: bool) -> None:
         """`from_integers`: mixed from integer samples, so within [-1, 1) until resampled."""
@@ -154,3 +174,65 @@ class Resampler:
         """What brings audio louder than full scale down to a peak of 1.0: scaled, not clipped, since clipping
         distorts and the model normalises each clip anyway."""
         return 1 / self.peak if self.peak > 1.0 else 1.0
+
+
+class ChannelSplitter(DurationLimit):
+    """Blocks of all channels in, one `Resampler` per channel: channel k goes through the very steps (scaling,
+    resampling, gain) it would go through alone in a mono file, so its samples are that file's samples.
+
+    `consumer_for(k)` gives the consumer of channel k's 16 kHz blocks; the channels are made at the first block.
+    """
+
+    def __init__(self, max_seconds: float | None, consumer_for: Callable[[int], BlockConsumer]):
+        self.max_seconds = max_seconds
+        self.consumer_for = consumer_for
+        self.channels: list[Resampler] = []
+        self.expected_seconds = 0.0
+
+    @property
+    def lead(self) -> Resampler | None:
+        """Channel 0: every channel has had the same frames, so it answers for all."""
+        return self.channels[0] if self.channels else None
+
+    @property
+    def seconds(self) -> float:
+        return self.lead.seconds if self.lead else 0.0
+
+    @property
+    def frames(self) -> int:
+        return self.lead.frames if self.lead else 0
+
+    @property
+    def has_audio(self) -> bool:
+        return self.lead is not None and self.lead.has_audio
+
+    @property
+    def num_samples(self) -> int:
+        return self.lead.num_samples if self.lead else 0
+
+    @property
+    def gains(self) -> list[float]:
+        return [channel.gain for channel in self.channels]
+
+    def expect(self, seconds: float) -> None:
+        self.expected_seconds = seconds
+        for channel in self.channels:
+            channel.expect(seconds)
+
+    def add_frames(self, samples: np.ndarray, channel_axis: int, rate: int, from_integers: bool) -> None:
+        check_channels(samples.shape[channel_axis])
+        self.add_rows(samples.T if channel_axis == 1 else samples, rate, from_integers)
+
+    def add_rows(self, rows: Sequence[np.ndarray], rate: int, from_integers: bool) -> None:
+        check_channels(len(rows))
+        if not self.channels:
+            self.channels = [Resampler(self.max_seconds, self.consumer_for(k)) for k in range(len(rows))]
+            self.expect(self.expected_seconds)
+        if len(rows) != len(self.channels):
+            raise unsupported(f"the number of channels changes midway, from {len(self.channels)} to {len(rows)}")
+        for channel, row in zip(self.channels, rows, strict=True):
+            channel.add(mix([row], row.dtype), rate, from_integers)
+
+    def finish(self) -> None:
+        for channel in self.channels:
+            channel.finish()

@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -26,7 +26,13 @@ import numpy as np
 from .. import wire
 from ..errors import EmoserveError, InvalidParameterError, NotFoundError, UploadExpiredError
 from ..files import file_sha256
-from ..inference.results import LongformResult, check_granularity
+from ..inference.results import (
+    LongformResult,
+    SplitResult,
+    check_channel_mode,
+    check_granularity,
+    parse_channel_names,
+)
 from ..model.config import SAMPLE_RATE
 from .parse import (
     ClientResult,
@@ -222,12 +228,19 @@ class Flows:
         return models_from_json(response.content)
 
     def analyze_flow(self, audio: Any, granularity: str, return_embedding: bool, return_processed_audio: bool,
-                     sample_rate: int | None, preconvert: bool | None, filename: str | None) -> Flow[ClientResult]:
+                     sample_rate: int | None, preconvert: bool | None, filename: str | None, channels: str = "mix",
+                     channel_names: str | Sequence[str] | None = None) -> Flow[ClientResult | SplitResult]:
         check_granularity(granularity)
-        convert = self.preconvert_format if (self.preconvert if preconvert is None else preconvert) else None
+        split = check_channel_mode(channels) == "split"
+        # preconverting mixes to mono: a split file travels as it is
+        convert = self.preconvert_format if (self.preconvert if preconvert is None else preconvert) and not split \
+            else None
         name, payload, mime = encode_upload(audio, sample_rate, convert, filename)
         data = {"granularity": granularity, "return_embedding": str(return_embedding).lower(),
-                "return_processed_audio": str(return_processed_audio).lower()}
+                "return_processed_audio": str(return_processed_audio).lower(), "channels": channels}
+        names = parse_channel_names(channel_names)
+        if names is not None:
+            data["channel_names"] = ",".join(names)
         response = yield from self.call("POST", "/v1/analyze", data=data, files={"audio_file": (name, payload, mime)},
                                         headers={"Accept": "multipart/mixed, application/json"})
         return result_from_response(response)

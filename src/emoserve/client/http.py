@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..inference.results import LongformResult
+from ..inference.results import LongformResult, SplitResult
 from .flows import Call, Flow, Flows, Sleep, Together
 from .local import LocalClient
 from .parse import ClientResult, Job, error_from_response
@@ -55,11 +55,13 @@ class EmoClient(Flows):
 
     def analyze(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False,
                 return_processed_audio: bool = False, *, sample_rate: int | None = None,
-                preconvert: bool | None = None, filename: str | None = None) -> ClientResult:
+                preconvert: bool | None = None, filename: str | None = None, channels: str = "mix",
+                channel_names: str | Sequence[str] | None = None) -> ClientResult | SplitResult:
         """One clip (≤ the server's single-request limits): a path, bytes, a file object or a float array
-        (at `sample_rate`, default 16 kHz). The result is `EmotionModel.analyze`'s, as `ClientResult`."""
+        (at `sample_rate`, default 16 kHz). The result is `EmotionModel.analyze`'s, as `ClientResult`
+        (channels="split": a `SplitResult` of them, one per channel, named from `channel_names`)."""
         return self.run(self.analyze_flow(audio, granularity, return_embedding, return_processed_audio,
-                                          sample_rate, preconvert, filename))
+                                          sample_rate, preconvert, filename, channels, channel_names))
 
     def analyze_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
                      chunk_size: int | None = None, parallel: int = 4, callback_url: str | None = None,

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import wire
 from ..errors import EmoserveError, code_for_status, error_for
-from ..inference.results import EmotionResult, LongformResult, ModelInfo, Overall, Segment
+from ..inference.results import ChannelResult, EmotionResult, LongformResult, ModelInfo, Overall, Segment, SplitResult
 from ..labels import LABELS
 
 # ---- errors: the server's code → the library's typed error (emoserve.errors.ERROR_CODES) ----
@@ -56,9 +56,25 @@ class ClientResult(EmotionResult):
 
 
 def result_from_json(data: bytes, embedding: bytes | None = None, processed_audio: bytes | None = None,
-                     request_id: str | None = None) -> ClientResult:
-    """An analysis result (`wire.AnalyzeResult`) → the library's result, numpy arrays where the library has them."""
+                     request_id: str | None = None,
+                     channel_parts: dict[int, tuple[bytes | None, bytes | None]] | None = None,
+                     ) -> ClientResult | SplitResult:
+    """An analysis result (`wire.AnalyzeResult`) → the library's result, numpy arrays where the library has them.
+
+    A channels=split answer gives a `SplitResult` of `ClientResult`s; `channel_parts` maps a channel index to its
+    (embedding-K, processed-K) multipart parts.
+    """
     body = wire.ANALYZE_RESULT.validate_json(data)
+    if isinstance(body, wire.SplitAnalyzeResult):
+        parts = channel_parts or {}
+        return SplitResult([ChannelResult(entry.channel, entry.name,
+                                          client_result(entry, *parts.get(entry.channel, (None, None)), request_id))
+                            for entry in body.channels], body.duration_s, body.model)
+    return client_result(body, embedding, processed_audio, request_id)
+
+
+def client_result(body: wire.UtteranceResult | wire.FrameResult, embedding: bytes | None,
+                  processed_audio: bytes | None, request_id: str | None) -> ClientResult:
     if embedding is None and body.embedding_npy_b64:
         embedding = base64.b64decode(body.embedding_npy_b64)
     if processed_audio is None and body.processed_audio_wav_b64:
@@ -139,15 +155,26 @@ def parse_multipart(content_type: str, payload: bytes) -> list[tuple[dict[str, s
     return parts
 
 
-def result_from_response(response: httpx.Response) -> ClientResult:
-    """JSON, or multipart/mixed: the JSON result first, then embedding.npy and/or processed.wav."""
+def result_from_response(response: httpx.Response) -> ClientResult | SplitResult:
+    """JSON, or multipart/mixed: the JSON result first, then embedding.npy and/or processed.wav (embedding-K.npy
+    and processed-K.wav per channel K of a channels=split answer)."""
     request_id = response.headers.get("x-request-id")
     content_type = response.headers.get("content-type", "")
     if not content_type.startswith("multipart/"):
         return result_from_json(response.content, request_id=request_id)
     parts = parse_multipart(content_type, response.content)
-    binary = {headers.get("content-type", "").split(";")[0].strip(): data for headers, data in parts[1:]}
-    return result_from_json(parts[0][1], binary.get("application/x-npy"), binary.get("audio/wav"), request_id)
+    binary = {part_name(headers): data for headers, data in parts[1:]}
+    channel_parts = {int(name.split("-")[1]): (binary.get(name), binary.get(name.replace("embedding", "processed")))
+                     for name in binary if name.startswith("embedding-")}
+    channel_parts.update({int(name.split("-")[1]): (None, binary[name]) for name in binary
+                          if name.startswith("processed-") and int(name.split("-")[1]) not in channel_parts})
+    return result_from_json(parts[0][1], binary.get("embedding"), binary.get("processed"), request_id, channel_parts)
+
+
+def part_name(headers: dict[str, str]) -> str:
+    """The name in a part's Content-Disposition (embedding, processed, embedding-0, ...)."""
+    disposition = headers.get("content-disposition", "")
+    return disposition.split('name="', 1)[1].split('"', 1)[0] if 'name="' in disposition else ""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import AudioSource, decode_audio
+from ..audio import AudioSource, decode_audio, decode_channels
 from ..config import LongformConfig, ModelConfig
 from ..errors import AudioError, InvalidParameterError
 from ..labels import LABELS, UNUSED_PREFIX
@@ -28,7 +28,18 @@ from ..model.config import BASE, FRAME_RATE, PLUS_BASE, PLUS_LARGE, SAMPLE_RATE,
 from ..model.emotion2vec import Emotion2vec, emotion_scores
 from ..model.precision import ExecutionPlan, apply_plan, plan_execution
 from .batching import plan_batches
-from .results import ClipOutput, EmotionResult, LongformResult, ModelInfo, check_granularity, make_result
+from .results import (
+    ChannelResult,
+    ClipOutput,
+    EmotionResult,
+    LongformResult,
+    ModelInfo,
+    SplitResult,
+    channel_names,
+    check_channel_mode,
+    check_granularity,
+    make_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +250,34 @@ class EmotionModel:
     # ---- the public API ----
 
     def analyze(self, audio: AudioSource, granularity: str = "utterance", return_embedding: bool = False,
-                sample_rate: int | None = None) -> EmotionResult:
-        """One clip: a path, bytes, a file object, or a float32 array (16 kHz unless `sample_rate`)."""
+                sample_rate: int | None = None, channels: str = "mix",
+                channel_names: str | Sequence[str] | None = None) -> EmotionResult | SplitResult:
+        """One clip: a path, bytes, a file object, or a float32 array (16 kHz unless `sample_rate`).
+
+        `channels="split"` analyses each channel on its own (a stereo call: agent left, customer right) and
+        returns a `SplitResult`, one entry per channel named from `channel_names` (a list, or "agent,customer").
+        """
         check_granularity(granularity)
+        if check_channel_mode(channels) == "split":
+            return self.analyze_channels(decode_channels(audio, sample_rate=sample_rate), granularity,
+                                         return_embedding, channel_names)
         wav = decode_audio(audio, sample_rate=sample_rate)
         out = self.predict([wav], frames=granularity == "frame")[0]
         return make_result(out, self.labels, self.name, granularity, return_embedding)
+
+    def analyze_channels(self, waveforms: np.ndarray, granularity: str = "utterance", return_embedding: bool = False,
+                         names: str | Sequence[str] | None = None) -> SplitResult:
+        """Decoded channels (channels, samples) → one result per channel, the channels in one batch.
+
+        Every channel has the same length, so the batch has no padding and each row is what that
+        channel gives alone.
+        """
+        named = channel_names(names, len(waveforms))
+        outputs = self.predict(list(waveforms), frames=granularity == "frame")
+        return SplitResult(
+            [ChannelResult(k, name, make_result(out, self.labels, self.name, granularity, return_embedding))
+             for k, (name, out) in enumerate(zip(named, outputs, strict=True))],
+            round(waveforms.shape[1] / SAMPLE_RATE, 6), self.name)
 
     def analyze_batch(self, inputs: Sequence[AudioSource], granularity: str = "utterance",
                       return_embedding: bool = False, sample_rate: int | None = None, max_batch_size: int = 16,

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio import AudioSource, decode_audio
+from ..audio import AudioSource, decode_audio, decode_channels
 from ..config import EngineConfig
 from ..errors import EmoserveError, InvalidParameterError
 from ..model.config import SAMPLE_RATE
@@ -286,12 +286,16 @@ class Engine:
     # ---- the public calls ----
 
     async def decode(self, source: AudioSource, *, sample_rate: int | None = None, max_seconds: float | None = None,
-                     max_bytes: int | None = None) -> np.ndarray:
-        """Decode and resample on the decode pool, while the compute thread runs the model."""
+                     max_bytes: int | None = None, split: bool = False) -> np.ndarray:
+        """Decode and resample on the decode pool, while the compute thread runs the model.
+
+        `split`: keep the channels apart, (channels, samples) (`decode_channels`); else mixed to mono.
+        """
         if self._decode_pool is None:
             raise EngineNotRunning("the engine is not started")
-        call = functools.partial(decode_audio, source, sample_rate=sample_rate, max_seconds=max_seconds,
-                                 max_bytes=max_bytes, min_samples=self._model.config.min_samples)
+        call = functools.partial(decode_channels if split else decode_audio, source, sample_rate=sample_rate,
+                                 max_seconds=max_seconds, max_bytes=max_bytes,
+                                 min_samples=self._model.config.min_samples)
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
 
     def check_capacity(self) -> None:

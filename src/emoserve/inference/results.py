@@ -8,6 +8,7 @@ answer means the same thing wherever it comes from. `to_wire()` gives a result's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from ..errors import EmoserveError, InvalidParameterError
 from ..model.config import FRAME_RATE, SAMPLE_RATE
 
 GRANULARITIES = ("utterance", "frame")
+CHANNEL_MODES = ("mix", "split")  # mix: channels averaged to mono; split: each channel analysed on its own
+DEFAULT_CHANNEL_NAMES = ("left", "right")  # then ch2, ch3, ...
 
 
 @dataclass
@@ -72,6 +75,37 @@ def check_granularity(granularity: str) -> str:
     return granularity
 
 
+def check_channel_mode(channels: str) -> str:
+    if channels not in CHANNEL_MODES:
+        raise InvalidParameterError(f"channels must be one of {', '.join(CHANNEL_MODES)}, got {channels!r}")
+    return channels
+
+
+def parse_channel_names(names: str | Sequence[str] | None) -> list[str] | None:
+    """A comma-separated string (a form field, a CLI option) or a list → names; None keeps the defaults."""
+    if names is None:
+        return None
+    parsed = [name.strip() for name in (names.split(",") if isinstance(names, str) else names)]
+    if not any(parsed):
+        return None
+    if not all(parsed):
+        raise InvalidParameterError(f"channel_names must not hold empty names, got {names!r}")
+    if len(set(parsed)) != len(parsed):
+        raise InvalidParameterError(f"channel_names must be distinct, got {names!r}")
+    return parsed
+
+
+def channel_names(names: str | Sequence[str] | None, count: int) -> list[str]:
+    """The name of each of `count` channels: the caller's (one per channel), else left, right, ch2, ch3, ..."""
+    parsed = parse_channel_names(names)
+    if parsed is None:
+        return [DEFAULT_CHANNEL_NAMES[k] if k < len(DEFAULT_CHANNEL_NAMES) else f"ch{k}" for k in range(count)]
+    if len(parsed) != count:
+        raise InvalidParameterError(f"channel_names names {len(parsed)} channels, but the file has {count}: "
+                                    f"give one name per channel")
+    return parsed
+
+
 def frame_timestamps(num_frames: int) -> np.ndarray:
     """Start of each 20 ms frame, in seconds: t × 0.02."""
     return np.arange(num_frames, dtype=np.float64) / FRAME_RATE
@@ -108,6 +142,36 @@ def make_result(out: ClipOutput, labels: tuple[str, ...], model: str, granularit
                              out.frame_features if return_embedding else None)
     return EmotionResult(emotion, confidence, utterance_scores, labels, duration_s, model, granularity,
                          utterance_scores, None, out.embedding if return_embedding else None)
+
+
+@dataclass(frozen=True)
+class ChannelResult:
+    """One channel of a file analysed with channels="split": the result that channel alone gives as a mono file."""
+
+    channel: int  # 0-based index in the file
+    name: str
+    result: EmotionResult
+
+    def to_wire(self) -> wire.ChannelUtteranceResult | wire.ChannelFrameResult:
+        body = self.result.to_wire()
+        model = wire.ChannelFrameResult if self.result.granularity == "frame" else wire.ChannelUtteranceResult
+        return model.model_construct(channel=self.channel, name=self.name, **dict(body))
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """A file analysed with channels="split": one result per channel, in channel order."""
+
+    channels: list[ChannelResult]
+    duration_s: float
+    model: str
+
+    def to_wire(self) -> wire.SplitAnalyzeResult:
+        return wire.SplitAnalyzeResult.model_construct(channels=[c.to_wire() for c in self.channels],
+                                                       duration_s=self.duration_s, model=self.model)
+
+    def to_dict(self) -> dict:
+        return self.to_wire().to_dict()
 
 
 # ---- long audio: voiced segments, their duration-weighted summary, frames over the whole file ----

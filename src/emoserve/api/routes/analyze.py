@@ -6,6 +6,7 @@ file), never after reading it whole into memory.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import uuid
@@ -19,7 +20,16 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ...audio import processed_wav
 from ...errors import AudioError, InvalidParameterError
-from ...inference.results import GRANULARITIES, EmotionResult
+from ...inference.results import (
+    CHANNEL_MODES,
+    GRANULARITIES,
+    ChannelResult,
+    EmotionResult,
+    SplitResult,
+    channel_names,
+    check_channel_mode,
+    parse_channel_names,
+)
 from ..deps import run_until_disconnect, service_of
 from ..errors import ANALYZE_ERRORS
 from ..numbers import declared_length
@@ -27,7 +37,7 @@ from ..numbers import declared_length
 router = APIRouter()
 
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
-FIELDS = ("audio_file", "granularity", "return_embedding", "return_processed_audio")
+FIELDS = ("audio_file", "granularity", "return_embedding", "return_processed_audio", "channels", "channel_names")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 ANALYZE_FORM = {
@@ -44,6 +54,12 @@ ANALYZE_FORM = {
                                      "description": "also return the embedding .npy: (D,) or (T, D) float32"},
                 "return_processed_audio": {"type": "boolean", "default": False,
                                            "description": "also return the 16 kHz mono PCM16 WAV the model heard"},
+                "channels": {"type": "string", "enum": list(CHANNEL_MODES), "default": "mix",
+                             "description": "split: each channel on its own (a stereo call), answered as "
+                                            "SplitAnalyzeResult; embeddings and processed audio per channel"},
+                "channel_names": {"type": "string", "examples": ["agent,customer"],
+                                  "description": "channels=split: comma-separated, one per channel; default "
+                                                 "left,right, then ch2, ch3, ..."},
             }}}},
     }
 }
@@ -119,13 +135,27 @@ async def analyze(request: Request) -> Response:
         raise InvalidParameterError(f"granularity must be utterance or frame, got {granularity[:40]!r}")
     want_embedding = parse_bool("return_embedding", fields.get("return_embedding", "false"))
     want_audio = parse_bool("return_processed_audio", fields.get("return_processed_audio", "false"))
+    split = check_channel_mode(fields.get("channels", "mix").strip() or "mix") == "split"
+    names = parse_channel_names(fields.get("channel_names"))
 
     try:
         engine.check_capacity()  # a full queue refuses before decoding (after the body: the client reads the 503)
-        waveform = await engine.decode(audio.file, max_seconds=limits.max_duration_s, max_bytes=limits.max_bytes)
+        waveform = await engine.decode(audio.file, max_seconds=limits.max_duration_s, max_bytes=limits.max_bytes,
+                                       split=split)
     finally:
         await audio.close()
-    request.state.audio_seconds = len(waveform) / 16000
+    request.state.audio_seconds = waveform.shape[-1] / 16000
+    if split:
+        named = channel_names(names, len(waveform))  # before queueing: a wrong count is the caller's to fix
+        results = await run_until_disconnect(request, asyncio.gather(*(  # queued together: batched together
+            engine.submit(row, granularity=granularity, return_embedding=want_embedding) for row in waveform)))
+        if results is None:
+            return Response(status_code=499)
+        split_result = SplitResult([ChannelResult(k, name, r) for k, (name, r) in enumerate(zip(named, results))],
+                                   round(waveform.shape[1] / 16000, 6), results[0].model)
+        extras = [(npy_bytes(r.embedding) if want_embedding else None, processed_wav(row) if want_audio else None)
+                  for r, row in zip(results, waveform, strict=True)]
+        return render_split(request, split_result, extras)
     result = await run_until_disconnect(request, engine.submit(waveform, granularity=granularity,
                                                                return_embedding=want_embedding))
     if result is None:
@@ -141,21 +171,50 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "multipart/mixed" not in accept
+
+
+def inlined(body, embedding: bytes | None, wav: bytes | None):
+    """The body with the binary parts in it as base64 (JSON mode)."""
+    inline = {"embedding_npy_b64": embedding, "processed_audio_wav_b64": wav}
+    return body.model_copy(update={name: base64.b64encode(data).decode() for name, data in inline.items()
+                                   if data is not None})
+
+
+def binary_parts(embedding: bytes | None, wav: bytes | None, suffix: str = "") -> list[tuple[str, str, bytes]]:
+    """The multipart parts: embedding{suffix}.npy and processed{suffix}.wav, where asked for."""
+    parts = []
+    if embedding is not None:
+        parts.append(("application/x-npy", f"embedding{suffix}.npy", embedding))
+    if wav is not None:
+        parts.append(("audio/wav", f"processed{suffix}.wav", wav))
+    return parts
+
+
 def render(request: Request, result: EmotionResult, embedding: bytes | None, wav: bytes | None) -> Response:
     body = result.to_wire()
     headers = {"X-Embedding-Size": str(len(embedding))} if embedding is not None else {}
-    accept = request.headers.get("accept", "")
-    wants_json = "application/json" in accept and "multipart/mixed" not in accept
-    if (embedding is None and wav is None) or wants_json:
-        inline = {"embedding_npy_b64": embedding, "processed_audio_wav_b64": wav}
-        body = body.model_copy(update={name: base64.b64encode(data).decode() for name, data in inline.items()
-                                       if data is not None})
-        return Response(body.to_json(), media_type="application/json", headers=headers)
+    if (embedding is None and wav is None) or wants_json(request):
+        return Response(inlined(body, embedding, wav).to_json(), media_type="application/json", headers=headers)
+    return multipart_response([("application/json", None, body.to_json()), *binary_parts(embedding, wav)], headers)
+
+
+def render_split(request: Request, result: SplitResult, extras: list[tuple[bytes | None, bytes | None]]) -> Response:
+    """channels=split: base64 parts inside each channel's entry (JSON), or parts named embedding-K and
+    processed-K (multipart/mixed), K the channel index."""
+    body = result.to_wire()
+    if all(e is None and w is None for e, w in extras) or wants_json(request):
+        entries = [inlined(entry, e, w) for entry, (e, w) in zip(body.channels, extras, strict=True)]
+        return Response(body.model_copy(update={"channels": entries}).to_json(), media_type="application/json")
     parts = [("application/json", None, body.to_json())]
-    if embedding is not None:
-        parts.append(("application/x-npy", "embedding.npy", embedding))
-    if wav is not None:
-        parts.append(("audio/wav", "processed.wav", wav))
+    for k, (embedding, wav) in enumerate(extras):
+        parts += binary_parts(embedding, wav, f"-{k}")
+    return multipart_response(parts, {})
+
+
+def multipart_response(parts: list[tuple[str, str | None, bytes]], headers: dict[str, str]) -> Response:
     boundary = uuid.uuid4().hex
     return Response(multipart_mixed(parts, boundary), media_type=f"multipart/mixed; boundary={boundary}",
                     headers=headers)
