@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
+
 from emoserve.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
