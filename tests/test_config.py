@@ -34,6 +34,7 @@ NOT_SETTINGS = {  # EMOSERVE_* names the docs mention that configure something e
     "EMOSERVE_SERVER": "the server a client (CLI `analyze --server`, the Rasa action) talks to",
     "EMOSERVE_API_KEY": "that client's API key",
     "EMOSERVE_UI_SCREENSHOTS": "where tests/ui/test_browser.py writes the docs' screenshots",
+    "EMOSERVE_TORCH_INDEX_URL": "the index ./run.sh installs torch from",
 }
 LIBRARY_PACKAGES = ("audio", "model", "inference", "timeline", "jobs", "client")
 

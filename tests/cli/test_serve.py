@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import uvicorn
 from typer.testing import CliRunner
@@ -31,3 +33,13 @@ def test_the_server_commands_run_uvicorn_with_these_options(monkeypatch, tmp_pat
     assert result.exit_code == 0, result.output
     assert calls == [uvicorn_options(Settings.from_flat(port=8123).server)]
     assert calls[0]["proxy_headers"] is True and calls[0]["forwarded_allow_ips"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["ui"], ["bench", "--quick"], ["models", "list"],
+                                     ["analyze", "--model", "random:tiny", "clip.wav"]])
+def test_commands_that_run_the_model_say_how_to_install_the_server(monkeypatch, command):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1
+    assert "torch missing): pip install 'emoserve[server]'" in " ".join(result.output.split())

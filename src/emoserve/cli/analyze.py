@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..config import get_settings
 from ..errors import EmoserveError, InvalidParameterError
-from .common import clean_errors, console
+from .common import clean_errors, console, require_server
 from .outputs import Writer, flat_row, infer_format
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def make_client(server: str | None, model: str | None, api_key: str | None, prec
         from ..client import EmoClient
 
         return EmoClient(server, api_key, preconvert=preconvert, resume_dir=settings.model.cache / "client-uploads")
+    require_server("emoserve analyze without --server")
     from ..client import LocalClient
     from ..inference.emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Iterator
 
@@ -11,9 +12,20 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..config import ServerConfig
-from ..errors import EmoserveError
+from ..errors import EmoserveError, InvalidParameterError
 
 console = Console(stderr=True)
+SERVER_MODULES = ("torch", "soundfile", "av", "fastapi", "uvicorn")  # the `server` extra's, that these commands need
+
+
+def require_server(command: str) -> None:
+    """A command that runs a model or the service needs the `server` extra; the base install (the light client)
+    says how to get it instead of failing on an import."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InvalidParameterError(f"{command} runs the model here and needs the server install ({', '.join(missing)} "
+                                    "missing): pip install 'emoserve[server]'; or analyse with a server: "
+                                    "emoserve analyze --server URL")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..config import get_settings
-from .common import clean_errors, console
+from .common import clean_errors, console, require_server
 
 app = typer.Typer(help="List and download emotion2vec models.", no_args_is_help=True)
 
@@ -16,6 +16,8 @@ app = typer.Typer(help="List and download emotion2vec models.", no_args_is_help=
 @app.command("list")
 def list_models() -> None:
     """Known models, where they come from, and whether they are in the cache."""
+    with clean_errors():
+        require_server("emoserve models")
     from ..model import hub  # imports torch: only when the command runs
 
     cache = get_settings().model.cache
@@ -37,6 +39,8 @@ def pull(
     force: Annotated[bool, typer.Option(help="download again even if cached")] = False,
 ) -> None:
     """Download a model into the cache (EMOSERVE_CACHE, default ~/.cache/emoserve)."""
+    with clean_errors():
+        require_server("emoserve models")
     from ..model import hub  # imports torch: only when the command runs
 
     config = get_settings(source=source).model

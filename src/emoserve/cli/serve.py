@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..config import get_settings
-from .common import uvicorn_options
+from .common import clean_errors, require_server, uvicorn_options
 
 
 def serve(
@@ -20,6 +20,8 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="clips per model batch")] = None,
 ) -> None:
     """Start the service. Every option is also an EMOSERVE_* environment variable."""
+    with clean_errors():
+        require_server("emoserve serve")
     import uvicorn
 
     from ..api.app import create_app

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..config import get_settings
-from .common import clean_errors, uvicorn_options
+from .common import clean_errors, require_server, uvicorn_options
 
 
 def ui(
@@ -18,6 +18,8 @@ def ui(
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16")] = None,
 ) -> None:
     """Start the web UI with its own model. `emoserve serve` already has it at /ui, beside the API."""
+    with clean_errors():
+        require_server("emoserve ui")
     import uvicorn
 
     from ..ui import standalone_app
