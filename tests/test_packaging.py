@@ -1,19 +1,24 @@
-"""The base install (`pip install emoserve`, no extras) is the light client: clean venvs prove it.
+"""The package as users install it: the base install (`pip install emoserve`) is the light client, its
+dependency floors are true, and it carries its version, license and type information.
 
-Each slow test builds a venv with this checkout installed without extras (this machine's pip configuration,
-so it works offline from the local indexes as well as from PyPI) and runs the client and the CLI's remote
-mode against a real `emoserve serve --model random:tiny` started from the project's venv.
+Each slow test builds a venv with this checkout installed without extras (this machine's pip configuration:
+its local indexes and PyPI) and runs the client and the CLI's remote mode against a real
+`emoserve serve --model random:tiny` started from the project's venv: once with the newest releases pip
+picks, once with every base dependency at its declared floor.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
+import emoserve
 from emoserve.cli.common import SERVER_MODULES
 
 from .api.live_server import LiveServer
@@ -21,6 +26,13 @@ from .samples import noise, sweep, wav_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = (*SERVER_MODULES, "starlette", "soxr", "onnxruntime", "silero_vad", "modelscope", "huggingface_hub", "gradio")
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 CLIENT_SNIPPET = """
 import sys
@@ -38,6 +50,28 @@ loaded = sorted(set(heavy) & set(sys.modules))
 assert not loaded, loaded
 print("light client ok")
 """
+PACKAGE_SNIPPET = """
+import importlib.metadata as metadata, pathlib, emoserve
+dist = metadata.distribution("emoserve")
+assert dist.version == emoserve.__version__, (dist.version, emoserve.__version__)
+assert (pathlib.Path(emoserve.__file__).parent / "py.typed").is_file(), "py.typed is not in the wheel"
+assert any(pathlib.PurePath(str(f)).name == "LICENSE" for f in dist.files), "LICENSE is not in the wheel"
+assert any(url.startswith("Issues, https://") for url in dist.metadata.get_all("Project-URL")), dist.metadata
+print("package ok")
+"""
+
+
+def floors(requirements: list[str]) -> list[str]:
+    """`name>=X` → `name==X` for each requirement that applies to this Python."""
+    pins = []
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        floor = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        assert floor, f"{text} declares no floor"
+        pins.append(f"{requirement.name}=={floor[0]}")
+    return pins
 
 
 def without_project_path() -> dict[str, str]:
@@ -79,6 +113,8 @@ def check_light_install(bin_dir: Path, server: LiveServer, clip: Path, tmp_path:
     absent = run(bin_dir, "python", "-c", "import importlib.util as u, sys; "
                                           "sys.exit(any(u.find_spec(m) for m in sys.argv[1:]))", *SERVER_MODULES)
     assert absent.returncode == 0, f"the base install brought one of {SERVER_MODULES}"
+    package = run(bin_dir, "python", "-c", PACKAGE_SNIPPET)
+    assert package.returncode == 0 and "package ok" in package.stdout, package.stdout + package.stderr
     snippet = run(bin_dir, "python", "-c", CLIENT_SNIPPET, server.base, str(clip), str(tmp_path / "resume"),
                   ",".join(HEAVY))
     assert snippet.returncode == 0 and "light client ok" in snippet.stdout, snippet.stdout + snippet.stderr
@@ -94,3 +130,34 @@ def check_light_install(bin_dir: Path, server: LiveServer, clip: Path, tmp_path:
 @pytest.mark.slow
 def test_the_base_install_is_the_light_client(tmp_path, server, clip):
     check_light_install(make_venv(tmp_path / "venv"), server, clip, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_light_client_works_with_every_base_dependency_at_its_floor(tmp_path, server, clip):
+    pins = floors(PROJECT["dependencies"])
+    bin_dir = make_venv(tmp_path / "venv", *pins)
+    freeze = run(bin_dir, "python", "-m", "pip", "freeze").stdout
+    installed = dict(line.lower().replace("_", "-").split("==") for line in freeze.splitlines() if "==" in line)
+    for pin in map(Requirement, pins):
+        assert pin.specifier.contains(installed[pin.name.lower()]), (pin, freeze)
+    check_light_install(bin_dir, server, clip, tmp_path)
+
+
+def test_floors_are_the_releases_the_code_needs():
+    declared = {Requirement(text).name.lower(): Requirement(text).specifier
+                for text in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["server"]}
+    assert "12.3" not in declared["av"] and "13.0" in declared["av"]  # AudioLayout.nb_channels
+    assert "0.0.17" not in declared["python-multipart"] and "0.0.18" in declared["python-multipart"]
+    assert not {"torch", "fastapi", "av", "soundfile", "uvicorn"} & set(map(str.lower, (
+        Requirement(text).name for text in PROJECT["dependencies"])))
+    assert all(re.match(r"emoserve\[server\]$", extra[0]) for name, extra in PROJECT["optional-dependencies"].items()
+               if name in ("ui", "ray"))
+
+
+def test_version_has_one_source():
+    assert "version" in PROJECT["dynamic"] and "version" not in PROJECT
+    hatch = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["hatch"]["version"]
+    assert (REPO / hatch["path"]) == Path(emoserve.__file__)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", emoserve.__version__)
+    assert f"## [{emoserve.__version__}]" in (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert (REPO / "src" / "emoserve" / "py.typed").is_file() and "MIT License" in (REPO / "LICENSE").read_text()
