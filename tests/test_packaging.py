@@ -48,6 +48,15 @@ assert results[0].scores == results[1].scores
 assert results[2].granularity == "frame" and results[2].scores.ndim == 2
 loaded = sorted(set(heavy) & set(sys.modules))
 assert not loaded, loaded
+
+import os, pathlib
+from emoserve.config import Settings
+settings_file = pathlib.Path(resume_dir).parent / "emoserve.toml"  # the settings file merges with the environment
+settings_file.write_text("[server]\\nport = 9001\\n[longform.vad]\\nthreshold = 0.6\\n")
+os.environ.update(EMOSERVE_CONFIG=str(settings_file), EMOSERVE_VAD_MIN_SPEECH_MS="5", EMOSERVE_API_KEYS="k")
+settings = Settings()
+assert (settings.server.port, settings.longform.vad.threshold, settings.longform.vad.min_speech_ms) == (9001, 0.6, 5)
+assert settings.server.keys() == ["k"] and "k" not in repr(settings.server.api_keys)
 print("light client ok")
 """
 PACKAGE_SNIPPET = """

@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     if not server.api_only:
         mount_ui(app, service.ready_engine, settings, throttle)  # /ui, on this engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=server.keys(),
-                       metrics_key=server.metrics_key, throttle=throttle)
+                       metrics_key=server.metrics_key.get_secret_value(), throttle=throttle)
     app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too
     if server.origins():
         app.add_middleware(CORSMiddleware, allow_origins=server.origins(), allow_methods=["*"],

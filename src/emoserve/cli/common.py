@@ -1,4 +1,5 @@
-"""What every command shares: a console, turning our typed errors into a clean exit, uvicorn's options."""
+"""What every command shares: a console, turning our typed errors into a clean exit, the options' choices
+and help, uvicorn's options."""
 
 from __future__ import annotations
 
@@ -6,15 +7,45 @@ import contextlib
 import importlib.util
 import sys
 from collections.abc import Iterator
+from enum import Enum
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ServerConfig
+from ..config import Section, ServerConfig
 from ..errors import EmoserveError, InvalidParameterError
+from ..inference.results import GRANULARITIES
+from .outputs import FORMATS
 
 console = Console(stderr=True)
+DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1")  # completions; any cuda:N is accepted
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # the names EmotionModel takes (tests/cli check it)
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of `values`, so that `--help` lists them and the shell completes them."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Granularity = choices("Granularity", GRANULARITIES)
+OutputFormat = choices("OutputFormat", FORMATS)
+Dtype = choices("Dtype", DTYPES)
+
+
+def value_of(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+def complete_device(incomplete: str) -> list[str]:
+    return [device for device in DEVICES if device.startswith(incomplete)]
+
+
+def about(section: type[Section], field: str) -> str:
+    """An option's help: the setting's description (config.py, its one source) and its variable."""
+    return f"{section.model_fields[field].description} [{section.env_prefix}{field.upper()}]"
+
+
 SERVER_MODULES = ("torch", "soundfile", "av", "fastapi", "uvicorn")  # the `server` extra's, that these commands need
 
 

@@ -7,15 +7,16 @@ from typing import Annotated
 import typer
 
 from ..config import get_settings
-from .common import clean_errors, require_server, uvicorn_options
+from .common import Dtype, clean_errors, complete_device, require_server, uvicorn_options, value_of
 
 
 def ui(
     model: Annotated[str | None, typer.Option(help="model name, model dir, or random:tiny|base|large")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int, typer.Option(help="port")] = 7860,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N", autocompletion=complete_device)]
+    = None,
+    dtype: Annotated[Dtype | None, typer.Option(help="auto: bf16 on GPU, fp32 on CPU")] = None,
 ) -> None:
     """Start the web UI with its own model. `emoserve serve` already has it at /ui, beside the API."""
     with clean_errors():
@@ -24,7 +25,7 @@ def ui(
 
     from ..ui import standalone_app
 
-    settings = get_settings(model=model, host=host, port=port, device=device, dtype=dtype)
+    settings = get_settings(model=model, host=host, port=port, device=device, dtype=value_of(dtype))
     with clean_errors():
         app = standalone_app(settings)
     uvicorn.run(app, **uvicorn_options(settings.server))

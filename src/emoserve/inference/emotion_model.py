@@ -127,7 +127,8 @@ class EmotionModel:
     def from_pretrained(cls, name_or_path: str | Path = DEFAULTS.model, *, device: str = DEFAULTS.device,
                         dtype: str = DEFAULTS.dtype, cache_dir: str | Path = DEFAULTS.cache,
                         source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
-                        quantize: bool = DEFAULTS.quantize, compile: bool = DEFAULTS.compile) -> EmotionModel:
+                        quantize: bool = DEFAULTS.quantize, compile: bool = DEFAULTS.compile,
+                        revision: str | None = DEFAULTS.revision) -> EmotionModel:
         """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
         `random:tiny|base|large`.
 
@@ -143,7 +144,7 @@ class EmotionModel:
             config = RANDOM_CONFIGS[size]
             state, labels, weights = random_state_dict(config, seed), LABELS[: config.num_labels], "random"
         else:
-            directory = hub.resolve(name, cache, source, download=download)
+            directory = hub.resolve(name, cache, source, download=download, revision=revision)
             loaded = load_model_dir(directory, cache)
             config, state, labels, weights = loaded.config, loaded.state_dict, loaded.labels, "pretrained"
             name = name if name in hub.MODELS else directory.name
@@ -163,7 +164,8 @@ class EmotionModel:
     def from_config(cls, config: ModelConfig) -> EmotionModel:
         """The model its settings section names, loaded as it says (`Settings().model`)."""
         return cls.from_pretrained(config.model, device=config.device, dtype=config.dtype, cache_dir=config.cache,
-                                   source=config.source, quantize=config.quantize, compile=config.compile)
+                                   source=config.source, quantize=config.quantize, compile=config.compile,
+                                   revision=config.revision)
 
     @property
     def info(self) -> ModelInfo:
