@@ -11,14 +11,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
-from ..config import Settings
+from ..config import ServerConfig, Settings
 from ..inference.emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..runtime import Service
 from ..throttle import Throttle
 from ..ui import mount_ui
 from .errors import install_error_handlers
-from .middleware import RequestContextMiddleware
+from .middleware import RequestContextMiddleware, secure_openapi
 from .routes import analyze as routes_analyze
 from .routes import health as routes_health
 from .routes import jobs as routes_jobs
@@ -73,12 +73,12 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
         app.add_middleware(CORSMiddleware, allow_origins=server.origins(), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After",
                                                                 "Location", *routes_tus.EXPOSED_HEADERS])
-    app.openapi = lambda: openapi_schema(app)
+    app.openapi = lambda: openapi_schema(app, server)
     return app
 
 
-def openapi_schema(app: FastAPI) -> dict:
-    """FastAPI's schema plus the result/error models that routes return by hand."""
+def openapi_schema(app: FastAPI, server: ServerConfig) -> dict:
+    """FastAPI's schema plus the result/error models that routes return by hand, and the API keys' schemes."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -86,5 +86,7 @@ def openapi_schema(app: FastAPI) -> dict:
             extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components[model.__name__] = extra
+        metrics_key = server.metrics_key.get_secret_value()
+        secure_openapi(schema, server.keys(), [metrics_key] if metrics_key else [])
         app.openapi_schema = schema
     return app.openapi_schema

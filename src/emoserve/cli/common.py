@@ -16,6 +16,7 @@ from rich.markup import escape
 from ..config import Section, ServerConfig
 from ..errors import EmoserveError, InvalidParameterError
 from ..inference.results import GRANULARITIES
+from ..logs import uvicorn_log_config
 from .outputs import FORMATS
 
 console = Console(stderr=True)
@@ -74,12 +75,15 @@ def clean_errors() -> Iterator[None]:
 
 
 def uvicorn_options(config: ServerConfig) -> dict:
-    """`uvicorn.run`'s options for our servers: our own access log, a graceful drain, and proxy headers
-    only from the proxies `forwarded_allow_ips` names (uvicorn alone trusts X-Forwarded-For from 127.0.0.1:
-    behind a local proxy, each client could name its own address, and with it a fresh budget)."""
+    """`uvicorn.run`'s options for our servers: our own access log, uvicorn's lines in JSON with `log_json`, a
+    graceful drain, and proxy headers only from the proxies `forwarded_allow_ips` names (uvicorn alone trusts
+    X-Forwarded-For from 127.0.0.1: behind a local proxy, each client could name its own address, and with it
+    a fresh budget)."""
     proxies = config.forwarded_allow_ips.strip()
     options = {"host": config.host, "port": config.port, "log_level": "warning", "access_log": False,
                "timeout_graceful_shutdown": 30, "proxy_headers": bool(proxies)}
     if proxies:
         options["forwarded_allow_ips"] = proxies
+    if config.log_json:
+        options["log_config"] = uvicorn_log_config(config)
     return options

@@ -23,6 +23,7 @@ from ...audio import processed_wav
 from ...errors import AudioError, InvalidParameterError
 from ...inference.results import GRANULARITIES, EmotionResult
 from ...runtime import Service
+from ..negotiation import negotiate
 from ..numbers import declared_length
 from ..schemas import ERROR_RESPONSES
 
@@ -31,6 +32,7 @@ router = APIRouter()
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
 FIELDS = ("audio_file", "granularity", "return_embedding", "return_processed_audio")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+BINARY_ANSWERS = ("multipart/mixed", "application/json")  # with an embedding or audio: multipart unless JSON wins
 
 ANALYZE_FORM = {
     "requestBody": {
@@ -159,8 +161,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def render(request: Request, result: EmotionResult, embedding: bytes | None, wav: bytes | None) -> Response:
     body = result.to_dict()
     headers = {"X-Embedding-Size": str(len(embedding))} if embedding is not None else {}
-    accept = request.headers.get("accept", "")
-    wants_json = "application/json" in accept and "multipart/mixed" not in accept
+    wants_json = negotiate(request.headers.get("accept"), BINARY_ANSWERS) == "application/json"
     if (embedding is None and wav is None) or wants_json:
         if embedding is not None:
             body["embedding_npy_b64"] = base64.b64encode(embedding).decode()
