@@ -37,13 +37,18 @@ T = TypeVar("T")
 
 PRECONVERT_FORMATS = {"flac": ("FLAC", "PCM_16", "audio/flac", ".flac"), "wav": ("WAV", "PCM_16", "audio/wav", ".wav")}
 JOB_POLL_S = 30.0  # the longest single `?wait=` long-poll; the server answers earlier when the job ends
-RETRYABLE_CODES = {"model_loading", "overloaded"}  # model_unavailable is a broken deployment: retrying won't help
+# refusals that pass: 503 loading/overloaded, 429 rate limit or upload quota (model_unavailable is a broken
+# deployment: retrying won't help)
+RETRYABLE_CODES = {"model_loading", "overloaded", "rate_limited", "quota_exceeded"}
+UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # the request never reached the server
 DECODERS = ("soundfile", "av", "soxr")  # what `preconvert` decodes and resamples with: the `server` extra's
 
 
-def is_retryable(error: Exception) -> bool:
+def is_retryable(error: Exception, idempotent: bool = True) -> bool:
+    """Whether sending the call again is safe and may succeed. A call that is not idempotent is sent again only
+    when it surely had no effect: it never reached the server, or the server refused it (429, 503)."""
     if isinstance(error, httpx.TransportError):
-        return True
+        return idempotent or isinstance(error, UNSENT)
     return isinstance(error, EmoserveError) and error.code in RETRYABLE_CODES
 
 
@@ -148,7 +153,8 @@ class ResumeFile:
 
 @dataclass
 class Call:
-    """One HTTP request, sent once (`retrying` adds the retry policy); `ok` lists non-2xx statuses to accept."""
+    """One HTTP request, sent once (`retrying` adds the retry policy); `ok` lists non-2xx statuses to accept;
+    `idempotent` False: sending it twice does something twice (a read timeout then ends the retries)."""
 
     method: str
     url: str
@@ -160,6 +166,7 @@ class Call:
     headers: dict | None = None
     timeout: float | None = None
     ok: tuple[int, ...] = ()
+    idempotent: bool = True
 
 
 @dataclass
@@ -180,8 +187,10 @@ Flow = Generator[Call | Sleep | Together, Any, T]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """503 `model_loading`/`overloaded` and connection errors are retried `retries` times, waiting
-    Retry-After when the server gives it, else `backoff` × 2^attempt (with jitter), at most `max_delay`."""
+    """503 `model_loading`/`overloaded`, 429 `rate_limited`/`quota_exceeded` and connection errors are retried
+    `retries` times, waiting Retry-After when the server gives it (seconds or an HTTP date), else
+    `backoff` × 2^attempt (with jitter), at most `max_delay`. A call that is not idempotent (upload init) is
+    not sent again after a read timeout or a dropped connection: the server may have acted on it."""
 
     retries: int = 3
     backoff: float = 0.5
@@ -199,7 +208,7 @@ def retrying(call: Call, policy: RetryPolicy) -> Flow[httpx.Response]:
         try:
             return (yield call)
         except Exception as e:
-            if attempt == policy.retries or not is_retryable(e):
+            if attempt == policy.retries or not is_retryable(e, call.idempotent):
                 raise
             wait = policy.delay(attempt, e)
             log.info("%s %s: %s; retry %d of %d in %.1fs", call.method, call.url, e, attempt + 1, policy.retries,
@@ -297,7 +306,8 @@ class Flows:
             init = {"filename": filename, "total_size": total_size, "sha256": sha256}
             if chunk_size is not None:
                 init["chunk_size"] = chunk_size
-            upload = (yield from self.call("POST", "/v1/upload/init", json=init)).json()
+            # not idempotent: each init reserves an upload (and its share of the quotas) until it expires
+            upload = (yield from self.call("POST", "/v1/upload/init", json=init, idempotent=False)).json()
             upload["missing"] = list(range(upload["chunk_count"]))
             resume_file.save({"upload_id": upload["upload_id"], "chunk_size": upload["chunk_size"],
                               "total_size": total_size, "sha256": sha256, "base_url": self.base_url})
