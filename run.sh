@@ -5,6 +5,8 @@
 #   ./run.sh test [ARGS]  set up (once), then the full test suite (ARGS go to pytest; without ARGS the
 #                         Rasa and Home Assistant integration suites run too, in venvs of their own)
 # Idempotent: a second run skips what is already done.
+# EMOSERVE_TORCH_INDEX_URL: the package index torch comes from (e.g. PyTorch's CPU-only or CUDA index, README);
+# default: pip's own configuration.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,8 +18,10 @@ FUNASR_PIN="funasr==1.4.16"     # the reference implementation, for parity tests
 mode="serve"
 if [[ "${1:-}" == "test" ]]; then mode="test"; shift; fi
 
-extras="ui"
-[[ "$mode" == "test" ]] && extras="ui,dev"
+extras="server,ui"
+[[ "$mode" == "test" ]] && extras="server,ui,dev,ray"
+torch_index=()
+[[ -n "${EMOSERVE_TORCH_INDEX_URL:-}" ]] && torch_index=(--index-url "$EMOSERVE_TORCH_INDEX_URL")
 
 if [[ ! -x "$PY" ]]; then
     python3 -m venv "$VENV"
@@ -25,9 +29,9 @@ if [[ ! -x "$PY" ]]; then
 fi
 
 stamp="$VENV/.emoserve-installed-$extras"
-fingerprint="$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)"
+fingerprint="$( (cat pyproject.toml run.sh; echo "${EMOSERVE_TORCH_INDEX_URL:-}") | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]]; then
-    "$PY" -m pip install --quiet "$TORCH_PIN"
+    "$PY" -m pip install --quiet "${torch_index[@]}" "$TORCH_PIN"
     "$PY" -m pip install --quiet -e ".[$extras]"
     if [[ "$mode" == "test" ]]; then
         # FunASR declares no torch dependency but a heavy list of others; emotion2vec needs none of them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import io
 import json
 import threading
@@ -23,7 +24,7 @@ from emoserve.client import (
     EmoClient,
     ServiceUnavailableError,
 )
-from emoserve.client.parse import parse_multipart
+from emoserve.client.parse import parse_multipart, retry_after_seconds
 from emoserve.config import Settings
 from emoserve.errors import NotFoundError
 from emoserve.inference.results import LongformResult
@@ -403,3 +404,83 @@ def test_split_analysis_gives_the_library_split_result_with_parts_per_channel(cl
         assert_same_result(mine.result, theirs.result)
         heard, rate = sf.read(io.BytesIO(mine.result.processed_audio), dtype="float32")
         assert rate == 16000 and len(heard) == 16000
+
+
+# ---- retries: 429, Retry-After dates, calls that must not run twice ----
+
+
+def test_429_is_retried_after_retry_after_like_503():
+    limited = (429, {"Retry-After": "1"}, {"error": {"code": "rate_limited", "message": "60 requests a minute"}})
+    script = Script([limited, limited, OK])
+    try:
+        result = EmoClient(script.url).analyze(b"RIFF....")
+        assert result.emotion == "happy" and len(script.seen) == 3
+        assert script.seen[1] - script.seen[0] >= 0.95 and script.seen[2] - script.seen[1] >= 0.95
+    finally:
+        script.close()
+
+
+def test_retry_after_may_be_an_http_date():
+    now = time.time()
+    assert retry_after_seconds(email.utils.formatdate(now + 90, usegmt=True), now=now) == pytest.approx(90, abs=1)
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: no wait
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_a_429_with_an_http_date_waits_until_that_date():
+    script = Script([])
+    later = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1 to 2 s from now
+    script.answers = [(429, {"Retry-After": later}, {"error": {"code": "quota_exceeded", "message": "full"}}), OK]
+    try:
+        assert EmoClient(script.url).analyze(b"RIFF....").emotion == "happy"
+        assert len(script.seen) == 2 and script.seen[1] - script.seen[0] >= 0.9
+    finally:
+        script.close()
+
+
+def failing_once(path: str, error: type[httpx.TransportError], attempts: list) -> httpx.HTTPTransport:
+    """A real transport whose first request to `path` fails with `error` after reaching the server (or, for
+    a connect error, before)."""
+
+    class FailingOnce(httpx.HTTPTransport):
+        def handle_request(self, request):
+            if request.url.path != path:
+                return super().handle_request(request)
+            attempts.append(request.url.path)
+            if len(attempts) > 1:
+                return super().handle_request(request)
+            if error is httpx.ConnectError:
+                raise error("connection refused", request=request)
+            super().handle_request(request).close()  # the server acted on it; its answer is lost
+            raise error("timed out reading the answer", request=request)
+
+    return FailingOnce()
+
+
+@pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.RemoteProtocolError])
+def test_upload_init_is_not_sent_again_after_the_server_may_have_acted_on_it(server, tmp_path, long_file, error):
+    attempts = []
+    with EmoClient(server, resume_dir=tmp_path, transport=failing_once("/v1/upload/init", error, attempts)) as c, \
+            pytest.raises(error):
+        c.submit_long(long_file, chunk_size=CHUNK)
+    assert attempts == ["/v1/upload/init"]
+
+
+def test_upload_init_is_retried_when_it_never_reached_the_server(server, tmp_path, long_file):
+    attempts = []
+    with EmoClient(server, resume_dir=tmp_path, transport=failing_once("/v1/upload/init", httpx.ConnectError,
+                                                                       attempts)) as c:
+        assert c.submit_long(long_file, chunk_size=CHUNK).job_id
+    assert attempts == ["/v1/upload/init"] * 2
+
+
+@pytest.mark.parametrize("path", ["/v1/analyze", "/v1/upload/complete"])
+def test_idempotent_calls_are_retried_after_a_read_timeout(server, tmp_path, clip, long_file, path):
+    attempts = []
+    with EmoClient(server, resume_dir=tmp_path, transport=failing_once(path, httpx.ReadTimeout, attempts)) as c:
+        if path == "/v1/analyze":
+            assert c.analyze(clip).model == "random:tiny"
+        else:
+            job = c.submit_long(long_file, chunk_size=CHUNK)
+            assert c.wait(job, timeout=60).status == "succeeded"
+    assert attempts == [path, path]

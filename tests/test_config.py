@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from emoserve.config import (
     EngineConfig,
@@ -19,9 +20,11 @@ from emoserve.config import (
     Settings,
     StoreConfig,
     StreamConfig,
+    VadConfig,
     get_settings,
     variables,
 )
+from emoserve.errors import InvalidParameterError
 from emoserve.inference.emotion_model import EmotionModel
 from emoserve.inference.engine import Engine
 from emoserve.jobs.runner import JobRunner
@@ -36,6 +39,8 @@ NOT_SETTINGS = {  # EMOSERVE_* names the docs mention that configure something e
     "EMOSERVE_API_KEY": "that client's API key",
     "EMOSERVE_UI_SCREENSHOTS": "where tests/ui/test_browser.py writes the docs' screenshots",
     "EMOSERVE_APT_SOURCES": "the apt sources deploy/make-base-image.sh builds the Docker base image from",
+    "EMOSERVE_TORCH_INDEX_URL": "the index ./run.sh installs torch from",
+    "EMOSERVE_CONFIG": "the settings file (read by Settings, not a field of it)",
 }
 LIBRARY_PACKAGES = ("audio", "model", "inference", "timeline", "jobs", "client")
 
@@ -162,3 +167,53 @@ def test_validators_live_in_their_section():
         JobsConfig(callback_allow_networks="not-a-network")
     assert JobsConfig(callback_allow_networks="127.0.0.1/8").callback_allow_networks[0].exploded == "127.0.0.0/8"
     assert StoreConfig(data_dir="somewhere").data_dir == Path("somewhere")
+
+
+def test_a_toml_settings_file_sets_sections_and_the_environment_wins(clean_environment, tmp_path):
+    path = tmp_path / "emoserve.toml"
+    path.write_text('[model]\nmodel = "random:tiny"\n[server]\nport = 9001\nhost = "127.0.0.2"\n'
+                    '[engine]\nmax_batch_size = 8\n[longform.vad]\nthreshold = 0.6\n')
+    clean_environment.setenv("EMOSERVE_CONFIG", str(path))
+    clean_environment.setenv("EMOSERVE_PORT", "9002")
+    settings = get_settings(host="127.0.0.3")
+    assert (settings.model.model, settings.server.port, settings.server.host) == ("random:tiny", 9002, "127.0.0.3")
+    assert (settings.engine.max_batch_size, settings.longform.vad.threshold) == (8, 0.6)
+    assert settings.longform.vad.min_speech_ms == VadConfig().min_speech_ms  # the rest of a section: its defaults
+
+
+def test_a_dotenv_settings_file_takes_the_flat_names(clean_environment, tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("EMOSERVE_MAX_QUEUE=7\nemoserve_vad_threshold=0.7\n# a comment\nEMOSERVE_API_KEYS='a, b'\n")
+    clean_environment.setenv("EMOSERVE_CONFIG", str(path))
+    settings = Settings()
+    assert (settings.engine.max_queue, settings.longform.vad.threshold) == (7, 0.7)
+    assert settings.server.keys() == ["a", "b"]
+
+
+@pytest.mark.parametrize("name, text, error, message", [
+    ("emoserve.toml", "[server]\nprot = 1\n", ValidationError, "server.prot"),
+    ("emoserve.toml", "[server]\nport = 0\n", ValidationError, "server.port"),
+    ("emoserve.toml", "[server\n", InvalidParameterError, "emoserve.toml: Expected ']'"),
+    ("settings.env", "EMOSERVE_PROT=1\n", InvalidParameterError, "EMOSERVE_PROT are not settings"),
+    ("missing.toml", None, InvalidParameterError, "missing.toml: no such file"),
+])
+def test_a_bad_settings_file_stops_the_start_naming_what_is_wrong(clean_environment, tmp_path, name, text, error,
+                                                                   message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    clean_environment.setenv("EMOSERVE_CONFIG", str(path))
+    with pytest.raises(error, match=message):
+        Settings()
+
+
+def test_secrets_never_show_and_their_users_read_them(clean_environment, tmp_path):
+    clean_environment.setenv("EMOSERVE_API_KEYS", "key-one,key-two")
+    clean_environment.setenv("EMOSERVE_METRICS_KEY", "scrape-secret")
+    clean_environment.setenv("EMOSERVE_CALLBACK_SECRET", "hook-secret")
+    settings = Settings()
+    shown = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    assert not {"key-one", "scrape-secret", "hook-secret"} & set(re.findall(r"[a-z]+-[a-z]+", shown))
+    assert settings.server.keys() == ["key-one", "key-two"]
+    assert settings.server.metrics_key.get_secret_value() == "scrape-secret"
+    assert settings.jobs.callback_secret.get_secret_value() == "hook-secret"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from pydantic import SecretStr
 
 from emoserve import webhooks
 from emoserve.config import JobsConfig, LongformConfig, StoreConfig
@@ -364,7 +365,7 @@ def test_callbacks_are_signed_with_the_secret_kept_in_the_data_dir(store, runner
 def test_a_callback_goes_to_the_vetted_address_with_its_own_host_name(store, tiny_model, monkeypatch):
     monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
     secret = "any text works as a secret"
-    runner = make_runner(store, tiny_model, config=FAST.model_copy(update={"callback_secret": secret}))
+    runner = make_runner(store, tiny_model, config=FAST.model_copy(update={"callback_secret": SecretStr(secret)}))
     server = CallbackServer(failures=0)
     try:
         url = f"http://hooks.invalid:{server.port}/done"  # no resolver knows it: only the vetted address leads there

@@ -1,7 +1,8 @@
 """emoserve: speech emotion recognition with the emotion2vec models, as a library and a service.
 
 The model classes load lazily, so `emoserve --help`, the HTTP client and the error types do not
-pay for importing torch.
+pay for importing torch, and work with the base install alone (`pip install emoserve`, no torch);
+the model needs the `server` extra.
 """
 
 from importlib import import_module
@@ -30,5 +31,10 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in LAZY:
-        return getattr(import_module(f".{LAZY[name]}", __name__), name)
+        try:
+            module = import_module(f".{LAZY[name]}", __name__)
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(f"emoserve.{name} needs the server install ({e.name} is missing): "
+                                      "pip install 'emoserve[server]'", name=e.name) from e
+        return getattr(module, name)
     raise AttributeError(f"module 'emoserve' has no attribute {name!r}")

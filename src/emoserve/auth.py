@@ -13,13 +13,19 @@ from starlette.responses import JSONResponse
 
 from .errors import EmoserveError
 
+KEY_PROTOCOL = "emoserve.key."  # a WebSocket subprotocol that carries the API key: what browsers can send
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key of `Authorization: Bearer KEY`, else of `X-API-Key: KEY` (header names in lower case)."""
+
+def presented_key(headers: Mapping[str, str], websocket: bool = False) -> str | None:
+    """The key of `Authorization: Bearer KEY`, else of `X-API-Key: KEY` (header names in lower case), or, for a
+    WebSocket handshake, of a subprotocol `emoserve.key.KEY` (a browser's WebSocket cannot set headers)."""
     auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return headers.get("x-api-key")
+    if "x-api-key" in headers or not websocket:
+        return headers.get("x-api-key")
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+    return next((p[len(KEY_PROTOCOL):] for p in offered if p.startswith(KEY_PROTOCOL)), None)
 
 
 def key_is_valid(given: str | None, keys: list[str]) -> bool:

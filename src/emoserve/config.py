@@ -7,9 +7,14 @@ section made in code (`LongformConfig(window_s=10)`) holds its defaults and what
 library code never depends on the process it runs in. The CLI and the composition root
 (`runtime.py`) build `Settings` and hand each subsystem its own section.
 
-    settings = Settings()                                  # defaults ← EMOSERVE_* variables
+    settings = Settings()                                  # defaults ← EMOSERVE_CONFIG's file ← EMOSERVE_* variables
     settings = get_settings(model="random:tiny", port=None)  # … ← flat overrides (CLI flags; None: not given)
     settings.engine.max_batch_size, settings.longform.vad.threshold
+
+A settings file (`EMOSERVE_CONFIG=emoserve.toml`) holds one TOML table per section, with the fields'
+names (`[server]` `port = 9000`, `[longform.vad]` `threshold = 0.6`); a file of another suffix is a
+`.env` file of the flat `EMOSERVE_*` names. The environment wins over the file. Secrets are `SecretStr`:
+no repr, log or error shows them (`.get_secret_value()` reads one).
 """
 
 from __future__ import annotations
@@ -17,17 +22,26 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .errors import InvalidParameterError
 from .model.config import HOP, RECEPTIVE_FIELD, SAMPLE_RATE
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 PREFIX = "EMOSERVE_"
+CONFIG_FILE_VARIABLE = PREFIX + "CONFIG"  # the settings file; not a setting itself
 
 
 class Section(BaseModel):
@@ -48,6 +62,9 @@ class ModelConfig(Section):
     dtype: str = Field("auto", description="auto (as precision says), or force float32, bfloat16, float16")
     cache: Path = Field(Path.home() / ".cache" / "emoserve", description="downloaded and converted models")
     source: str = Field("hf", description="where `models pull` downloads from: hf or modelscope")
+    revision: str | None = Field(None, description="the revision (commit hash, tag or branch) a known model is "
+                                                   "downloaded at; default: the one pinned per model and source "
+                                                   "(model/hub.py)")
     quantize: bool = Field(False, description="CPU: int8 matmuls in the transformer, whatever precision says "
                                               "(faster, not exact; see docs/engine.md)")
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
@@ -194,9 +211,9 @@ class JobsConfig(Section):
     callback_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
         (), description="comma-separated CIDRs that callback_url hosts may resolve to besides public addresses "
                         "(e.g. 127.0.0.0/8 for hooks on this machine); empty: public addresses only")
-    callback_secret: str = Field(
-        "", repr=False, description="key that signs callbacks (whsec_<base64>, or any text); empty: one made on the "
-                                    "first start and kept in DATA_DIR/callback_secret (mode 0600)")
+    callback_secret: SecretStr = Field(
+        SecretStr(""), description="key that signs callbacks (whsec_<base64>, or any text); empty: one made on the "
+                                   "first start and kept in DATA_DIR/callback_secret (mode 0600)")
 
     @field_validator("callback_allow_networks", mode="before")
     @classmethod
@@ -214,13 +231,13 @@ class ServerConfig(Section):
     shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take to "
                                       "finish before they are cancelled; then jobs and the engine stop")
     api_only: bool = Field(False, description="serve the API without the web UI")
-    api_keys: str = Field("", description="comma-separated API keys; empty: auth off", repr=False)
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated API keys; empty: auth off")
     api_keys_file: Path | None = Field(None, description="file with one API key per line")
     rate_limit_per_minute: int = Field(0, ge=0, description="requests per minute per API key (or client IP); 0: off")
     auth_failures_per_minute: int = Field(10, ge=0, description="wrong API keys (API or web UI sign-in) per minute "
                                                                 "per client address; past it, 429 for all; 0: off")
-    metrics_key: str = Field("", description="a key /metrics then needs (Bearer or X-API-Key); empty: /metrics open",
-                             repr=False)
+    metrics_key: SecretStr = Field(SecretStr(""), description="a key /metrics then needs (Bearer or X-API-Key); "
+                                                              "empty: /metrics open")
     forwarded_allow_ips: str = Field("", description="comma-separated proxy addresses or networks (* for any) whose "
                                                      "X-Forwarded-For/-Proto are trusted; empty: none")
     cors_origins: str = Field("", description="comma-separated allowed CORS origins; * for any; empty: off")
@@ -233,7 +250,7 @@ class ServerConfig(Section):
 
     def keys(self) -> list[str]:
         """The configured API keys (env/flag and file together); empty when auth is off."""
-        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        keys = [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
         if self.api_keys_file is not None:
             lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
             keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -310,9 +327,9 @@ class Settings(BaseSettings):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Constructor values, then the flat `EMOSERVE_*` variables (pydantic-settings' own sources look for
-        one variable per section, which is not how emoserve names them)."""
-        return init_settings, EnvironmentVariables(settings_cls)
+        """Constructor values, then the flat `EMOSERVE_*` variables, then the settings file (pydantic-settings'
+        own sources look for one variable per section, which is not how emoserve names them)."""
+        return init_settings, EnvironmentVariables(settings_cls), SettingsFile(settings_cls)
 
     @classmethod
     def from_flat(cls, **values: Any) -> Settings:
@@ -330,6 +347,37 @@ class EnvironmentVariables(PydanticBaseSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         """Unused: `__call__` reads every section at once (the base class requires it)."""
         return None, field_name, False
+
+
+class SettingsFile(PydanticBaseSettingsSource):
+    """The file `EMOSERVE_CONFIG` names: TOML tables named like the sections, or a `.env` file of `EMOSERVE_*`
+    names. Unknown names are refused, as unknown fields are."""
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(CONFIG_FILE_VARIABLE)
+        return read_settings_file(Path(path)) if path else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: `__call__` reads the whole file at once (the base class requires it)."""
+        return None, field_name, False
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """A settings file → the nested {section: {field: value}} that `Settings` takes."""
+    if not path.is_file():
+        raise InvalidParameterError(f"{CONFIG_FILE_VARIABLE}={path}: no such file")
+    try:
+        if path.suffix == ".toml":
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        values = {name.upper(): value for name, value in dotenv_values(path).items() if value is not None}
+    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
+        raise InvalidParameterError(f"{CONFIG_FILE_VARIABLE}={path}: {e}") from e
+    unknown = sorted(set(values) - set(variables()))
+    if unknown:
+        raise InvalidParameterError(f"{CONFIG_FILE_VARIABLE}={path}: {', '.join(unknown)} are not settings "
+                                    "(docs/configuration.md)")
+    return nest(values)
 
 
 @functools.cache

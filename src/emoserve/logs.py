@@ -4,6 +4,8 @@ Each file has its own logger (`emoserve.access`, `emoserve.error`, `emoserve.mod
 logs a line with `extra={...}` fields and the formatter renders them as text or JSON lines.
 Logged values come from clients (a path may carry a decoded %0A), so the formatters escape control
 characters in everything they write: one record is one line, and no client can forge another.
+Every line logged while a request is handled names its request id: the middleware puts it in
+`REQUEST_ID`, and the formatters add it to records that do not carry one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
 from logging.handlers import RotatingFileHandler
 
 from .config import ServerConfig
@@ -22,6 +25,15 @@ FIELDS = ("request_id", "client", "method", "path", "status", "latency_ms", "aud
           "load_s", "warmup_s", "weights")
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 and the Unicode line breaks
 SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+REQUEST_ID: ContextVar[str | None] = ContextVar("emoserve_request_id", default=None)  # the request being handled
+
+
+def fields_of(record: logging.LogRecord) -> dict:
+    """The record's `extra` fields, with the request id of the request it was logged in."""
+    fields = {k: getattr(record, k) for k in FIELDS if hasattr(record, k)}
+    if "request_id" not in fields and REQUEST_ID.get() is not None:
+        fields = {"request_id": REQUEST_ID.get(), **fields}
+    return fields
 
 
 def escape_controls(text: str) -> str:
@@ -37,7 +49,7 @@ def indented_traceback(text: str) -> str:
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        extras = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS if hasattr(record, k))
+        extras = " ".join(f"{k}={v}" for k, v in fields_of(record).items())
         line = escape_controls(f"{stamp} {record.levelname} {record.getMessage()}" + (f" {extras}" if extras else ""))
         if record.exc_info:
             line += "\n" + indented_traceback(self.formatException(record.exc_info))
@@ -48,7 +60,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                  "level": record.levelname, "logger": record.name, "message": record.getMessage()}
-        entry.update({k: getattr(record, k) for k in FIELDS if hasattr(record, k)})
+        entry.update(fields_of(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         # json escapes C0 itself; DEL, C1 and U+2028/9 it leaves raw: written as \uXXXX, the values read back the same
@@ -78,3 +90,15 @@ def setup_logging(config: ServerConfig) -> None:
     if not root.handlers:
         root.addHandler(console)
         root.setLevel(logging.INFO)
+
+
+def uvicorn_log_config(config: ServerConfig) -> dict | None:
+    """uvicorn's own loggers on stdout in our JSON lines when `log_json` is on; None: uvicorn's default text."""
+    if not config.log_json:
+        return None
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+            "handlers": {"stdout": handler},
+            "loggers": {name: {"handlers": ["stdout"], "level": "INFO", "propagate": False}
+                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}

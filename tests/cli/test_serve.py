@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -104,3 +105,13 @@ def read_response(connection: socket.socket) -> tuple[int, dict]:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["ui"], ["bench", "--quick"], ["models", "list"],
+                                     ["analyze", "--model", "random:tiny", "clip.wav"]])
+def test_commands_that_run_the_model_say_how_to_install_the_server(monkeypatch, command):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1
+    assert "torch missing): pip install 'emoserve[server]'" in " ".join(result.output.split())

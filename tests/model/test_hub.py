@@ -1,6 +1,10 @@
+import importlib
+from pathlib import Path
+
 import pytest
 
-from emoserve import ModelNotFoundError
+from emoserve import EmotionModel, ModelNotFoundError
+from emoserve.config import ModelConfig
 from emoserve.model import hub
 from emoserve.model.config import TINY
 
@@ -46,7 +50,7 @@ def test_offline_pull_fails_with_what_to_do(tmp_path, monkeypatch):
 
 
 def test_a_failing_modelscope_download_says_what_to_do(tmp_path, monkeypatch):
-    def offline(repo, directory):
+    def offline(repo, revision, directory):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setitem(hub.DOWNLOADERS, "modelscope", offline)
@@ -57,7 +61,7 @@ def test_a_failing_modelscope_download_says_what_to_do(tmp_path, monkeypatch):
 def test_pull_places_a_downloaded_directory_in_the_cache(tmp_path, monkeypatch):
     calls = []
 
-    def fake_download(repo, directory):
+    def fake_download(repo, revision, directory):
         calls.append(repo)
         write_checkpoint(directory, TINY)
 
@@ -70,7 +74,7 @@ def test_pull_places_a_downloaded_directory_in_the_cache(tmp_path, monkeypatch):
 
 
 def test_a_download_that_is_not_a_model_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setitem(hub.DOWNLOADERS, "hf", lambda repo, directory: None)
+    monkeypatch.setitem(hub.DOWNLOADERS, "hf", lambda repo, revision, directory: None)
     with pytest.raises(ModelNotFoundError, match="not a usable model directory"):
         hub.pull("emotion2vec_plus_base", tmp_path, "hf")
 
@@ -78,3 +82,32 @@ def test_a_download_that_is_not_a_model_is_refused(tmp_path, monkeypatch):
 def test_a_model_only_on_modelscope_says_so(tmp_path):
     with pytest.raises(ModelNotFoundError, match="--source modelscope"):
         hub.pull("emotion2vec_base_finetuned", tmp_path, "hf")
+
+
+def test_every_published_model_has_a_pinned_revision():
+    for spec in hub.MODELS.values():
+        for source in hub.SOURCES:
+            assert (spec.repo(source) is None) == (spec.revision(source) is None), (spec.name, source)
+
+
+LIBRARIES = {"hf": ("huggingface_hub", "repo_id"), "modelscope": ("modelscope.hub.snapshot_download", "model_id")}
+
+
+@pytest.mark.parametrize("source", sorted(LIBRARIES))
+def test_downloads_ask_the_library_for_the_pinned_revision_or_the_one_given(tmp_path, monkeypatch, source):
+    module, repo_argument = LIBRARIES[source]
+    calls = []
+
+    def snapshot_download(**kwargs):
+        calls.append((kwargs[repo_argument], kwargs["revision"]))
+        write_checkpoint(Path(kwargs["local_dir"]), TINY)
+
+    monkeypatch.setattr(importlib.import_module(module), "snapshot_download", snapshot_download)
+    spec = hub.MODELS["emotion2vec_plus_base"]
+    hub.pull(spec.name, tmp_path / "pinned", source)
+    hub.pull(spec.name, tmp_path / "given", source, revision="0f1e2d3c")
+    model = EmotionModel.from_config(ModelConfig(model=spec.name, cache=tmp_path / "settings", source=source,
+                                                 revision="v2", device="cpu"))
+    assert model.name == spec.name
+    assert calls == [(spec.repo(source), spec.revision(source)), (spec.repo(source), "0f1e2d3c"),
+                     (spec.repo(source), "v2")]

@@ -7,7 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
-from ..config import Settings
+from ..config import ServerConfig, Settings
 from ..inference.emotion_model import EmotionModel
 from ..logs import setup_logging
 from ..runtime import Service
@@ -16,7 +16,7 @@ from ..ui import mount_ui
 from ..wire import ANALYZE_RESULT, STREAM_MESSAGE, ErrorBody
 from .bodies import BodySlots
 from .errors import install_error_handlers
-from .middleware import RequestContextMiddleware
+from .middleware import RequestContextMiddleware, secure_openapi
 from .routes import analyze as routes_analyze
 from .routes import health as routes_health
 from .routes import jobs as routes_jobs
@@ -53,19 +53,19 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     if not server.api_only:
         mount_ui(app, service, throttle)  # /ui, on this service's engine; a warning without Gradio
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, api_keys=server.keys(),
-                       metrics_key=server.metrics_key, throttle=throttle)
+                       metrics_key=server.metrics_key.get_secret_value(), throttle=throttle)
     app.add_middleware(routes_tus.TusProtocolMiddleware)  # outside auth: its refusals carry Tus-Resumable too
     if server.origins():
         app.add_middleware(CORSMiddleware, allow_origins=server.origins(), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Embedding-Size", "Retry-After",
                                                                 "Location", *routes_tus.EXPOSED_HEADERS])
-    app.openapi = lambda: openapi_schema(app)
+    app.openapi = lambda: openapi_schema(app, server)
     return app
 
 
-def openapi_schema(app: FastAPI) -> dict:
+def openapi_schema(app: FastAPI, server: ServerConfig) -> dict:
     """FastAPI's schema plus the bodies that routes send by hand: analysis results, errors and the messages of
-    the WebSocket /v1/stream (`StreamMessage`, which OpenAPI's paths cannot describe)."""
+    the WebSocket /v1/stream (`StreamMessage`, which OpenAPI's paths cannot describe), and the API keys' schemes."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -75,5 +75,7 @@ def openapi_schema(app: FastAPI) -> dict:
         for name, extra in extras.items():
             components.update(extra.pop("$defs", {}))
             components[name] = extra
+        metrics_key = server.metrics_key.get_secret_value()
+        secure_openapi(schema, server.keys(), [metrics_key] if metrics_key else [])
         app.openapi_schema = schema
     return app.openapi_schema

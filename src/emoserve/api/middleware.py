@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import key_is_valid, presented_key
 from ..errors import EmoserveError
+from ..logs import REQUEST_ID
 from ..metrics import ServiceMetrics
 from ..throttle import Throttle, client_address
 from .errors import error_response, retry_headers
@@ -26,11 +27,12 @@ from .errors import error_response, retry_headers
 access_log = logging.getLogger("emoserve.access")
 error_log = logging.getLogger("emoserve.error")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DENIAL_EXTENSION = "websocket.http.response"  # ASGI: answer a refused websocket handshake with an HTTP response
 METRICS_PATH = "/metrics"
 UNMATCHED = "unmatched"  # the route label of every request no route answered (unknown paths, refusals)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})  # other methods: "other"
+STREAM_PROTOCOL = "emoserve"  # the WebSocket subprotocol a stream accepts with, when the client offers it
 
 
 class RequestContextMiddleware:
@@ -48,8 +50,15 @@ class RequestContextMiddleware:
             return
         headers = Headers(scope=scope)
         given_id = headers.get("x-request-id", "")
-        request_id = given_id if REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        request_id = given_id if VALID_REQUEST_ID.match(given_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        context = REQUEST_ID.set(request_id)  # every log line of this request names it (logs.py)
+        try:
+            await self.handle(scope, receive, send, headers, request_id)
+        finally:
+            REQUEST_ID.reset(context)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str) -> None:
         started = time.perf_counter()
         status_holder = {"status": 500}
 
@@ -64,7 +73,7 @@ class RequestContextMiddleware:
         path = scope["path"]
         root_path = scope.get("root_path", "")  # before routing: a mount below extends it
         client = client_address(scope)
-        denial = self.denial(path, headers, client)
+        denial = self.denial(path, headers, client, scope["type"] == "websocket")
         if denial is not None and (scope["type"] == "http" or DENIAL_EXTENSION in scope.get("extensions", {})):
             await denial(scope, receive, send_with_id)  # a real 401/429 with the JSON body, websockets too
         elif denial is not None:  # a server without the denial extension: close codes 4401/4429
@@ -83,35 +92,33 @@ class RequestContextMiddleware:
                         await response(scope, receive, send_with_id)
         self.log(scope, root_path, request_id, client, status_holder["status"], time.perf_counter() - started)
 
-    def denial(self, path: str, headers: Headers, client: str) -> Response | None:
+    def denial(self, path: str, headers: Headers, client: str, websocket: bool) -> Response | None:
         """The 401/429 answer to a request that may not pass, or None."""
         try:
-            self.check_access(path, headers, client)
+            self.check_access(path, headers, client, websocket)
         except EmoserveError as e:
             return error_response(e.code, e.message, headers=retry_headers(e))
         return None
 
-    def check_access(self, path: str, headers: Headers, client: str) -> None:
+    def check_access(self, path: str, headers: Headers, client: str, websocket: bool = False) -> None:
         """Raise the refusal of a request: no or a wrong key (401), or a spent budget (429).
 
         An address that has spent its failed-key budget is refused before its key is even compared."""
         keys = self.required_keys(path)
-        given = presented_key(headers)
+        given = presented_key(headers, websocket)
         if keys:
             self.throttle.check_sign_in(client)
             if not key_is_valid(given, keys):
                 if given:
                     self.throttle.sign_in_failed(client)
                 raise EmoserveError("the API key is not valid" if given else "this server needs an API key: send "
-                                    "`Authorization: Bearer KEY` or `X-API-Key: KEY`", code="unauthorized")
+                                    "`Authorization: Bearer KEY` or `X-API-Key: KEY` (a browser's WebSocket: the "
+                                    "subprotocols `emoserve` and `emoserve.key.KEY`)", code="unauthorized")
         if path.startswith("/v1/"):
             self.throttle.take_request(given if keys else client)
 
     def required_keys(self, path: str) -> list[str]:
-        """The keys that open `path` (empty: open to all): the API keys for /v1/*, the metrics key for /metrics."""
-        if path.startswith("/v1/"):
-            return self.api_keys
-        return self.metrics_keys if path == METRICS_PATH else []
+        return required_keys(path, self.api_keys, self.metrics_keys)
 
     def log(self, scope: Scope, root_path: str, request_id: str, client: str, status: int, seconds: float) -> None:
         method = scope.get("method", "WS")
@@ -124,6 +131,29 @@ class RequestContextMiddleware:
         access_log.info("%s %s %s", method, scope["path"], status, extra={
             "request_id": request_id, "client": client, "method": method, "path": scope["path"], "status": status,
             "latency_ms": round(seconds * 1000, 2), "audio_s": round(audio_s, 3) if audio_s else 0.0})
+
+
+def required_keys(path: str, api_keys: list[str], metrics_keys: list[str]) -> list[str]:
+    """The keys that open `path` (empty: open to all): the API keys for /v1/*, the metrics key for /metrics."""
+    if path.startswith("/v1/"):
+        return api_keys
+    return metrics_keys if path == METRICS_PATH else []
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key: `Authorization: Bearer KEY`"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "an API key: `X-API-Key: KEY`"},
+}
+
+
+def secure_openapi(schema: dict, api_keys: list[str], metrics_keys: list[str]) -> None:
+    """Declare how keys are sent (the /docs Authorize button) on the operations that need one here."""
+    secured = [operation for path, operations in schema.get("paths", {}).items()
+               if required_keys(path, api_keys, metrics_keys) for operation in operations.values()]
+    if secured:
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for operation in secured:
+        operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
 
 
 def route_template(scope: Scope, root_path: str) -> str:

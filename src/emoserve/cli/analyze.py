@@ -20,7 +20,16 @@ from rich.table import Table
 
 from ..config import get_settings
 from ..errors import EmoserveError, InvalidParameterError
-from .common import clean_errors, console
+from .common import (
+    Granularity,
+    OutputFormat,
+    Precision,
+    clean_errors,
+    complete_device,
+    console,
+    require_server,
+    value_of,
+)
 from .outputs import Writer, flat_row, infer_format
 
 if TYPE_CHECKING:
@@ -93,6 +102,7 @@ def make_client(server: str | None, model: str | None, api_key: str | None, prec
         from ..client import EmoClient
 
         return EmoClient(server, api_key, preconvert=preconvert, resume_dir=settings.model.cache / "client-uploads")
+    require_server("emoserve analyze without --server")
     from ..client import LocalClient
     from ..inference.emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
 
@@ -107,26 +117,29 @@ def analyze(
                                                show_envvar=True)] = None,
     model: Annotated[str | None, typer.Option(help="local model: name, model dir or random:tiny|base|large")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for --server", envvar="EMOSERVE_API_KEY")] = None,
-    granularity: Annotated[str, typer.Option(help="utterance or frame")] = "utterance",
+    granularity: Annotated[Granularity, typer.Option(help="one result per file, or per 20 ms frame")]
+    = Granularity.utterance,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="look into subfolders")] = False,
-    output_format: Annotated[str | None, typer.Option(
-        "--format", help="table, json, jsonl, csv or parquet (default: from --output's suffix, else table)")] = None,
+    output_format: Annotated[OutputFormat | None, typer.Option(
+        "--format", help="default: from --output's suffix, else table")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (default stdout)")] = None,
     embeddings_dir: Annotated[Path | None, typer.Option(help="save each file's embedding as a .npy here")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="files analysed at once")] = 4,
     resume: Annotated[bool, typer.Option("--resume", help="skip the files already in --output")] = False,
     preconvert: Annotated[bool, typer.Option("--preconvert", help="decode to 16 kHz mono FLAC before uploading")]
     = False,
-    device: Annotated[str | None, typer.Option(help="local model device: auto, cpu, cuda")] = None,
+    device: Annotated[str | None, typer.Option(help="local model device: auto, cpu, cuda, cuda:N",
+                                               autocompletion=complete_device)] = None,
     ray: Annotated[str | None, typer.Option(
         help="run on a Ray cluster with Ray Data: auto (the running cluster), local (start one here) or its "
              "address; --jobs is then files at once per model replica (docs/scaling.md)")] = None,
-    precision: Annotated[str | None, typer.Option(help="local model: exact (default) or fast (docs/engine.md)")]
+    precision: Annotated[Precision | None, typer.Option(help="local model: exact (default) or fast (docs/engine.md)")]
     = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
+    granularity = granularity.value
     with clean_errors():
-        fmt = infer_format(output, output_format)
+        fmt = infer_format(output, value_of(output_format))
         if ray is not None and server:
             raise InvalidParameterError("--ray runs a local --model on the cluster's workers, not --server")
         if ray is None:
@@ -137,7 +150,7 @@ def analyze(
             files, failures = list_inputs(paths, recursive)
         writer = Writer(fmt, output, resume)
         todo = [f for f in files if str(f) not in writer.done]
-        client = make_client(server, model, api_key, preconvert, device, precision) if ray is None else None
+        client = make_client(server, model, api_key, preconvert, device, value_of(precision)) if ray is None else None
         started = time.perf_counter()
         try:
             if client is not None:

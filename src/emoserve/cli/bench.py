@@ -37,7 +37,7 @@ import numpy as np
 import typer
 
 from ..model.config import SAMPLE_RATE, Emotion2vecConfig
-from .common import clean_errors, console
+from .common import clean_errors, console, require_server
 
 MODES = ("fp32", "compile", "int8", "bf16")
 # Dense bf16 peak, TFLOP/s, for the MFU column on known GPUs (the CPU's is not reported).
@@ -444,6 +444,8 @@ def bench(
     output_dir: Annotated[Path, typer.Option(help="where the JSON and markdown go")] = Path("benchmarks/results"),
 ) -> None:
     """Throughput and latency of the engine against FunASR, side by side; writes JSON + markdown."""
+    with clean_errors():
+        require_server("emoserve bench")
     import torch
 
     if not modes:

@@ -1,19 +1,65 @@
-"""What every command shares: a console, turning our typed errors into a clean exit, uvicorn's options."""
+"""What every command shares: a console, turning our typed errors into a clean exit, the options' choices
+and help, uvicorn's options."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Iterator
+from enum import Enum
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ServerConfig
-from ..errors import EmoserveError
+from ..config import Section, ServerConfig
+from ..errors import EmoserveError, InvalidParameterError
+from ..inference.results import GRANULARITIES
+from ..logs import uvicorn_log_config
+from .outputs import FORMATS
 
 console = Console(stderr=True)
+DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1")  # completions; any cuda:N is accepted
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # the names EmotionModel takes (tests/cli check it)
+PRECISIONS = ("exact", "fast")  # config.ModelConfig.precision
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of `values`, so that `--help` lists them and the shell completes them."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Granularity = choices("Granularity", GRANULARITIES)
+OutputFormat = choices("OutputFormat", FORMATS)
+Dtype = choices("Dtype", DTYPES)
+Precision = choices("Precision", PRECISIONS)
+
+
+def value_of(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+def complete_device(incomplete: str) -> list[str]:
+    return [device for device in DEVICES if device.startswith(incomplete)]
+
+
+def about(section: type[Section], field: str) -> str:
+    """An option's help: the setting's description (config.py, its one source) and its variable."""
+    return f"{section.model_fields[field].description} [{section.env_prefix}{field.upper()}]"
+
+
+SERVER_MODULES = ("torch", "soundfile", "av", "fastapi", "uvicorn")  # the `server` extra's, that these commands need
+
+
+def require_server(command: str) -> None:
+    """A command that runs a model or the service needs the `server` extra; the base install (the light client)
+    says how to get it instead of failing on an import."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InvalidParameterError(f"{command} runs the model here and needs the server install ({', '.join(missing)} "
+                                    "missing): pip install 'emoserve[server]'; or analyse with a server: "
+                                    "emoserve analyze --server URL")
 
 
 @contextlib.contextmanager
@@ -31,12 +77,15 @@ def clean_errors() -> Iterator[None]:
 
 
 def uvicorn_options(config: ServerConfig) -> dict:
-    """`uvicorn.run`'s options for our servers: our own access log, a graceful drain, and proxy headers
-    only from the proxies `forwarded_allow_ips` names (uvicorn alone trusts X-Forwarded-For from 127.0.0.1:
-    behind a local proxy, each client could name its own address, and with it a fresh budget)."""
+    """`uvicorn.run`'s options for our servers: our own access log, uvicorn's lines in JSON with `log_json`, a
+    graceful drain, and proxy headers only from the proxies `forwarded_allow_ips` names (uvicorn alone trusts
+    X-Forwarded-For from 127.0.0.1: behind a local proxy, each client could name its own address, and with it
+    a fresh budget)."""
     proxies = config.forwarded_allow_ips.strip()
     options = {"host": config.host, "port": config.port, "log_level": "warning", "access_log": False,
                "timeout_graceful_shutdown": config.shutdown_timeout_s, "proxy_headers": bool(proxies)}
     if proxies:
         options["forwarded_allow_ips"] = proxies
+    if config.log_json:
+        options["log_config"] = uvicorn_log_config(config)
     return options

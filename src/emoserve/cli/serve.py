@@ -10,31 +10,60 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..config import get_settings
-from .common import console, uvicorn_options
+from ..config import EngineConfig, ModelConfig, ServerConfig, StoreConfig, get_settings
+from .common import (
+    Dtype,
+    Precision,
+    about,
+    clean_errors,
+    complete_device,
+    console,
+    require_server,
+    uvicorn_options,
+    value_of,
+)
 
 
 def serve(
-    model: Annotated[str | None, typer.Option(help="model name, model dir, or random:tiny|base|large")] = None,
-    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
-    api_only: Annotated[bool | None, typer.Option("--api-only/--with-ui", help="skip the web UI")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
-    precision: Annotated[str | None, typer.Option(help="exact (fp32, FunASR parity) or fast (docs/engine.md)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="clips per model batch")] = None,
+    model: Annotated[str | None, typer.Option(help=about(ModelConfig, "model"))] = None,
+    host: Annotated[str | None, typer.Option(help=about(ServerConfig, "host"))] = None,
+    port: Annotated[int | None, typer.Option(help=about(ServerConfig, "port"))] = None,
+    api_only: Annotated[bool | None, typer.Option("--api-only/--with-ui", help=about(ServerConfig, "api_only"))]
+    = None,
+    device: Annotated[str | None, typer.Option(help=about(ModelConfig, "device"), autocompletion=complete_device)]
+    = None,
+    precision: Annotated[Precision | None, typer.Option(help=about(ModelConfig, "precision"))] = None,
+    dtype: Annotated[Dtype | None, typer.Option(help=about(ModelConfig, "dtype"))] = None,
+    threads: Annotated[int | None, typer.Option(help=about(EngineConfig, "threads"))] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help=about(EngineConfig, "max_batch_size"))] = None,
+    cache: Annotated[Path | None, typer.Option(help=about(ModelConfig, "cache"))] = None,
+    api_keys_file: Annotated[Path | None, typer.Option(help=about(ServerConfig, "api_keys_file"))] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=about(StoreConfig, "data_dir"))] = None,
+    log_dir: Annotated[Path | None, typer.Option(help=about(ServerConfig, "log_dir"))] = None,
+    log_json: Annotated[bool | None, typer.Option("--log-json/--log-text", help=about(ServerConfig, "log_json"))]
+    = None,
+    forwarded_allow_ips: Annotated[str | None, typer.Option(help=about(ServerConfig, "forwarded_allow_ips"))]
+    = None,
 ) -> None:
-    """Start the service. Every option is also an EMOSERVE_* environment variable."""
+    """Start the service. Every option is also an EMOSERVE_* variable, and every setting can come from a file
+    (EMOSERVE_CONFIG=emoserve.toml; docs/configuration.md). One process serves one model: run more processes
+    (or replicas) to scale out."""
+    with clean_errors():
+        require_server("emoserve serve")
+        settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device,
+                                precision=value_of(precision), dtype=value_of(dtype), threads=threads,
+                                max_batch_size=max_batch_size, cache=cache, api_keys_file=api_keys_file,
+                                data_dir=data_dir, log_dir=log_dir, log_json=log_json,
+                                forwarded_allow_ips=forwarded_allow_ips)
     import uvicorn
 
     from ..api.app import create_app
 
-    settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device, precision=precision,
-                            dtype=dtype, max_batch_size=max_batch_size)
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings.server)))
 

@@ -8,12 +8,15 @@ policy, the error mapping and the upload protocol exist in one place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import io
 import json
 import logging
 import os
 import random
+import struct
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -48,23 +51,40 @@ T = TypeVar("T")
 
 PRECONVERT_FORMATS = {"flac": ("FLAC", "PCM_16", "audio/flac", ".flac"), "wav": ("WAV", "PCM_16", "audio/wav", ".wav")}
 JOB_POLL_S = 30.0  # the longest single `?wait=` long-poll; the server answers earlier when the job ends
-RETRYABLE_CODES = {"model_loading", "overloaded"}  # model_unavailable is a broken deployment: retrying won't help
+# refusals that pass: 503 loading/overloaded, 429 rate limit or upload quota (model_unavailable is a broken
+# deployment: retrying won't help)
+RETRYABLE_CODES = {"model_loading", "overloaded", "rate_limited", "quota_exceeded"}
+UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # the request never reached the server
+DECODERS = ("soundfile", "av", "soxr")  # what `preconvert` decodes and resamples with: the `server` extra's
 
 
-def is_retryable(error: Exception) -> bool:
+def is_retryable(error: Exception, idempotent: bool = True) -> bool:
+    """Whether sending the call again is safe and may succeed. A call that is not idempotent is sent again only
+    when it surely had no effect: it never reached the server, or the server refused it (429, 503)."""
     if isinstance(error, httpx.TransportError):
-        return True
+        return idempotent or isinstance(error, UNSENT)
     return isinstance(error, EmoserveError) and error.code in RETRYABLE_CODES
 
 
 # ---- audio to send ----
 
 
+@functools.cache
+def can_preconvert() -> bool:
+    """Whether this install decodes audio (the `server` extra). The light client cannot: it sends files as they
+    are, and says so once."""
+    missing = [name for name in DECODERS if importlib.util.find_spec(name) is None]
+    if missing:
+        log.warning("preconvert is off: it needs %s (pip install 'emoserve[server]'); files are sent as they are "
+                    "and the server decodes them", ", ".join(missing))
+    return not missing
+
+
 def preconvert(source: Any, target: BinaryIO, fmt: str = "flac", sample_rate: int | None = None) -> None:
     """Decode, mix to mono and resample to 16 kHz (`emoserve.audio`, streamed) into 16-bit FLAC or WAV.
 
     The server then skips decoding (a 16 kHz mono PCM WAV or FLAC is its fast path), and compressed
-    sources shrink less than they would as WAV: FLAC keeps uploads small.
+    sources shrink less than they would as WAV: FLAC keeps uploads small. Needs the `server` extra's decoders.
     """
     import soundfile as sf
 
@@ -88,11 +108,7 @@ def encode_upload(audio: Any, sample_rate: int | None, convert: str | None,
         _, _, mime, suffix = PRECONVERT_FORMATS[convert]
         return stem + suffix, buffer.getvalue(), mime
     if isinstance(audio, np.ndarray):  # float WAV: exactly the samples given, at their rate
-        import soundfile as sf
-
-        buffer = io.BytesIO()
-        sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate or SAMPLE_RATE, format="WAV", subtype="FLOAT")
-        return filename or "audio.wav", buffer.getvalue(), "audio/wav"
+        return filename or "audio.wav", float_wav(audio, sample_rate or SAMPLE_RATE), "audio/wav"
     if isinstance(audio, str | Path):
         return filename or Path(audio).name, Path(audio).read_bytes(), "application/octet-stream"
     if isinstance(audio, bytes | bytearray | memoryview):
@@ -100,6 +116,17 @@ def encode_upload(audio: Any, sample_rate: int | None, convert: str | None,
     if hasattr(audio, "read"):
         return filename or Path(getattr(audio, "name", "audio")).name, audio.read(), "application/octet-stream"
     raise InvalidParameterError(f"audio must be a path, bytes, a file object or a numpy array, not {type(audio)}")
+
+
+def float_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    """A 32-bit float WAV of (frames,) or (frames, channels) samples, written here: the light client has no
+    soundfile."""
+    data = np.ascontiguousarray(samples, dtype="<f4")
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    payload = data.tobytes()
+    fmt = struct.pack("<HHIIHH", 3, channels, sample_rate, sample_rate * channels * 4, channels * 4, 32)  # 3: float
+    return b"".join([b"RIFF", struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(payload)), b"WAVE",
+                     b"fmt ", struct.pack("<I", len(fmt)), fmt, b"data", struct.pack("<I", len(payload)), payload])
 
 
 def read_chunk(path: Path, index: int, chunk_size: int) -> bytes:
@@ -140,7 +167,8 @@ class ResumeFile:
 
 @dataclass
 class Call:
-    """One HTTP request, sent once (`retrying` adds the retry policy); `ok` lists non-2xx statuses to accept."""
+    """One HTTP request, sent once (`retrying` adds the retry policy); `ok` lists non-2xx statuses to accept;
+    `idempotent` False: sending it twice does something twice (a read timeout then ends the retries)."""
 
     method: str
     url: str
@@ -152,6 +180,7 @@ class Call:
     headers: dict | None = None
     timeout: float | None = None
     ok: tuple[int, ...] = ()
+    idempotent: bool = True
 
 
 @dataclass
@@ -172,8 +201,10 @@ Flow = Generator[Call | Sleep | Together, Any, T]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """503 `model_loading`/`overloaded` and connection errors are retried `retries` times, waiting
-    Retry-After when the server gives it, else `backoff` × 2^attempt (with jitter), at most `max_delay`."""
+    """503 `model_loading`/`overloaded`, 429 `rate_limited`/`quota_exceeded` and connection errors are retried
+    `retries` times, waiting Retry-After when the server gives it (seconds or an HTTP date), else
+    `backoff` × 2^attempt (with jitter), at most `max_delay`. A call that is not idempotent (upload init) is
+    not sent again after a read timeout or a dropped connection: the server may have acted on it."""
 
     retries: int = 3
     backoff: float = 0.5
@@ -191,7 +222,7 @@ def retrying(call: Call, policy: RetryPolicy) -> Flow[httpx.Response]:
         try:
             return (yield call)
         except Exception as e:
-            if attempt == policy.retries or not is_retryable(e):
+            if attempt == policy.retries or not is_retryable(e, call.idempotent):
                 raise
             wait = policy.delay(attempt, e)
             log.info("%s %s: %s; retry %d of %d in %.1fs", call.method, call.url, e, attempt + 1, policy.retries,
@@ -219,6 +250,11 @@ class Flows:
     def call(self, method: str, url: str, **kwargs) -> Flow[httpx.Response]:
         return retrying(Call(method, url, **kwargs), self.policy)
 
+    def conversion(self, preconvert: bool | None) -> str | None:
+        """The format to pre-convert to: None when not asked for, or when this install cannot decode."""
+        wanted = self.preconvert if preconvert is None else preconvert
+        return self.preconvert_format if wanted and can_preconvert() else None
+
     def health_flow(self) -> Flow[dict]:
         response = yield from self.call("GET", "/health", ok=(503,))
         return response.json()
@@ -232,9 +268,7 @@ class Flows:
                      channel_names: str | Sequence[str] | None = None) -> Flow[ClientResult | SplitResult]:
         check_granularity(granularity)
         split = check_channel_mode(channels) == "split"
-        # preconverting mixes to mono: a split file travels as it is
-        convert = self.preconvert_format if (self.preconvert if preconvert is None else preconvert) and not split \
-            else None
+        convert = None if split else self.conversion(preconvert)  # preconverting mixes to mono: split travels as is
         name, payload, mime = encode_upload(audio, sample_rate, convert, filename)
         data = {"granularity": granularity, "return_embedding": str(return_embedding).lower(),
                 "return_processed_audio": str(return_processed_audio).lower(), "channels": channels}
@@ -260,7 +294,7 @@ class Flows:
         check_granularity(granularity)
         if parallel < 1:
             raise InvalidParameterError("parallel must be at least 1")
-        convert = self.preconvert_format if (self.preconvert if preconvert is None else preconvert) else None
+        convert = self.conversion(preconvert)
         with StagedFile(audio, convert) as (path, filename):
             upload_id, resume_file = yield from self.upload_flow(path, filename, chunk_size, parallel, resume)
             body = {"upload_id": upload_id, "granularity": granularity, "return_embedding": return_embedding,
@@ -288,7 +322,8 @@ class Flows:
             init = {"filename": filename, "total_size": total_size, "sha256": sha256}
             if chunk_size is not None:
                 init["chunk_size"] = chunk_size
-            response = yield from self.call("POST", "/v1/upload/init", json=init)
+            # not idempotent: each init reserves an upload (and its share of the quotas) until it expires
+            response = yield from self.call("POST", "/v1/upload/init", json=init, idempotent=False)
             upload = wire.UploadCreated.model_validate_json(response.content)
             resume_file.save({"upload_id": upload.upload_id, "chunk_size": upload.chunk_size,
                               "total_size": total_size, "sha256": sha256, "base_url": self.base_url})

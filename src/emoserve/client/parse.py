@@ -7,7 +7,10 @@ turned into the type a local caller gets: numpy arrays where the library has the
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import io
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -37,11 +40,22 @@ def error_from_response(response: httpx.Response) -> EmoserveError:
     return error
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:  # an HTTP date: rare from proxies; fall back to our backoff
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds to wait: delay-seconds, or an HTTP date (proxies and gateways send those);
+    None when absent or unreadable (the retry policy's backoff then applies)."""
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP date is always GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 # ---- results ----

@@ -107,7 +107,7 @@ class EmotionModel:
                         dtype: str = DEFAULTS.dtype, cache_dir: str | Path = DEFAULTS.cache,
                         source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
                         precision: str = DEFAULTS.precision, quantize: bool = DEFAULTS.quantize,
-                        compile: bool = DEFAULTS.compile) -> EmotionModel:
+                        compile: bool = DEFAULTS.compile, revision: str | None = DEFAULTS.revision) -> EmotionModel:
         """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
         `random:tiny|base|large`.
 
@@ -125,7 +125,7 @@ class EmotionModel:
             config = RANDOM_CONFIGS[size]
             state, labels, weights = random_state_dict(config, seed), LABELS[: config.num_labels], "random"
         else:
-            directory = hub.resolve(name, cache, source, download=download)
+            directory = hub.resolve(name, cache, source, download=download, revision=revision)
             loaded = load_model_dir(directory, cache)
             config, state, labels, weights = loaded.config, loaded.state_dict, loaded.labels, "pretrained"
             name = name if name in hub.MODELS else directory.name
@@ -147,7 +147,7 @@ class EmotionModel:
         """The model its settings section names, loaded as it says (`Settings().model`)."""
         return cls.from_pretrained(config.model, device=config.device, dtype=config.dtype, cache_dir=config.cache,
                                    source=config.source, precision=config.precision, quantize=config.quantize,
-                                   compile=config.compile)
+                                   compile=config.compile, revision=config.revision)
 
     @property
     def info(self) -> ModelInfo:

@@ -73,7 +73,7 @@ class JobRunner:
         """Re-queue what a crash left running, resume undelivered callbacks, start workers and the sweeper."""
         if any(t.is_alive() for t in self.threads):
             raise RuntimeError("the job runner is already running")
-        secret = self.config.callback_secret or \
+        secret = self.config.callback_secret.get_secret_value() or \
             webhooks.load_or_create_secret(self.store.root / webhooks.SECRET_FILE)
         self.signing_key = webhooks.signing_key(secret)
         requeued, failed = self.store.requeue_running(self.config.job_max_attempts)

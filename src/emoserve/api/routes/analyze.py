@@ -32,6 +32,7 @@ from ...inference.results import (
 )
 from ..deps import run_until_disconnect, service_of
 from ..errors import ANALYZE_ERRORS
+from ..negotiation import negotiate
 from ..numbers import declared_length
 
 router = APIRouter()
@@ -39,6 +40,7 @@ router = APIRouter()
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields around the file
 FIELDS = ("audio_file", "granularity", "return_embedding", "return_processed_audio", "channels", "channel_names")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+BINARY_ANSWERS = ("multipart/mixed", "application/json")  # with an embedding or audio: multipart unless JSON wins
 
 ANALYZE_FORM = {
     "requestBody": {
@@ -172,8 +174,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "application/json" in accept and "multipart/mixed" not in accept
+    """JSON (binary parts as base64) when the client's Accept, q-values weighed, prefers it to multipart."""
+    return negotiate(request.headers.get("accept"), BINARY_ANSWERS) == "application/json"
 
 
 def inlined(body, embedding: bytes | None, wav: bytes | None):

@@ -22,7 +22,7 @@ from ...runtime import Service
 from ...timeline.streaming import StreamSession, end_message, error_message
 from ..deps import service_of
 from ..errors import error_response, request_id, retry_headers, status_for
-from ..middleware import DENIAL_EXTENSION
+from ..middleware import DENIAL_EXTENSION, STREAM_PROTOCOL
 
 router = APIRouter()
 error_log = logging.getLogger("emoserve.error")
@@ -76,13 +76,21 @@ async def refuse(websocket: WebSocket, error: EmoserveError) -> None:
     if DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(error_response(error.code, error.message, headers=retry_headers(error)))
     else:
-        await websocket.accept()
+        await accept(websocket)
         await Channel(websocket).fail(error)
+
+
+async def accept(websocket: WebSocket) -> None:
+    """Accept the handshake, choosing the subprotocol `emoserve` when the client offers it: a browser that sent
+    its key as the subprotocol `emoserve.key.KEY` offers `emoserve` beside it, and needs one of its own
+    subprotocols echoed (the key never is)."""
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=STREAM_PROTOCOL if STREAM_PROTOCOL in offered else None)
 
 
 async def serve(websocket: WebSocket, service: Service) -> None:
     """One accepted stream, from the handshake to its close."""
-    await websocket.accept()
+    await accept(websocket)
     channel = Channel(websocket)
     try:
         engine = service.ready_engine()
