@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.longform_bench import cpu_name  # noqa: E402
+from benchmarks.procs import cpu_model  # noqa: E402
 from tests.api.live_server import LiveServer  # noqa: E402
 from tests.samples import espeak_available, long_recording, wav_bytes  # noqa: E402
 
@@ -232,7 +232,7 @@ def main() -> None:
     report = {
         "benchmark": "long audio over HTTP: upload and end to end", "recording_s": args.seconds,
         "file_bytes": len(data), "speech_source": "espeak-ng" if espeak_available() else "noise",
-        "device": args.device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": cpu_name(),
+        "device": args.device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0], "torch": torch.__version__,
         "uploads": uploads, "end_to_end": end_to_end,
     }
