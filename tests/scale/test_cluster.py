@@ -28,7 +28,7 @@ def is_loopback(host: str) -> bool:
 
 @pytest.mark.parametrize(("local", "loopback"), [
     ("127.0.0.1:6379", True), ("[::ffff:127.0.0.1]:40363", True), ("[::1]:8000", True), ("127.0.0.53%lo:53", True),
-    ("0.0.0.0:6379", False), ("*:46189", False), ("[::]:80", False), ("192.0.2.2:52365", False),
+    ("0.0.0.0:6379", False), ("*:46189", False), ("[::]:80", False),
 ])
 def test_what_counts_as_loopback(local, loopback):
     assert is_loopback(listening_address(local)) is loopback

@@ -5,6 +5,7 @@ resampling as a stream; every decoder hands its blocks to `Resampler` (mixed), o
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -60,14 +61,15 @@ def mix(rows: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
     return mono
 
 
-class DurationLimit:
+class DurationLimit(ABC):
     """The duration limit, checked as frames arrive; `seconds` is what has arrived."""
 
     max_seconds: float | None
 
     @property
+    @abstractmethod
     def seconds(self) -> float:
-        raise NotImplementedError
+        """Seconds of audio received so far."""
 
     def frames_left(self, rate: int) -> int | None:
         """Frames at `rate` that still fit under the limit (None: no limit), so readers ask for no more."""
