@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
-from .errors import EmoserveError
+from .errors import EmoserveError, retry_headers, status_for
 
 KEY_PROTOCOL = "emoserve.key."  # a WebSocket subprotocol that carries the API key: what browsers can send
 
@@ -38,9 +38,7 @@ def key_is_valid(given: str | None, keys: list[str]) -> bool:
     return ok
 
 
-def refusal_response(error: EmoserveError, status: int) -> JSONResponse:
-    """The API's error body and Retry-After for a refusal answered outside the API's error handlers."""
+def refusal_response(error: EmoserveError) -> JSONResponse:
+    """The API's error body, status and Retry-After for a refusal answered outside the API's error handlers."""
     body = {"error": {"code": error.code, "message": error.message}}
-    retry_after = error.details.get("retry_after")
-    headers = {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status_for(error.code), headers=retry_headers(error))

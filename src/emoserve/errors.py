@@ -212,6 +212,15 @@ def status_for(code: str) -> int:
     return kind.status if kind is not None else 500
 
 
+def retry_headers(error: EmoserveError) -> dict | None:
+    """`Retry-After` for an HTTP answer of `error`: its own wait, else its code's default; None when it has none."""
+    retry_after = getattr(error, "retry_after", None) or error.details.get("retry_after")
+    if retry_after is None:
+        kind = ERROR_CODES.get(error.code)
+        retry_after = kind.retry_after_s if kind is not None else None
+    return {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
+
+
 def code_for_status(status: int) -> str:
     return CODE_BY_STATUS.get(status, "invalid_parameter" if 400 <= status < 500 else "internal_error")
 

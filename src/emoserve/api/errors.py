@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
 
-from ..errors import ERROR_CODES, EmoserveError, code_for_status, status_for
+from ..errors import ERROR_CODES, EmoserveError, code_for_status, retry_headers, status_for
 from ..wire import ErrorBody, ErrorDetail
 
 error_log = logging.getLogger("emoserve.error")
@@ -29,14 +29,6 @@ def error_response(code: str, message: str, status: int | None = None, headers: 
     body = ErrorBody(error=ErrorDetail(code=code, message=message, **(details or {})))
     return Response(body.to_json(), status_code=status or status_for(code), headers=headers,
                     media_type="application/json")
-
-
-def retry_headers(error: EmoserveError) -> dict | None:
-    retry_after = getattr(error, "retry_after", None) or error.details.get("retry_after")
-    if retry_after is None:
-        kind = ERROR_CODES.get(error.code)
-        retry_after = kind.retry_after_s if kind is not None else None
-    return {"Retry-After": str(max(1, round(float(retry_after))))} if retry_after is not None else None
 
 
 def error_responses(codes: Iterable[str]) -> dict[int, dict]:

@@ -18,11 +18,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import key_is_valid, presented_key
-from ..errors import EmoserveError
+from ..errors import EmoserveError, retry_headers
 from ..logs import REQUEST_ID
 from ..metrics import ServiceMetrics
 from ..throttle import Throttle, client_address
-from .errors import error_response, retry_headers
+from .errors import error_response
 
 access_log = logging.getLogger("emoserve.access")
 error_log = logging.getLogger("emoserve.error")

@@ -34,7 +34,6 @@ PLAYER_JS = (HERE / "player.js").read_text(encoding="utf-8")
 CSS = (HERE / "style.css").read_text(encoding="utf-8")
 GRANULARITIES = [("Whole clip", "utterance"), ("Every 20 ms (timeline)", "frame")]
 HINT = "Upload a file or record from the microphone, then press Analyze."
-TOO_MANY_SIGN_INS = 429  # the status of the throttle's `rate_limited`, as the API answers it
 
 EngineGetter = Callable[[], Engine]  # the running engine, or an EmoserveError saying why there is none
 
@@ -148,7 +147,7 @@ class SignInThrottle:
         try:
             self.throttle.check_sign_in(address)
         except EmoserveError as e:
-            await refusal_response(e, TOO_MANY_SIGN_INS)(scope, receive, send)
+            await refusal_response(e)(scope, receive, send)
             return
         statuses = []
 

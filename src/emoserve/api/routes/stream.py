@@ -17,11 +17,11 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ...errors import AudioError, EmoserveError, InvalidParameterError
+from ...errors import AudioError, EmoserveError, InvalidParameterError, retry_headers, status_for
 from ...runtime import Service
 from ...timeline.streaming import StreamSession, end_message, error_message
 from ..deps import service_of
-from ..errors import error_response, request_id, retry_headers, status_for
+from ..errors import error_response, request_id
 from ..middleware import DENIAL_EXTENSION, STREAM_PROTOCOL
 
 router = APIRouter()
