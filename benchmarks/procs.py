@@ -28,10 +28,7 @@ def memory_mib(pid: int) -> dict[str, float]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+    """The CPU's model name, as the engine's kernel choice reads it (emoserve.model.cpu)."""
+    from emoserve.model.cpu import cpu_features  # torch loads with it: only when a result is written
+
+    return cpu_features().model_name or platform.processor()
