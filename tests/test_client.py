@@ -484,3 +484,20 @@ def test_idempotent_calls_are_retried_after_a_read_timeout(server, tmp_path, cli
             job = c.submit_long(long_file, chunk_size=CHUNK)
             assert c.wait(job, timeout=60).status == "succeeded"
     assert attempts == [path, path]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_local_client_splits_channels_like_the_library(tiny_model, batching):
+    stereo = wav_bytes(np.stack([sweep(1.0, rate=44100), noise(44100, seed=5, amplitude=0.3)], axis=1), rate=44100)
+    with EmoClient.local(tiny_model, batching=batching) as local:
+        got = local.analyze(stereo, granularity="frame", return_embedding=True, return_processed_audio=True,
+                            channels="split", channel_names="agent,customer")
+        with pytest.raises(InvalidParameterError, match="one channel"):
+            local.analyze(wav_bytes(noise(16000)), channels="split")
+    want = tiny_model.analyze(stereo, granularity="frame", return_embedding=True, channels="split",
+                              channel_names="agent,customer")
+    assert [(c.channel, c.name) for c in got.channels] == [(0, "agent"), (1, "customer")]
+    assert got.duration_s == want.duration_s
+    for mine, theirs in zip(got.channels, want.channels, strict=True):
+        assert_same_result(mine.result, theirs.result)
+        assert sf.read(io.BytesIO(mine.result.processed_audio))[1] == 16000

@@ -132,3 +132,89 @@ def test_a_real_subprocess(folder, tmp_path):
     assert done.returncode == 0, done.stderr
     (row,) = csv.DictReader(out.open())
     assert row["model"] == "random:tiny" and "summary" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- --channels split: a row per channel ----
+
+@pytest.fixture
+def call(tmp_path) -> tuple[Path, list[Path]]:
+    """call.wav (stereo, 44.1 kHz: a sweep left, noise right) and each of its channels alone as a mono file."""
+    left, right = sweep(1.2, rate=44100), noise(int(1.2 * 44100), seed=7, amplitude=0.3)
+    stereo = tmp_path / "call.wav"
+    stereo.write_bytes(wav_bytes(np.stack([left, right], axis=1), 44100))
+    alone = [tmp_path / "left.wav", tmp_path / "right.wav"]
+    for path, channel in zip(alone, (left, right), strict=True):
+        path.write_bytes(wav_bytes(channel, 44100))
+    return stereo, alone
+
+
+def test_split_rows_are_each_channel_alone_as_a_mono_file(call, tmp_path):
+    stereo, alone = call
+    out, embeddings = tmp_path / "split.jsonl", tmp_path / "emb"
+    result = invoke(str(stereo), "--model", "random:tiny", "--channels", "split", "--channel-names", "agent,customer",
+                    "-o", str(out), "--embeddings-dir", str(embeddings))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["channel"], r["channel_name"]) for r in rows] == [(0, "agent"), (1, "customer")]
+    mono = invoke(*map(str, alone), "--model", "random:tiny", "--format", "json", "--embeddings-dir",
+                  str(tmp_path / "mono"))
+    by_file = {Path(r["file"]).name: r for r in json.loads(mono.stdout)}
+    for row, path in zip(rows, alone, strict=True):
+        want = by_file[path.name]
+        assert row["file"] == str(stereo) and row["emotion"] == want["emotion"]
+        assert row["scores"] == pytest.approx(want["scores"], abs=1e-5)
+        assert row["duration_s"] == want["duration_s"]
+        np.testing.assert_allclose(np.load(row["embedding"]), np.load(want["embedding"]), rtol=0, atol=1e-5)
+    assert Path(rows[1]["embedding"]).name == "call.wav.ch1.npy"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "table"])
+def test_split_output_formats_have_channel_columns(fmt, call, tmp_path):
+    out = tmp_path / f"out.{'txt' if fmt == 'table' else fmt}"
+    result = invoke(str(call[0]), "--model", "random:tiny", "--channels", "split", "--format", fmt, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        rows = json.loads(out.read_text())
+    elif fmt == "csv":
+        rows = [{**r, "channel": int(r["channel"])} for r in csv.DictReader(out.open())]
+        assert list(rows[0])[:3] == ["file", "channel", "channel_name"]
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    else:
+        text = out.read_text()
+        assert "channel_name" in text and "left" in text and "right" in text
+        return
+    assert [(r["channel"], r["channel_name"]) for r in rows] == [(0, "left"), (1, "right")]
+    assert rows[0]["emotion"] and rows[0]["file"] == rows[1]["file"] == str(call[0])
+
+
+def test_split_of_a_mono_file_fails_that_file_only(call, folder):
+    result = invoke(str(call[0]), str(folder / "one.wav"), "--model", "random:tiny", "--channels", "split",
+                    "--format", "jsonl")
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["channel"] for r in rows] == [0, 1]
+    assert "one.wav: invalid_parameter: channels=split needs a file with two or more channels" in result.stderr
+
+
+def test_split_usage_errors(call):
+    names_without_split = invoke(str(call[0]), "--model", "random:tiny", "--channel-names", "a,b")
+    assert names_without_split.exit_code == 1 and "--channels split" in names_without_split.stderr
+    with_ray = invoke(str(call[0]), "--ray", "local", "--channels", "split")
+    assert with_ray.exit_code == 1 and "without --ray" in with_ray.stderr
+    unknown = invoke(str(call[0]), "--channels", "both")
+    assert unknown.exit_code == 2 and "mix" in unknown.stderr and "split" in unknown.stderr
+
+
+def test_split_against_a_server(call, tmp_path, tiny_model):
+    settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", data_dir=tmp_path / "data")
+    with serve_in_thread(create_app(settings, model=tiny_model)) as base:
+        remote = invoke(str(call[0]), "--server", base, "--channels", "split", "--format", "json")
+    local = invoke(str(call[0]), "--model", "random:tiny", "--channels", "split", "--format", "json")
+    assert remote.exit_code == local.exit_code == 0, remote.output
+    for mine, theirs in zip(json.loads(remote.stdout), json.loads(local.stdout), strict=True):
+        assert (mine["channel"], mine["channel_name"], mine["emotion"]) == (theirs["channel"], theirs["channel_name"],
+                                                                           theirs["emotion"])
+        assert mine["scores"] == pytest.approx(theirs["scores"], abs=1e-5)

@@ -4,6 +4,8 @@ Files are analysed `--jobs` at a time: against a server those are concurrent req
 server batches them); locally they go through one `Engine`, which batches them the same way.
 Files over the single-request limit go through the long-audio path (`analyze_long`). With `--ray`,
 files go through the same per-file function on a Ray cluster (`emoserve.scale.corpus`).
+`--channels split` analyses each channel of a file on its own (a stereo call): one row per channel,
+with `channel` and `channel_name`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from rich.table import Table
 
 from ..config import get_settings
 from ..errors import EmoserveError, InvalidParameterError
+from ..inference.results import parse_channel_names
 from .common import (
+    Channels,
     Granularity,
     OutputFormat,
     Precision,
@@ -68,10 +72,12 @@ def collect_files(paths: list[Path], recursive: bool) -> tuple[list[Path], list[
     return list(dict.fromkeys(files)), missing
 
 
-def embedding_path(directory: Path, file: Path) -> Path:
-    """DIR/<the file's path, without root or '..'>.npy: one .npy per input, never outside DIR."""
+def embedding_path(directory: Path, file: Path, channel: int | None = None) -> Path:
+    """DIR/<the file's path, without root or '..'>.npy (.chK.npy for channel K): one .npy per input (and
+    channel), never outside DIR."""
     parts = [p for p in file.parts if p not in ("..", ".", file.anchor)]
-    return directory.joinpath(*parts[:-1], parts[-1] + ".npy")
+    suffix = ".npy" if channel is None else f".ch{channel}.npy"
+    return directory.joinpath(*parts[:-1], parts[-1] + suffix)
 
 
 def analyze_file(client, path: Path | str, granularity: str, want_embedding: bool,
@@ -91,6 +97,31 @@ def analyze_file(client, path: Path | str, granularity: str, want_embedding: boo
     overall = timeline.overall
     row = {"file": str(path), "emotion": overall.emotion, "confidence": overall.confidence, **timeline.to_dict()}
     return row, timeline.embedding
+
+
+def analyze_channels_file(client, path: Path, granularity: str, want_embedding: bool,
+                          names: str | None) -> list[tuple[dict, Any]]:
+    """(row, embedding) for each channel of one file (channels=split): one request, or the long-audio path."""
+    try:
+        result = client.analyze(path, granularity=granularity, return_embedding=want_embedding, channels="split",
+                                channel_names=names)
+        return [(channel_row(path, entry.channel, entry.name, entry.result.to_dict()), entry.result.embedding)
+                for entry in result.channels]
+    except EmoserveError as e:
+        if e.code not in TOO_LONG:
+            raise
+    timeline = client.analyze_long(path, granularity=granularity, return_embedding=want_embedding,
+                                   channels="split", channel_names=names)
+    rows = []
+    for entry in timeline.channels:
+        overall = entry.result.overall
+        body = {"emotion": overall.emotion, "confidence": overall.confidence, **entry.result.to_dict()}
+        rows.append((channel_row(path, entry.channel, entry.name, body), entry.result.embedding))
+    return rows
+
+
+def channel_row(path: Path, channel: int, name: str, body: dict) -> dict:
+    return {"file": str(path), "channel": channel, "channel_name": name, **body}
 
 
 def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None,
@@ -135,26 +166,39 @@ def analyze(
              "address; --jobs is then files at once per model replica (docs/scaling.md)")] = None,
     precision: Annotated[Precision | None, typer.Option(help="local model: exact (default) or fast (docs/engine.md)")]
     = None,
+    channels: Annotated[Channels, typer.Option(help="mix: channels averaged to mono; split: each channel on its own "
+                                                   "(a stereo call), one row per channel (docs/calls.md)")]
+    = Channels.mix,
+    channel_names: Annotated[str | None, typer.Option(help="with --channels split: comma-separated names, one per "
+                                                           "channel (default left,right,ch2,...)")] = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     granularity = granularity.value
+    split = channels.value == "split"
     with clean_errors():
         fmt = infer_format(output, value_of(output_format))
         if ray is not None and server:
             raise InvalidParameterError("--ray runs a local --model on the cluster's workers, not --server")
+        if ray is not None and split:
+            raise InvalidParameterError("--ray analyses files mixed to mono: run --channels split without --ray "
+                                        "(locally or with --server)")
+        if channel_names is not None and not split:
+            raise InvalidParameterError("--channel-names names the channels of --channels split")
+        parse_channel_names(channel_names)
         if ray is None:
             files, failures = collect_files([Path(p) for p in paths], recursive)
         else:
             from ..scale.corpus import list_inputs  # Ray is imported only with --ray
 
             files, failures = list_inputs(paths, recursive)
-        writer = Writer(fmt, output, resume)
+        writer = Writer(fmt, output, resume, split=split)
         todo = [f for f in files if str(f) not in writer.done]
         client = make_client(server, model, api_key, preconvert, device, value_of(precision)) if ray is None else None
         started = time.perf_counter()
         try:
             if client is not None:
-                failures += run_all(client, todo, writer, granularity, embeddings_dir, jobs)
+                names = channel_names if split else None
+                failures += run_all(client, todo, writer, granularity, embeddings_dir, jobs, split, names)
             else:
                 from ..scale.corpus import run_corpus
 
@@ -164,15 +208,17 @@ def analyze(
                 client.close()
             writer.close()
     if fmt == "table":
-        print_table(writer.rows, output)
+        print_table(writer.rows, output, split)
     print_summary(writer.rows, failures, len(files) - len(todo), time.perf_counter() - started)
     if failures:
         raise typer.Exit(1)
 
 
 def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddings_dir: Path | None,
-            jobs: int) -> list[Failure]:
-    """Analyse `jobs` files at a time; rows are written as each finishes; failures are collected, not raised."""
+            jobs: int, split: bool = False, names: str | None = None) -> list[Failure]:
+    """Analyse `jobs` files at a time; rows are written as each finishes; failures are collected, not raised.
+
+    `split`: each channel of a file on its own, a row per channel, written together."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -188,7 +234,9 @@ def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddi
     with Progress(*columns, console=console, transient=False) as progress, \
             ThreadPoolExecutor(jobs, thread_name_prefix="emoserve-analyze") as pool:
         task = progress.add_task("analysing", total=len(files))
-        pending = {pool.submit(analyze_file, client, path, granularity, embeddings_dir is not None): path
+        want_embedding = embeddings_dir is not None
+        pending = {(pool.submit(analyze_channels_file, client, path, granularity, want_embedding, names) if split
+                    else pool.submit(analyze_file, client, path, granularity, want_embedding)): path
                    for path in files}
         try:
             while pending:
@@ -196,13 +244,15 @@ def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddi
                 for future in finished:
                     path = pending.pop(future)
                     try:
-                        row, embedding = future.result()
+                        done = future.result()
                     except Exception as e:  # ours, OS, httpx errors, timeouts: this file fails, the run goes on
                         failures.append(Failure.of(str(path), e))
                     else:
-                        if embeddings_dir is not None and embedding is not None:
-                            row["embedding"] = str(save_embedding(embeddings_dir, path, embedding))
-                        writer.add(row)
+                        for row, embedding in (done if split else [done]):
+                            if embeddings_dir is not None and embedding is not None:
+                                target = save_embedding(embeddings_dir, path, embedding, row.get("channel"))
+                                row["embedding"] = str(target)
+                            writer.add(row)
                     progress.advance(task)
         except KeyboardInterrupt:
             for future in pending:
@@ -212,22 +262,25 @@ def run_all(client, files: list[Path], writer: Writer, granularity: str, embeddi
     return failures
 
 
-def save_embedding(directory: Path, file: Path, embedding) -> Path:
+def save_embedding(directory: Path, file: Path, embedding, channel: int | None = None) -> Path:
     import numpy as np
 
-    target = embedding_path(directory, file)
+    target = embedding_path(directory, file, channel)
     target.parent.mkdir(parents=True, exist_ok=True)
     np.save(target, embedding)
     return target
 
 
-def print_table(rows: list[dict], output: Path | None) -> None:
+def print_table(rows: list[dict], output: Path | None, split: bool = False) -> None:
     from rich.console import Console
 
-    table = Table("file", "emotion", "confidence", "duration (s)", "kind")
+    table = Table("file", *(("channel", "channel_name") if split else ()), "emotion", "confidence", "duration (s)",
+                  "kind")
     for row in map(flat_row, rows):
         confidence = f"{row['confidence']:.3f}" if row["confidence"] is not None else "-"
-        table.add_row(row["file"], row["emotion"] or "-", confidence, f"{row['duration_s']:.2f}", row["kind"])
+        channel = (str(row["channel"]), row["channel_name"]) if split else ()
+        table.add_row(row["file"], *channel, row["emotion"] or "-", confidence, f"{row['duration_s']:.2f}",
+                      row["kind"])
     if output is None:
         Console().print(table)
     else:

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from ..config import Section, ServerConfig
 from ..errors import EmoserveError, InvalidParameterError
-from ..inference.results import GRANULARITIES
+from ..inference.results import CHANNEL_MODES, GRANULARITIES
 from ..logs import uvicorn_log_config
 from .outputs import FORMATS
 
@@ -34,6 +34,7 @@ Granularity = choices("Granularity", GRANULARITIES)
 OutputFormat = choices("OutputFormat", FORMATS)
 Dtype = choices("Dtype", DTYPES)
 Precision = choices("Precision", PRECISIONS)
+Channels = choices("Channels", CHANNEL_MODES)
 
 
 def value_of(choice: Enum | None) -> str | None:

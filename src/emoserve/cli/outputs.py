@@ -18,6 +18,7 @@ from ..errors import InvalidParameterError
 from ..labels import LABELS
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
+CHANNEL_COLUMNS = ("channel", "channel_name")  # --channels split: one row per channel
 FLAT_COLUMNS = ("file", "emotion", "confidence", "duration_s", "model", "granularity", "kind", "segments",
                 *(f"score_{label}" for label in LABELS), "embedding")
 
@@ -40,13 +41,15 @@ def flat_row(row: dict) -> dict:
             "kind": "long" if "segments" in row else "clip",
             "segments": len(row["segments"]) if "segments" in row else None,
             **{f"score_{label}": scores.get(label) for label in LABELS}, "embedding": row.get("embedding")}
+    if "channel" in row:
+        return {"file": flat.pop("file"), "channel": row["channel"], "channel_name": row["channel_name"], **flat}
     return flat
 
 
 class Writer:
     """Rows out, as they come (`add`), and the files an earlier run finished (`done`)."""
 
-    def __init__(self, output_format: str, output: Path | None, resume: bool):
+    def __init__(self, output_format: str, output: Path | None, resume: bool, split: bool = False):
         if output_format == "parquet" and output is None:
             raise InvalidParameterError("parquet needs --output FILE")
         if resume and output is None:
@@ -54,6 +57,7 @@ class Writer:
         if resume and output_format == "table":
             raise InvalidParameterError("--resume works with json, jsonl, csv or parquet output, not table")
         self.format, self.output = output_format, output
+        self.columns = (FLAT_COLUMNS[0], *CHANNEL_COLUMNS, *FLAT_COLUMNS[1:]) if split else FLAT_COLUMNS
         self.previous: list[dict] = self.read_previous() if resume and output.exists() else []
         self.rows: list[dict] = []
         self.stream: IO[str] | None = None
@@ -85,7 +89,7 @@ class Writer:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             self.stream = open(self.output, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115
         if self.format == "csv":
-            self.csv = csv.DictWriter(self.stream, FLAT_COLUMNS)
+            self.csv = csv.DictWriter(self.stream, self.columns)
             if not append:
                 self.csv.writeheader()
 

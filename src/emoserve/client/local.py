@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..inference.results import EmotionResult, LongformResult, check_granularity, make_result
+import numpy as np
+
+from ..inference.results import (
+    ChannelResult,
+    EmotionResult,
+    LongformResult,
+    SplitResult,
+    check_channel_mode,
+    check_granularity,
+    make_result,
+)
+from ..inference.results import channel_names as names_of_channels
+from ..model.config import SAMPLE_RATE
 from .parse import ClientResult
 
 
@@ -46,21 +58,44 @@ class LocalClient:
 
     def analyze(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False,
                 return_processed_audio: bool = False, *, sample_rate: int | None = None,
-                preconvert: bool | None = None, filename: str | None = None) -> ClientResult:
-        """`preconvert` and `filename` are accepted for parity with `EmoClient` and change nothing here."""
-        from ..audio import decode_audio, processed_wav
+                preconvert: bool | None = None, filename: str | None = None, channels: str = "mix",
+                channel_names: str | Sequence[str] | None = None) -> ClientResult | SplitResult:
+        """`preconvert` and `filename` are accepted for parity with `EmoClient` and change nothing here.
+
+        channels="split": a `SplitResult`, one `ClientResult` per channel named from `channel_names`, as
+        `EmoClient` returns it; the channels go through the engine in one batch."""
+        from ..audio import decode_audio, decode_channels
 
         check_granularity(granularity)
-        waveform = decode_audio(audio, sample_rate=sample_rate, max_seconds=self.max_duration_s,
-                                min_samples=self.model.config.min_samples)
+        limits = {"sample_rate": sample_rate, "max_seconds": self.max_duration_s,
+                  "min_samples": self.model.config.min_samples}
+        if check_channel_mode(channels) == "split":
+            rows = decode_channels(audio, **limits)
+            named = names_of_channels(channel_names, len(rows))
+            results = self.results(list(rows), granularity, return_embedding, return_processed_audio)
+            return SplitResult([ChannelResult(k, name, result)
+                                for k, (name, result) in enumerate(zip(named, results, strict=True))],
+                               round(rows.shape[1] / SAMPLE_RATE, 6), self.model.name)
+        waveform = decode_audio(audio, **limits)
+        return self.results([waveform], granularity, return_embedding, return_processed_audio)[0]
+
+    def results(self, waveforms: list[np.ndarray], granularity: str, return_embedding: bool,
+                return_processed_audio: bool) -> list[ClientResult]:
+        """Decoded clips through the engine (or the model) in one batch → a `ClientResult` each."""
+        from ..audio import processed_wav
+
         if self.engine_thread is not None:
-            engine = self.engine_thread.engine
-            out = engine.submit_blocking([waveform], frames=granularity == "frame", origin="local")[0]
-            result = make_result(out, self.model.labels, self.model.name, granularity, return_embedding)
+            outputs = self.engine_thread.engine.submit_blocking(waveforms, frames=granularity == "frame",
+                                                                origin="local")
         else:
-            result = self.model.analyze(waveform, granularity=granularity, return_embedding=return_embedding)
-        fields = {name: getattr(result, name) for name in EmotionResult.__dataclass_fields__}
-        return ClientResult(**fields, processed_audio=processed_wav(waveform) if return_processed_audio else None)
+            outputs = self.model.predict(waveforms, frames=granularity == "frame")
+        clients = []
+        for waveform, out in zip(waveforms, outputs, strict=True):
+            result = make_result(out, self.model.labels, self.model.name, granularity, return_embedding)
+            fields = {name: getattr(result, name) for name in EmotionResult.__dataclass_fields__}
+            clients.append(ClientResult(**fields,
+                                        processed_audio=processed_wav(waveform) if return_processed_audio else None))
+        return clients
 
     def analyze_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
                      progress: Callable[[float], None] | None = None, **upload_options) -> LongformResult:
