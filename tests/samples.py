@@ -77,6 +77,22 @@ def conversation(gaps_s: list[float], seed: int = 0, rate: int = SAMPLE_RATE) ->
     return np.concatenate(parts), regions
 
 
+def two_speaker_call(rate: int = SAMPLE_RATE) -> tuple[np.ndarray, list[list[tuple[float, float]]]]:
+    """A stereo call (n, 2): different espeak-ng phrases on the left (at 0.5 s and 7 s) and on the right (at
+    3.5 s and 9 s), and the (start, end) seconds of each channel's phrases; callers skip without espeak-ng."""
+    placed = [[(0, 0.5), (2, 7.0)], [(1, 3.5), (3, 9.0)]]
+    ends = [start + len(phrase(index, rate)) / rate for channel in placed for index, start in channel]
+    call = np.zeros((int((max(ends) + 1.0) * rate), 2), np.float32)
+    regions: list[list[tuple[float, float]]] = [[], []]
+    for channel, phrases in enumerate(placed):
+        for index, start in phrases:
+            voiced = phrase(index, rate)
+            first = int(start * rate)
+            call[first: first + len(voiced), channel] = voiced
+            regions[channel].append((first / rate, (first + len(voiced)) / rate))
+    return call, regions
+
+
 def long_recording(seconds: float, seed: int = 0, rate: int = SAMPLE_RATE) -> np.ndarray:
     """A call-like recording: espeak-ng phrases with 0.3–2 s pauses, or, without espeak-ng, noise bursts."""
     rng = np.random.default_rng(seed)

@@ -166,8 +166,8 @@ def test_the_first_pass_of_a_long_call_holds_a_few_blocks_not_the_file(tmp_path)
     seen = []
     tracemalloc.start()
     try:
-        audio, speech_probs = first_pass(path, tmp_path / "audio.f32", None, LongformConfig(), detect_speech=True,
-                                         progress=seen.append, min_samples=400)
+        (audio,), (speech_probs,) = first_pass(path, tmp_path, None, LongformConfig(), detect_speech=True,
+                                               progress=seen.append, min_samples=400)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -250,3 +250,63 @@ def test_bad_options_and_regions_are_refused(tiny_model):
         tiny_model.analyze_long(noise(SAMPLE_RATE * 2), regions=[(1.5, 1.0)])
     with pytest.raises(InvalidParameterError):
         tiny_model.analyze_long(noise(SAMPLE_RATE * 2), granularity="word")
+
+
+# ---- channels="split": a timeline per channel, and the call ----
+
+@pytest.fixture(scope="module")
+def stereo_call() -> tuple[bytes, list[bytes], list[list[tuple[float, float]]]]:
+    """A two-speaker stereo WAV at 22.05 kHz, each of its channels alone as a mono WAV, and the phrase positions."""
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    from .samples import two_speaker_call
+
+    call, regions = two_speaker_call(22_050)
+    return wav_bytes(call, 22_050), [wav_bytes(call[:, k], 22_050) for k in range(2)], regions
+
+
+def assert_same_timeline(got, want):
+    assert [(s.start, s.end, s.emotion) for s in got.segments] == [(s.start, s.end, s.emotion) for s in want.segments]
+    for mine, theirs in zip(got.segments, want.segments, strict=True):
+        np.testing.assert_allclose(list(mine.scores.values()), list(theirs.scores.values()), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(list(got.overall.scores.values()), list(want.overall.scores.values()), rtol=0,
+                               atol=1e-5)
+    assert got.overall.speech_s == want.overall.speech_s and got.duration_s == want.duration_s
+    if want.frame_scores is not None:
+        np.testing.assert_allclose(got.frame_scores, want.frame_scores, rtol=0, atol=1e-5)
+    if want.embedding is not None:
+        np.testing.assert_allclose(got.embedding, want.embedding, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["utterance", "frame"])
+def test_split_long_gives_each_channel_what_it_gives_alone_as_a_mono_file(tiny_model, stereo_call, granularity):
+    stereo, alone, regions = stereo_call
+    options = LongformConfig(window_s=4.0, window_overlap_s=1.0, batch_size=3)  # windows and batches mix channels
+    split = tiny_model.analyze_long(stereo, granularity=granularity, return_embedding=True, options=options,
+                                    channels="split", channel_names="agent,customer")
+    assert [(c.channel, c.name) for c in split.channels] == [(0, "agent"), (1, "customer")]
+    for entry, mono, phrases in zip(split.channels, alone, regions, strict=True):
+        want = tiny_model.analyze_long(mono, granularity=granularity, return_embedding=True, options=options)
+        assert_same_timeline(entry.result, want)
+        assert len(entry.result.segments) == len(phrases)  # its own voice activity: the other channel is not there
+        for segment, (start, end) in zip(entry.result.segments, phrases, strict=True):
+            assert segment.start == pytest.approx(start, abs=0.25) and segment.end == pytest.approx(end, abs=0.25)
+    assert split.duration_s == split.channels[0].result.duration_s
+    assert [(t.speaker, t.start) for t in split.turns] == [(c.name, s.start) for c, s in sorted(
+        ((c, s) for c in split.channels for s in c.result.segments), key=lambda cs: cs[1].start)]
+    (overlap,) = split.overlaps  # the customer's second phrase starts before the agent's second one ends
+    assert overlap.speakers == ("agent", "customer")
+    assert overlap.start == split.channels[1].result.segments[1].start
+    assert overlap.end == split.channels[0].result.segments[1].end
+    body = split.to_dict()
+    assert set(body) == {"channels", "turns", "overlaps", "summary", "labels", "duration_s", "model", "granularity"}
+    assert body["channels"][1]["name"] == "customer" and body["summary"]["speakers"][0]["speaker"] == "agent"
+
+
+def test_split_long_refuses_mono_files_and_a_job_embedding_file(tiny_model, tmp_path):
+    with pytest.raises(InvalidParameterError, match="one channel"):
+        tiny_model.analyze_long(wav_bytes(noise(SAMPLE_RATE * 2)), channels="split")
+    stereo = wav_bytes(np.stack([noise(SAMPLE_RATE * 2, seed=s) for s in range(2)], axis=1))
+    with pytest.raises(InvalidParameterError, match="return_embedding with channels=split"):
+        analyze_long(stereo, tiny_model.predict, labels=tiny_model.labels, model_name="m", channels="split",
+                     return_embedding=True, embedding_path=tmp_path / "e.npy")

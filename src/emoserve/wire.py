@@ -24,6 +24,7 @@ from .labels import LABELS
 Granularity = Literal["utterance", "frame"]
 UploadState = Literal["uploading", "complete", "expired"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
+ChannelMode = Literal["mix", "split"]
 
 
 class Body(BaseModel):
@@ -235,6 +236,11 @@ class JobRequest(RequestBody):
     return_embedding: bool = Field(False, description="keep the embedding for GET /v1/jobs/{id}/embedding.npy")
     callback_url: str | None = Field(None, max_length=2048,
                                      description="http(s) URL that receives the final job JSON by POST")
+    channels: ChannelMode = Field("mix", description="mix: channels averaged to mono; split: each channel on its "
+                                                     "own, with speaker turns and a call summary (docs/calls.md)")
+    channel_names: str | list[str] | None = Field(None, description="channels=split: one name per channel "
+                                                                     "(a list, or comma-separated); default "
+                                                                     "left, right, ch2, ...")
 
 
 class JobAccepted(Body):
@@ -269,6 +275,63 @@ class LongformResult(Body):
     granularity: Granularity
 
 
+class ChannelLongformResult(LongformResult, ChannelFields):
+    """One channel of a channels=split job: exactly the timeline that channel alone gives as a mono file."""
+
+
+class Turn(Body):
+    """A speaker's turn: their voiced segments until another channel speaks (docs/calls.md)."""
+
+    channel: int
+    speaker: str = Field(description="the channel's name")
+    start: float = Field(description="seconds from the start of the file")
+    end: float
+    emotion: str | None = Field(description="of the turn's segments' scores, weighted by duration")
+    confidence: float | None
+    scores: dict[str, float]
+
+
+class Overlap(Body):
+    """A stretch where two or more channels speak at once."""
+
+    start: float
+    end: float
+    channels: list[int]
+    speakers: list[str]
+
+
+class SpeakerSummary(Body):
+    channel: int
+    speaker: str
+    speech_s: float = Field(description="seconds of voiced segments")
+    emotion_share: dict[str, float] = Field(description="share of speech_s whose segments had each emotion (sums to 1)")
+    first_angry_s: float | None = Field(description="start of the first segment heard as angry; null if none")
+    start_emotion: str | None = Field(description="the emotion of the speaker's first turn")
+    end_emotion: str | None = Field(description="the emotion of the speaker's last turn")
+
+
+class CallSummary(Body):
+    speakers: list[SpeakerSummary]
+    start_emotion: str | None = Field(description="the emotion of the call's first turn")
+    start_speaker: str | None
+    end_emotion: str | None = Field(description="the emotion of the call's last turn")
+    end_speaker: str | None
+    overlap_s: float = Field(description="seconds with two or more speakers at once")
+
+
+class SplitLongformResult(Body):
+    """channels=split: one timeline per channel, and the call they make together."""
+
+    channels: list[ChannelLongformResult]
+    turns: list[Turn] = Field(description="who spoke when, in order of start")
+    overlaps: list[Overlap]
+    summary: CallSummary
+    labels: list[str] = Field(examples=[list(LABELS)])
+    duration_s: float
+    model: str
+    granularity: Granularity
+
+
 class JobError(Body):
     code: str = Field(description="the code a request with this file would get (error table of docs/API.md)")
     message: str
@@ -278,13 +341,15 @@ class JobError(Body):
 class JobOptions(Body):
     granularity: Granularity
     return_embedding: bool
+    channels: ChannelMode = "mix"
+    channel_names: list[str] | None = None
 
 
 class JobStatus(Body):
     job_id: str
     status: JobState
     progress: float = Field(ge=0, le=1)
-    result: LongformResult | None
+    result: SplitLongformResult | LongformResult | None
     error: JobError | None
     upload_id: str
     options: JobOptions

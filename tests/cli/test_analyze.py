@@ -19,7 +19,8 @@ from emoserve.cli import app
 from emoserve.config import Settings
 
 from ..integrations.live import serve_in_thread
-from ..samples import audio_file, long_recording, noise, sweep, wav_bytes
+from ..api.test_uploads import close_to
+from ..samples import audio_file, espeak_available, long_recording, noise, sweep, two_speaker_call, wav_bytes
 
 runner = CliRunner()
 
@@ -218,3 +219,29 @@ def test_split_against_a_server(call, tmp_path, tiny_model):
         assert (mine["channel"], mine["channel_name"], mine["emotion"]) == (theirs["channel"], theirs["channel_name"],
                                                                            theirs["emotion"])
         assert mine["scores"] == pytest.approx(theirs["scores"], abs=1e-5)
+
+
+@pytest.mark.parametrize("where", ["local", "server"])
+def test_split_long_files_give_each_channels_long_rows(where, tmp_path, monkeypatch, tiny_model):
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    monkeypatch.setenv("EMOSERVE_MAX_DURATION_S", "3")
+    call, _ = two_speaker_call(22_050)
+    stereo = tmp_path / "call.wav"
+    stereo.write_bytes(wav_bytes(call, 22_050))
+    alone = [tmp_path / "left.wav", tmp_path / "right.wav"]
+    for k, path in enumerate(alone):
+        path.write_bytes(wav_bytes(call[:, k], 22_050))
+    settings = Settings.from_flat(model="random:tiny", log_dir=tmp_path / "logs", data_dir=tmp_path / "data",
+                                  max_duration_s=3)
+    with serve_in_thread(create_app(settings, model=tiny_model)) as base:
+        target = ("--server", base) if where == "server" else ("--model", "random:tiny")
+        result = invoke(str(stereo), *target, "--channels", "split", "--format", "json")
+        mono = invoke(*map(str, alone), *target, "--format", "json")
+    assert result.exit_code == mono.exit_code == 0, result.output
+    rows, want = json.loads(result.stdout), {Path(r["file"]).name: r for r in json.loads(mono.stdout)}
+    assert [(r["channel"], r["channel_name"]) for r in rows] == [(0, "left"), (1, "right")]
+    for row, path in zip(rows, alone, strict=True):
+        theirs = want[path.name]
+        assert row["overall"] == close_to(theirs["overall"]) and row["segments"] == close_to(theirs["segments"])
+        assert row["emotion"] == theirs["emotion"] and row["duration_s"] == theirs["duration_s"]

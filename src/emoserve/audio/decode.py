@@ -4,6 +4,7 @@ per channel (`decode_channels`), and back to WAV."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,17 @@ def decode_channels(source: AudioSource, *, sample_rate: int | None = None, max_
         rows.append([])
         return lambda block, expected: rows[channel].append(block)
 
+    streamed = stream_channels(source, consumer_for, sample_rate=sample_rate, max_seconds=max_seconds,
+                               max_bytes=max_bytes, min_samples=min_samples)
+    return np.stack([joined(blocks, s.gain) for blocks, s in zip(rows, streamed, strict=True)])
+
+
+def stream_channels(source: AudioSource, consumer_for: Callable[[int], BlockConsumer], *,
+                    sample_rate: int | None = None, max_seconds: float | None = None, max_bytes: int | None = None,
+                    min_samples: int | None = None) -> list[StreamedAudio]:
+    """`stream_audio` with the channels kept apart: channel k's 16 kHz blocks go to `consumer_for(k)` (asked for
+    once per channel, at the first block), exactly the blocks `stream_audio` gives for channel k alone as a mono
+    file; one `StreamedAudio` per channel. Audio with one channel is refused (`InvalidParameterError`)."""
     sink = ChannelSplitter(max_seconds, consumer_for)
     if isinstance(source, np.ndarray):
         samples, channel_axis = array_channels(source)
@@ -64,10 +76,10 @@ def decode_channels(source: AudioSource, *, sample_rate: int | None = None, max_
             decode_encoded(data, sink)
     sink.finish()
     check_length(sink.num_samples, min_samples)
-    if len(rows) == 1:
+    if len(sink.channels) == 1:
         raise InvalidParameterError("channels=split needs a file with two or more channels; this file has one "
                                     "channel (mono): analyse it with channels=mix")
-    return np.stack([joined(blocks, gain) for blocks, gain in zip(rows, sink.gains, strict=True)])
+    return [StreamedAudio(channel.num_samples, channel.gain) for channel in sink.channels]
 
 
 @dataclass(frozen=True)

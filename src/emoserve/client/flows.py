@@ -31,6 +31,7 @@ from ..errors import EmoserveError, InvalidParameterError, NotFoundError, Upload
 from ..files import file_sha256
 from ..inference.results import (
     LongformResult,
+    SplitLongformResult,
     SplitResult,
     check_channel_mode,
     check_granularity,
@@ -283,22 +284,27 @@ class Flows:
 
     def submit_long_flow(self, audio: Any, granularity: str, return_embedding: bool, chunk_size: int | None,
                          parallel: int, callback_url: str | None, preconvert: bool | None,
-                         resume: bool) -> Flow[Job]:
+                         resume: bool, channels: str = "mix",
+                         channel_names: str | Sequence[str] | None = None) -> Flow[Job]:
         job, _ = yield from self.start_job_flow(audio, granularity, return_embedding, chunk_size, parallel,
-                                                callback_url, preconvert, resume)
+                                                callback_url, preconvert, resume, channels, channel_names)
         return job
 
     def start_job_flow(self, audio: Any, granularity: str, return_embedding: bool, chunk_size: int | None,
                        parallel: int, callback_url: str | None, preconvert: bool | None,
-                       resume: bool) -> Flow[tuple[Job, ResumeFile]]:
+                       resume: bool, channels: str = "mix",
+                       channel_names: str | Sequence[str] | None = None) -> Flow[tuple[Job, ResumeFile]]:
         check_granularity(granularity)
         if parallel < 1:
             raise InvalidParameterError("parallel must be at least 1")
-        convert = self.conversion(preconvert)
+        split = check_channel_mode(channels) == "split"
+        convert = None if split else self.conversion(preconvert)  # preconverting mixes to mono: split travels as is
         with StagedFile(audio, convert) as (path, filename):
             upload_id, resume_file = yield from self.upload_flow(path, filename, chunk_size, parallel, resume)
             body = {"upload_id": upload_id, "granularity": granularity, "return_embedding": return_embedding,
                     "callback_url": callback_url}
+            if split:
+                body |= {"channels": channels, "channel_names": parse_channel_names(channel_names)}
             response = yield from self.call("POST", "/v1/upload/complete", json=body)
         return accepted_job_from_json(response.content), resume_file
 
@@ -370,9 +376,12 @@ class Flows:
 
     def analyze_long_flow(self, audio: Any, granularity: str, return_embedding: bool, chunk_size: int | None,
                           parallel: int, callback_url: str | None, preconvert: bool | None, resume: bool,
-                          timeout: float | None) -> Flow[LongformResult]:
+                          timeout: float | None, channels: str = "mix",
+                          channel_names: str | Sequence[str] | None = None,
+                          ) -> Flow[LongformResult | SplitLongformResult]:
         job, resume_file = yield from self.start_job_flow(audio, granularity, return_embedding, chunk_size,
-                                                          parallel, callback_url, preconvert, resume)
+                                                          parallel, callback_url, preconvert, resume, channels,
+                                                          channel_names)
         job = yield from self.wait_flow(job, timeout)
         resume_file.remove()  # kept until now: a re-run after a crash while waiting finds the same job
         if job.error is not None:

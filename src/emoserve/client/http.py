@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..inference.results import LongformResult, SplitResult
+from ..inference.results import LongformResult, SplitLongformResult, SplitResult
 from .flows import Call, Flow, Flows, Sleep, Together
 from .local import LocalClient
 from .parse import ClientResult, Job, error_from_response
@@ -65,19 +65,22 @@ class EmoClient(Flows):
 
     def analyze_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
                      chunk_size: int | None = None, parallel: int = 4, callback_url: str | None = None,
-                     preconvert: bool | None = None, resume: bool = True,
-                     timeout: float | None = None) -> LongformResult:
+                     preconvert: bool | None = None, resume: bool = True, timeout: float | None = None,
+                     channels: str = "mix", channel_names: str | Sequence[str] | None = None,
+                     ) -> LongformResult | SplitLongformResult:
         """A file of any length: a chunked upload (`parallel` chunks at a time, resumed after a crash),
-        a job, and its `LongformResult` once done; `timeout` bounds the wait for the job (None: no bound)."""
+        a job, and its `LongformResult` once done; `timeout` bounds the wait for the job (None: no bound).
+        channels="split": a `SplitLongformResult`, a timeline per channel and the call's turns (docs/calls.md)."""
         return self.run(self.analyze_long_flow(audio, granularity, return_embedding, chunk_size, parallel,
-                                               callback_url, preconvert, resume, timeout))
+                                               callback_url, preconvert, resume, timeout, channels, channel_names))
 
     def submit_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
                     chunk_size: int | None = None, parallel: int = 4, callback_url: str | None = None,
-                    preconvert: bool | None = None, resume: bool = True) -> Job:
+                    preconvert: bool | None = None, resume: bool = True, channels: str = "mix",
+                    channel_names: str | Sequence[str] | None = None) -> Job:
         """Upload and start the job without waiting (poll with `job`/`wait`, or let it call `callback_url`)."""
         return self.run(self.submit_long_flow(audio, granularity, return_embedding, chunk_size, parallel,
-                                              callback_url, preconvert, resume))
+                                              callback_url, preconvert, resume, channels, channel_names))
 
     def job(self, job_id: str) -> Job:
         return self.run(self.job_flow(job_id))
@@ -156,10 +159,12 @@ class AsyncEmoClient(Flows):
 
     async def analyze_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
                            chunk_size: int | None = None, parallel: int = 4, callback_url: str | None = None,
-                           preconvert: bool | None = None, resume: bool = True,
-                           timeout: float | None = None) -> LongformResult:
+                           preconvert: bool | None = None, resume: bool = True, timeout: float | None = None,
+                           channels: str = "mix", channel_names: str | Sequence[str] | None = None,
+                           ) -> LongformResult | SplitLongformResult:
         flow = await asyncio.to_thread(self.started, self.analyze_long_flow(
-            audio, granularity, return_embedding, chunk_size, parallel, callback_url, preconvert, resume, timeout))
+            audio, granularity, return_embedding, chunk_size, parallel, callback_url, preconvert, resume, timeout,
+            channels, channel_names))
         return await self.run(flow)
 
     async def submit_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,

@@ -11,6 +11,7 @@ from ..inference.results import (
     ChannelResult,
     EmotionResult,
     LongformResult,
+    SplitLongformResult,
     SplitResult,
     check_channel_mode,
     check_granularity,
@@ -98,8 +99,10 @@ class LocalClient:
         return clients
 
     def analyze_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
-                     progress: Callable[[float], None] | None = None, **upload_options) -> LongformResult:
+                     progress: Callable[[float], None] | None = None, channels: str = "mix",
+                     channel_names: str | Sequence[str] | None = None,
+                     **upload_options) -> LongformResult | SplitLongformResult:
         """`EmotionModel.analyze_long`. `EmoClient`'s upload options (chunk_size, parallel, ...) are accepted,
         so one script runs against both, and have nothing to do here."""
         return self.model.analyze_long(audio, granularity=granularity, return_embedding=return_embedding,
-                                       progress=progress)
+                                       progress=progress, channels=channels, channel_names=channel_names)

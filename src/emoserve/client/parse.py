@@ -18,7 +18,21 @@ import numpy as np
 
 from .. import wire
 from ..errors import EmoserveError, code_for_status, error_for
-from ..inference.results import ChannelResult, EmotionResult, LongformResult, ModelInfo, Overall, Segment, SplitResult
+from ..inference.results import (
+    CallSummary,
+    ChannelLongform,
+    ChannelResult,
+    EmotionResult,
+    LongformResult,
+    ModelInfo,
+    Overall,
+    Overlap,
+    Segment,
+    SpeakerSummary,
+    SplitLongformResult,
+    SplitResult,
+    Turn,
+)
 from ..labels import LABELS
 
 # ---- errors: the server's code → the library's typed error (emoserve.errors.ERROR_CODES) ----
@@ -119,6 +133,18 @@ def longform_from_wire(body: wire.LongformResult, embedding: bytes | None = None
                           load_npy(embedding) if embedding is not None else None)
 
 
+def split_longform_from_wire(body: wire.SplitLongformResult) -> SplitLongformResult:
+    """A finished channels=split job's `result` → `SplitLongformResult`."""
+    summary = body.summary
+    return SplitLongformResult(
+        [ChannelLongform(c.channel, c.name, longform_from_wire(c)) for c in body.channels],
+        [Turn(**t.model_dump()) for t in body.turns],
+        [Overlap(o.start, o.end, tuple(o.channels), tuple(o.speakers)) for o in body.overlaps],
+        CallSummary([SpeakerSummary(**s.model_dump()) for s in summary.speakers], summary.start_emotion,
+                    summary.start_speaker, summary.end_emotion, summary.end_speaker, summary.overlap_s),
+        tuple(body.labels), body.duration_s, body.model, body.granularity)
+
+
 def models_from_json(data: bytes) -> list[ModelInfo]:
     """`GET /v1/models` → `ModelInfo` of each model, every field the server sends."""
     return [ModelInfo(**{**m.model_dump(), "labels": tuple(m.labels)})
@@ -198,7 +224,7 @@ class Job:
     job_id: str
     status: str  # queued | running | succeeded | failed
     progress: float
-    result: LongformResult | None = None
+    result: LongformResult | SplitLongformResult | None = None
     error: EmoserveError | None = None
     options: dict = field(default_factory=dict)
 
@@ -213,7 +239,10 @@ def job_from_wire(body: wire.JobStatus, embedding: bytes | None = None) -> Job:
     if body.error is not None:
         details = body.error.details.model_dump(exclude_defaults=True) if body.error.details else {}
         error = error_for(body.error.code, body.error.message, details)
-    result = longform_from_wire(body.result, embedding) if body.result is not None else None
+    if isinstance(body.result, wire.SplitLongformResult):
+        result = split_longform_from_wire(body.result)
+    else:
+        result = longform_from_wire(body.result, embedding) if body.result is not None else None
     return Job(body.job_id, body.status, body.progress, result, error, body.options.model_dump())
 
 

@@ -34,6 +34,7 @@ from .results import (
     EmotionResult,
     LongformResult,
     ModelInfo,
+    SplitLongformResult,
     SplitResult,
     channel_names,
     check_channel_mode,
@@ -297,13 +298,15 @@ class EmotionModel:
     def analyze_long(self, audio: AudioSource, granularity: str = "utterance", return_embedding: bool = False,
                      progress: Callable[[float], None] | None = None, *, sample_rate: int | None = None,
                      regions: Sequence[tuple[float, float]] | None = None,
-                     options: LongformConfig | None = None) -> LongformResult:
+                     options: LongformConfig | None = None, channels: str = "mix",
+                     channel_names: str | Sequence[str] | None = None) -> LongformResult | SplitLongformResult:
         """A file of any length: voiced segments with their emotion, the duration-weighted whole, and
-        (granularity="frame") scores for every 20 ms of the file. See `emoserve.timeline.longform`, which
+        (granularity="frame") scores for every 20 ms of the file. `channels="split"`: that per channel, with
+        the call's turns, overlaps and summary (docs/calls.md). See `emoserve.timeline.longform`, which
         runs on top of this class's `predict` (so it is imported here, not above)."""
         from ..timeline.longform import analyze_long
 
         return analyze_long(audio, self.predict, labels=self.labels, model_name=self.name, granularity=granularity,
                             return_embedding=return_embedding, sample_rate=sample_rate, regions=regions,
                             options=options, progress=progress,
-                            min_samples=self.config.min_samples)
+                            min_samples=self.config.min_samples, channels=channels, channel_names=channel_names)

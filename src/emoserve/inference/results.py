@@ -255,6 +255,106 @@ class LongformResult:
         return self.to_wire().to_dict()
 
 
+# ---- long audio with channels="split": a timeline per channel, and the call they make ----
+
+
+@dataclass(frozen=True)
+class ChannelLongform:
+    """One channel of a long file analysed with channels="split": what that channel alone gives as a mono file."""
+
+    channel: int
+    name: str
+    result: LongformResult
+
+    def to_wire(self) -> wire.ChannelLongformResult:
+        return wire.ChannelLongformResult.model_construct(channel=self.channel, name=self.name,
+                                                          **dict(self.result.to_wire()))
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A speaker's turn: their segments until another channel speaks, with the duration-weighted emotion."""
+
+    channel: int
+    speaker: str
+    start: float
+    end: float
+    emotion: str | None
+    confidence: float | None
+    scores: dict[str, float]
+
+    def to_wire(self) -> wire.Turn:
+        return wire.Turn.model_construct(**asdict(self))
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Seconds [start, end) in which the channels listed all speak."""
+
+    start: float
+    end: float
+    channels: tuple[int, ...]
+    speakers: tuple[str, ...]
+
+    def to_wire(self) -> wire.Overlap:
+        return wire.Overlap.model_construct(start=self.start, end=self.end, channels=list(self.channels),
+                                            speakers=list(self.speakers))
+
+
+@dataclass(frozen=True)
+class SpeakerSummary:
+    channel: int
+    speaker: str
+    speech_s: float
+    emotion_share: dict[str, float]  # emotion → share of speech_s (segments by their top emotion)
+    first_angry_s: float | None
+    start_emotion: str | None  # of the speaker's first turn
+    end_emotion: str | None  # of the speaker's last turn
+
+    def to_wire(self) -> wire.SpeakerSummary:
+        return wire.SpeakerSummary.model_construct(**asdict(self))
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    speakers: list[SpeakerSummary]
+    start_emotion: str | None  # of the call's first turn
+    start_speaker: str | None
+    end_emotion: str | None  # of the call's last turn
+    end_speaker: str | None
+    overlap_s: float
+
+    def to_wire(self) -> wire.CallSummary:
+        return wire.CallSummary.model_construct(
+            speakers=[s.to_wire() for s in self.speakers], start_emotion=self.start_emotion,
+            start_speaker=self.start_speaker, end_emotion=self.end_emotion, end_speaker=self.end_speaker,
+            overlap_s=self.overlap_s)
+
+
+@dataclass(frozen=True)
+class SplitLongformResult:
+    """A long file analysed with channels="split": each channel's timeline, the turns they take, where they
+    overlap, and the call's summary (`emoserve.timeline.calls`)."""
+
+    channels: list[ChannelLongform]
+    turns: list[Turn]
+    overlaps: list[Overlap]
+    summary: CallSummary
+    labels: tuple[str, ...]
+    duration_s: float
+    model: str
+    granularity: str
+
+    def to_wire(self) -> wire.SplitLongformResult:
+        return wire.SplitLongformResult.model_construct(
+            channels=[c.to_wire() for c in self.channels], turns=[t.to_wire() for t in self.turns],
+            overlaps=[o.to_wire() for o in self.overlaps], summary=self.summary.to_wire(), labels=list(self.labels),
+            duration_s=self.duration_s, model=self.model, granularity=self.granularity)
+
+    def to_dict(self) -> dict:
+        return self.to_wire().to_dict()
+
+
 # ---- what a loaded model is ----
 
 

@@ -22,9 +22,9 @@ import httpx
 
 from .. import webhooks, wire
 from ..config import JobsConfig, LongformConfig
-from ..errors import ConflictError, EmoserveError, NotFoundError
+from ..errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError
 from ..files import fsync_dir
-from ..inference.results import check_granularity
+from ..inference.results import check_channel_mode, check_granularity, parse_channel_names
 from ..model.config import RECEPTIVE_FIELD
 from ..timeline.longform import BatchPredict, analyze_long
 from .records import Job
@@ -104,13 +104,21 @@ class JobRunner:
     # ---- what the API calls ----
 
     def submit(self, upload_id: str, granularity: str = "utterance", return_embedding: bool = False,
-               callback_url: str | None = None) -> Job:
+               callback_url: str | None = None, channels: str = "mix",
+               channel_names: str | Sequence[str] | None = None) -> Job:
         """Queue the analysis of a complete upload; the same request again returns the same job.
 
         A `callback_url` whose host resolves to an address callbacks may not reach is refused here
         (and checked again when the callback is sent: the name may point elsewhere by then).
+        `channels="split"` analyses each channel on its own (a stereo call); its options name the channels
+        only then, so a mixed job's options are what they always were.
         """
         options = {"granularity": check_granularity(granularity), "return_embedding": bool(return_embedding)}
+        if check_channel_mode(channels) == "split":
+            if return_embedding:
+                raise InvalidParameterError("return_embedding with channels=split is not offered for long audio "
+                                            "(one embedding.npy per job): use channels=mix, or /v1/analyze for clips")
+            options |= {"channels": "split", "channel_names": parse_channel_names(channel_names)}
         if callback_url is not None:
             webhooks.vet_callback_url(callback_url, self.config.callback_allow_networks)
         job = self.store.create_job(upload_id, options, callback_url)
@@ -193,7 +201,8 @@ class JobRunner:
             return None
 
     def analyze(self, job: Job, job_dir: Path) -> bytes:
-        """The job's result as its JSON (`wire.LongformResult`), the embedding file written."""
+        """The job's result as its JSON (`wire.LongformResult`, or `SplitLongformResult`), the embedding file
+        written."""
         path = self.store.upload_file(job.upload_id)
         want_embedding = bool(job.options.get("return_embedding"))
         partial = job_dir / "embedding.part.npy"
@@ -201,7 +210,8 @@ class JobRunner:
             path, self.predict, labels=self.labels, model_name=self.model_name,
             granularity=job.options.get("granularity", "utterance"), return_embedding=want_embedding,
             options=self.options, progress=ProgressWriter(self.store, job.job_id, self.stopping),
-            min_samples=self.min_samples, scratch_dir=job_dir, embedding_path=partial if want_embedding else None)
+            min_samples=self.min_samples, scratch_dir=job_dir, embedding_path=partial if want_embedding else None,
+            channels=job.options.get("channels", "mix"), channel_names=job.options.get("channel_names"))
         if want_embedding:
             with open(partial, "rb+") as f:
                 os.fsync(f.fileno())

@@ -16,28 +16,34 @@ The frames of the windows are stitched into the grid one pass over the file woul
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from ..audio import AudioSource, stream_audio
+from ..audio import AudioSource, stream_audio, stream_channels
 from ..config import LongformConfig
 from ..errors import AudioError, InvalidParameterError
 from ..inference.batching import plan_batches
 from ..inference.results import (
+    ChannelLongform,
     ClipOutput,
     LongformResult,
     Segment,
+    SplitLongformResult,
+    check_channel_mode,
     check_granularity,
     frame_timestamps,
     make_segment,
     overall_of,
 )
+from ..inference.results import channel_names as names_of_channels
 from ..model.config import HOP, RECEPTIVE_FIELD, SAMPLE_RATE
+from .calls import Speaker, analyze_call
 from .framing import (
     Cut,
     frame_count,
@@ -58,48 +64,73 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
                  granularity: str = "utterance", return_embedding: bool = False, sample_rate: int | None = None,
                  regions: Sequence[tuple[float, float]] | None = None, options: LongformConfig | None = None,
                  progress: Progress | None = None, min_samples: int = RECEPTIVE_FIELD,
-                 scratch_dir: str | Path | None = None, embedding_path: str | Path | None = None) -> LongformResult:
+                 scratch_dir: str | Path | None = None, embedding_path: str | Path | None = None,
+                 channels: str = "mix", channel_names: str | Sequence[str] | None = None,
+                 ) -> LongformResult | SplitLongformResult:
     """The emotion timeline of a file or waveform of any length.
 
     `regions` (seconds) replaces voice-activity detection with the caller's own segments (a
     diarization, say). `progress` receives 0.0–1.0; an exception it raises aborts the analysis.
     `embedding_path` writes the embedding there as .npy (frames stream into it) and the result
     holds it memory-mapped. `scratch_dir` holds the decoded 16 kHz copy of a file while it runs.
+
+    `channels="split"`: each channel on its own (a stereo call), with its own voice activity, its
+    segments batched with the other channels'; a `SplitLongformResult` whose channel k is what channel k
+    alone gives as a mono file, plus the call's turns, overlaps and summary (`timeline.calls`).
+    `embedding_path` is for mixed audio only (a job's one .npy).
     """
     check_granularity(granularity)
+    split = check_channel_mode(channels) == "split"
+    if split and embedding_path is not None:
+        raise InvalidParameterError("return_embedding with channels=split is not offered for long audio: "
+                                    "analyse each channel's file, or use channels=mix")
     options = options or LongformConfig()
     labels = tuple(labels)
     report = progress or (lambda fraction: None)
     with tempfile.TemporaryDirectory(prefix="emoserve-longform-", dir=scratch_dir) as scratch:
-        audio, speech_probs = first_pass(source, Path(scratch) / "audio.f32", sample_rate, options,
-                                         detect_speech=regions is None, progress=report, min_samples=min_samples)
-        num_samples = len(audio)
-        if regions is None:
-            stretches = speech_regions(speech_probs, num_samples, VadOptions.of(options))
-        else:
-            stretches = regions_in_samples(regions, num_samples)
-        cuts = model_cuts(stretches, options.max_segment_s, min_samples, num_samples)
+        read = first_pass_channels if split else first_pass
+        audios, speech_probs = read(source, Path(scratch), sample_rate, options, detect_speech=regions is None,
+                                    progress=report, min_samples=min_samples)
+        num_samples = len(audios[0])
+        cuts = [model_cuts(speech_stretches(probs, regions, num_samples, options), options.max_segment_s,
+                           min_samples, num_samples) for probs in speech_probs]
         windows = plan_windows(num_samples, options.window_samples, options.overlap_samples) \
             if granularity == "frame" else []
-        work = Tally(sum(e - s for s, e in cuts) + sum(min(options.window_samples, num_samples - s) for s in windows),
-                     report)
-        segments, segment_embeddings = analyze_segments(audio, cuts, predict, labels, options, work)
-        frames = analyze_frames(audio, windows, predict, options, work, return_embedding,
-                                embedding_path) if windows else None
+        work = Tally(sum(e - s for channel in cuts for s, e in channel)
+                     + len(audios) * sum(min(options.window_samples, num_samples - s) for s in windows), report)
+        timelines = analyze_segments(audios, cuts, predict, labels, options, work)
+        frames = analyze_frames(audios, windows, predict, options, work, return_embedding,
+                                embedding_path) if windows else [None] * len(audios)
     duration_s = to_seconds(num_samples)
-    embedding = None
-    if return_embedding:
-        embedding = frames.embedding if frames is not None else segment_embeddings
-        if embedding_path is not None and frames is None:
-            np.save(embedding_path, embedding)
-        if embedding_path is not None:
-            embedding = np.load(embedding_path, mmap_mode="r")
+    results = []
+    for (segments, segment_embeddings), channel_frames in zip(timelines, frames, strict=True):
+        embedding = None
+        if return_embedding:
+            embedding = channel_frames.embedding if channel_frames is not None else segment_embeddings
+            if embedding_path is not None and channel_frames is None:
+                np.save(embedding_path, embedding)
+            if embedding_path is not None:
+                embedding = np.load(embedding_path, mmap_mode="r")
+        results.append(LongformResult(
+            segments, overall_of(segments, labels), labels, duration_s, model_name, granularity,
+            frame_scores=channel_frames.scores if channel_frames is not None else None,
+            timestamps=frame_timestamps(len(channel_frames.scores)) if channel_frames is not None else None,
+            embedding=embedding))
     report(1.0)
-    return LongformResult(
-        segments, overall_of(segments, labels), labels, duration_s, model_name, granularity,
-        frame_scores=frames.scores if frames is not None else None,
-        timestamps=frame_timestamps(len(frames.scores)) if frames is not None else None,
-        embedding=embedding)
+    if not split:
+        return results[0]
+    named = names_of_channels(channel_names, len(results))
+    entries = [ChannelLongform(k, name, result) for k, (name, result) in enumerate(zip(named, results, strict=True))]
+    turns, overlaps, summary = analyze_call([Speaker(e.channel, e.name, e.result.segments) for e in entries], labels)
+    return SplitLongformResult(entries, turns, overlaps, summary, labels, duration_s, model_name, granularity)
+
+
+def speech_stretches(speech_probs: np.ndarray | None, regions: Sequence[tuple[float, float]] | None,
+                     num_samples: int, options: LongformConfig) -> list[Cut]:
+    """Voiced stretches from silero's scores, or the caller's regions."""
+    if regions is None:
+        return speech_regions(speech_probs, num_samples, VadOptions.of(options))
+    return regions_in_samples(regions, num_samples)
 
 
 class Tally:
@@ -116,21 +147,50 @@ class Tally:
 # ---- pass 1: decode once, to a scratch file, scoring speech on the way ----
 
 
-def first_pass(source: AudioSource, scratch_file: Path, sample_rate: int | None, options: LongformConfig,
-               detect_speech: bool, progress: Progress, min_samples: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the whole file at 16 kHz, memory-mapped; silero's speech probability per 512 samples)."""
+def first_pass(source: AudioSource, scratch: Path, sample_rate: int | None, options: LongformConfig,
+               detect_speech: bool, progress: Progress, min_samples: int) -> tuple[list[np.ndarray],
+                                                                                    list[np.ndarray | None]]:
+    """([the whole file at 16 kHz, memory-mapped], [silero's speech probability per 512 samples])."""
     detector = SpeechDetector() if detect_speech else None
-    with open(scratch_file, "wb") as out:
-        try:
-            stream_audio(source, ScratchWriter(out, detector, progress), sample_rate=sample_rate,
-                         max_seconds=options.max_duration_s, min_samples=min_samples)
-        except AudioError as e:
-            if e.code != "audio_too_long":
-                raise
-            raise AudioError(f"the audio is longer than the limit of {options.max_duration_s:g} s for long files",
-                             code="audio_too_long", details={"max_duration_s": options.max_duration_s}) from e
+    scratch_file = scratch / "audio.f32"
+    with open(scratch_file, "wb") as out, long_audio_limit(options):
+        stream_audio(source, ScratchWriter(out, detector, progress), sample_rate=sample_rate,
+                     max_seconds=options.max_duration_s, min_samples=min_samples)
     audio = np.memmap(scratch_file, dtype=np.float32, mode="r")
-    return audio, detector.finish() if detector is not None else None
+    return [audio], [detector.finish() if detector is not None else None]
+
+
+def first_pass_channels(source: AudioSource, scratch: Path, sample_rate: int | None, options: LongformConfig,
+                        detect_speech: bool, progress: Progress, min_samples: int) -> tuple[list[np.ndarray],
+                                                                                             list[np.ndarray | None]]:
+    """`first_pass` with the channels kept apart: a scratch file and a speech detector per channel, each fed
+    exactly the blocks that channel alone gives as a mono file (`stream_channels`); channel 0 reports progress."""
+    with contextlib.ExitStack() as stack:
+        writers: list[ScratchWriter] = []
+
+        def writer_for(channel: int) -> ScratchWriter:
+            out = stack.enter_context(open(scratch / f"audio-{channel}.f32", "wb"))  # noqa: SIM115
+            writers.append(ScratchWriter(out, SpeechDetector() if detect_speech else None,
+                                         progress if channel == 0 else (lambda fraction: None)))
+            return writers[-1]
+
+        with long_audio_limit(options):
+            stream_channels(source, writer_for, sample_rate=sample_rate, max_seconds=options.max_duration_s,
+                            min_samples=min_samples)
+    audios = [np.memmap(scratch / f"audio-{k}.f32", dtype=np.float32, mode="r") for k in range(len(writers))]
+    return audios, [w.detector.finish() if w.detector is not None else None for w in writers]
+
+
+@contextlib.contextmanager
+def long_audio_limit(options: LongformConfig) -> Iterator[None]:
+    """Over the limit: the limit of long files, not of single requests, is the one to name."""
+    try:
+        yield
+    except AudioError as e:
+        if e.code != "audio_too_long":
+            raise
+        raise AudioError(f"the audio is longer than the limit of {options.max_duration_s:g} s for long files",
+                         code="audio_too_long", details={"max_duration_s": options.max_duration_s}) from e
 
 
 class ScratchWriter:
@@ -166,19 +226,26 @@ def regions_in_samples(regions: Sequence[tuple[float, float]], num_samples: int)
 # ---- pass 2: segments and frame windows through the model ----
 
 
-def analyze_segments(audio: np.ndarray, cuts: list[Cut], predict: BatchPredict, labels: tuple[str, ...],
-                     options: LongformConfig, work: Tally) -> tuple[list[Segment], np.ndarray]:
-    lengths = [end - start for start, end in cuts]
-    segments: list[Segment | None] = [None] * len(cuts)
-    embeddings: list[np.ndarray | None] = [None] * len(cuts)
+def analyze_segments(audios: list[np.ndarray], cuts: list[list[Cut]], predict: BatchPredict,
+                     labels: tuple[str, ...], options: LongformConfig,
+                     work: Tally) -> list[tuple[list[Segment], np.ndarray]]:
+    """Each channel's cuts through the model, the channels' segments batched together: (segments, their
+    embeddings (S, D)) per channel."""
+    clips = [(k, cut) for k, channel_cuts in enumerate(cuts) for cut in channel_cuts]
+    lengths = [end - start for _, (start, end) in clips]
+    outputs: list[ClipOutput | None] = [None] * len(clips)
     for group in plan_batches(lengths, options.batch_size, options.batch_samples):
-        outputs = predict([np.array(audio[cuts[i][0]: cuts[i][1]]) for i in group], False)
-        for i, out in zip(group, outputs, strict=True):
-            segments[i] = make_segment(out, cuts[i][0], labels)
-            embeddings[i] = out.embedding
+        batch = predict([np.array(audios[clips[i][0]][clips[i][1][0]: clips[i][1][1]]) for i in group], False)
+        for i, out in zip(group, batch, strict=True):
+            outputs[i] = out
         work.add(sum(lengths[i] for i in group))
-    stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, 0), np.float32)
-    return segments, stacked
+    timelines = []
+    for k in range(len(audios)):
+        mine = [(cut, out) for (channel, cut), out in zip(clips, outputs, strict=True) if channel == k]
+        embeddings = [out.embedding for _, out in mine]
+        stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, 0), np.float32)
+        timelines.append(([make_segment(out, cut[0], labels) for cut, out in mine], stacked))
+    return timelines
 
 
 @dataclass
@@ -187,41 +254,45 @@ class Frames:
     embedding: np.ndarray | None  # (T, D) when asked for
 
 
-def analyze_frames(audio: np.ndarray, starts: list[int], predict: BatchPredict, options: LongformConfig,
-                   work: Tally, keep_embedding: bool, embedding_path: str | Path | None) -> Frames:
-    """Per-frame scores (and features) over the whole file, one window batch at a time.
+def analyze_frames(audios: list[np.ndarray], starts: list[int], predict: BatchPredict, options: LongformConfig,
+                   work: Tally, keep_embedding: bool, embedding_path: str | Path | None) -> list[Frames]:
+    """Per-frame scores (and features) over the whole file, per channel, one window batch at a time (the
+    channels' windows batched together).
 
     Only the result grows with the file: each window's outputs are copied into the rows it owns
-    and dropped. With `embedding_path`, the (T, D) features stream into that .npy, not memory.
+    and dropped. With `embedding_path` (one channel), the (T, D) features stream into that .npy, not memory.
     """
-    num_samples = len(audio)
+    num_samples = len(audios[0])
     window = options.window_samples
     owned = owned_frames(starts, num_samples, window)
     total = frame_count(num_samples)
-    lengths = [min(window, num_samples - s) for s in starts]
-    scores: np.ndarray | None = None
-    embedding: np.ndarray | None = None
+    clips = [(k, w) for k in range(len(audios)) for w in range(len(starts))]  # (channel, window)
+    lengths = [min(window, num_samples - starts[w]) for _, w in clips]
+    scores: list[np.ndarray | None] = [None] * len(audios)
+    embeddings: list[np.ndarray | None] = [None] * len(audios)
     for group in plan_batches(lengths, options.batch_size, options.batch_samples):
-        outputs = predict([np.array(audio[starts[k]: starts[k] + lengths[k]]) for k in group], True)
-        for k, out in zip(group, outputs, strict=True):
-            first, last = owned[k]
-            offset = starts[k] // HOP
-            if out.frame_features.shape[0] != frame_count(lengths[k]):
-                raise RuntimeError(f"the model made {out.frame_features.shape[0]} frames of {lengths[k]} samples, "
-                                   f"not {frame_count(lengths[k])}: frame windows need floor((N - 400) / 320) + 1")
-            if scores is None:
+        batch = [np.array(audios[clips[i][0]][starts[clips[i][1]]: starts[clips[i][1]] + lengths[i]]) for i in group]
+        for i, out in zip(group, predict(batch, True), strict=True):
+            k, w = clips[i]
+            first, last = owned[w]
+            offset = starts[w] // HOP
+            if out.frame_features.shape[0] != frame_count(lengths[i]):
+                raise RuntimeError(f"the model made {out.frame_features.shape[0]} frames of {lengths[i]} samples, "
+                                   f"not {frame_count(lengths[i])}: frame windows need floor((N - 400) / 320) + 1")
+            if scores[k] is None:
                 num_labels = out.frame_probs.shape[1] if out.frame_probs is not None else 0
-                scores = np.zeros((total, num_labels), np.float32)
+                scores[k] = np.zeros((total, num_labels), np.float32)
             if out.frame_probs is not None:
-                scores[first:last] = out.frame_probs[first - offset: last - offset]
+                scores[k][first:last] = out.frame_probs[first - offset: last - offset]
             if keep_embedding:
-                if embedding is None:
-                    embedding = new_embedding((total, out.frame_features.shape[1]), embedding_path)
-                embedding[first:last] = out.frame_features[first - offset: last - offset]
-        work.add(sum(lengths[k] for k in group))
-    if isinstance(embedding, np.memmap):
-        embedding.flush()
-    return Frames(scores, embedding)
+                if embeddings[k] is None:
+                    embeddings[k] = new_embedding((total, out.frame_features.shape[1]), embedding_path)
+                embeddings[k][first:last] = out.frame_features[first - offset: last - offset]
+        work.add(sum(lengths[i] for i in group))
+    for embedding in embeddings:
+        if isinstance(embedding, np.memmap):
+            embedding.flush()
+    return [Frames(channel_scores, embedding) for channel_scores, embedding in zip(scores, embeddings, strict=True)]
 
 
 def new_embedding(shape: tuple[int, int], path: str | Path | None) -> np.ndarray:

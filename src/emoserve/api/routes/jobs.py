@@ -43,7 +43,7 @@ def job_accepted(request: Request, job: Job) -> JSONResponse:
 async def submit(request: Request, body: JobRequest) -> JSONResponse:
     runner = service_of(request).ready_runner()
     job = await run_in_threadpool(runner.submit, body.upload_id, body.granularity, body.return_embedding,
-                                  body.callback_url)
+                                  body.callback_url, body.channels, body.channel_names)
     return job_accepted(request, job)
 
 

@@ -1,0 +1,73 @@
+"""Long stereo calls over HTTP: uploads, tus and jobs with channels=split give the library's split timeline."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..samples import espeak_available, noise, two_speaker_call, wav_bytes
+from .test_tus import TUS, create, patch
+from .test_uploads import close_to, error_of, finished, send_all
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="module")
+def call() -> bytes:
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    return wav_bytes(two_speaker_call(22_050)[0], 22_050)
+
+
+def test_a_split_job_gives_the_librarys_split_timeline(client, call, tiny_model):
+    upload_id = send_all(client, call)
+    accepted = client.post("/v1/upload/complete", json={"upload_id": upload_id, "channels": "split",
+                                                       "channel_names": "agent,customer"})
+    assert accepted.status_code == 202, accepted.text
+    job = finished(client, accepted.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert job["options"] == {"granularity": "utterance", "return_embedding": False, "channels": "split",
+                              "channel_names": ["agent", "customer"]}
+    want = tiny_model.analyze_long(call, channels="split", channel_names=["agent", "customer"]).to_dict()
+    assert job["result"] == close_to(want)
+    assert [t["speaker"] for t in job["result"]["turns"]] == ["agent", "customer", "agent", "customer"]
+    assert len(job["result"]["overlaps"]) == 1 and job["result"]["summary"]["overlap_s"] > 0
+    assert ("get", "/v1/jobs/{job_id}", 200, "JobStatus") in client.contract.seen  # checked against the contract
+
+
+def test_a_tus_upload_feeds_a_split_job(client, call, tiny_model):
+    url = create(client, len(call))
+    assert patch(client, url, call, 0).status_code == 204
+    response = client.post("/v1/jobs", json={"upload_id": url.rsplit("/", 1)[1], "channels": "split",
+                                             "granularity": "frame"}, headers=TUS)
+    job = finished(client, response.json()["job_id"])
+    channels = job["result"]["channels"]
+    assert [c["name"] for c in channels] == ["left", "right"] and len(channels[0]["scores"]) > 100
+    want = tiny_model.analyze_long(call, channels="split", granularity="frame").to_dict()
+    assert job["result"]["turns"] == close_to(want["turns"])
+
+
+def test_split_job_refusals(client):
+    mono = send_all(client, wav_bytes(noise(16_000 * 3)))
+    job = finished(client, client.post("/v1/upload/complete", json={"upload_id": mono, "channels": "split"})
+                   .json()["job_id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_parameter"
+    assert "one channel" in job["error"]["message"]
+    for body, message in (({"channels": "split", "return_embedding": True}, "return_embedding"),
+                          ({"channels": "both"}, "channels"),
+                          ({"channels": "split", "channel_names": "a,a"}, "distinct")):
+        response = client.post("/v1/jobs", json={"upload_id": mono, **body})
+        assert response.status_code == 400 and error_of(response)["code"] == "invalid_parameter", body
+        assert message in error_of(response)["message"]
+
+
+def test_the_openapi_schema_describes_split_jobs(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"channels", "channel_names"} <= set(schemas["JobRequest"]["properties"])
+    assert {"channels", "channel_names"} <= set(schemas["JobOptions"]["properties"])
+    results = {option.get("$ref", "").rsplit("/", 1)[-1] for option in schemas["JobStatus"]["properties"]["result"]
+               ["anyOf"]}
+    assert {"SplitLongformResult", "LongformResult"} <= results
+    assert set(schemas["SplitLongformResult"]["properties"]) >= {"channels", "turns", "overlaps", "summary"}
+    assert {"channel", "name", "segments", "overall"} <= set(schemas["ChannelLongformResult"]["properties"])
+    assert {"emotion_share", "first_angry_s", "start_emotion", "end_emotion"} <= set(
+        schemas["SpeakerSummary"]["properties"])
