@@ -18,8 +18,8 @@ from emoserve.api.app import create_app
 from emoserve.cli import app
 from emoserve.config import Settings
 
-from ..integrations.live import serve_in_thread
 from ..api.test_uploads import close_to
+from ..integrations.live import serve_in_thread
 from ..samples import audio_file, espeak_available, long_recording, noise, sweep, two_speaker_call, wav_bytes
 
 runner = CliRunner()
