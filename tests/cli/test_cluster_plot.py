@@ -109,3 +109,36 @@ def test_a_missing_input_is_a_usage_error(tmp_path):
     for command in ("plot", "cluster"):
         done = runner.invoke(app, [command, str(tmp_path / "missing.json")])
         assert done.exit_code == 2 and "does not exist" in done.output
+
+
+def test_plot_a_split_long_result_draws_a_lane_per_channel(tmp_path, tiny_model):
+    from emoserve.cli.plot import lanes_of, load_result
+
+    stereo = np.stack([long_recording(8.0, seed=1), long_recording(8.0, seed=2)], axis=1)
+    split = tiny_model.analyze_long(stereo, granularity="frame", channels="split", channel_names="agent,customer")
+    (tmp_path / "call.json").write_text(json.dumps({"file": "call.wav", **split.to_dict()}))
+    assert [(kind, label) for kind, label, _ in lanes_of(load_result(tmp_path / "call.json", None))] == [
+        ("frames", "agent score"), ("segments", "agent segments"),
+        ("frames", "customer score"), ("segments", "customer segments")]
+    done = runner.invoke(app, ["plot", str(tmp_path / "call.json"), "-o", str(tmp_path / "call.png")])
+    assert done.exit_code == 0, done.output
+    mono = {"file": "left.wav", **split.channels[0].result.to_dict()}
+    (tmp_path / "left.json").write_text(json.dumps(mono))
+    assert runner.invoke(app, ["plot", str(tmp_path / "left.json"), "-o", str(tmp_path / "left.png")]).exit_code == 0
+    with Image.open(tmp_path / "call.png") as both, Image.open(tmp_path / "left.png") as one:
+        assert both.size[1] > 1.7 * one.size[1]
+
+
+def test_plot_joins_the_channel_rows_of_analyze_split(tmp_path):
+    from emoserve.cli.plot import lanes_of, load_result
+
+    segments = [{"start": 0.5, "end": 1.5, "emotion": "angry", "confidence": 0.9, "scores": {}}]
+    rows = [{"file": "call.wav", "channel": k, "channel_name": name, "duration_s": 2.0, "segments": segments,
+             "overall": {"emotion": "angry"}} for k, name in enumerate(("agent", "customer"))]
+    rows.append({"file": "other.wav", "duration_s": 1.0, "segments": segments})
+    (tmp_path / "rows.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    result = load_result(tmp_path / "rows.jsonl", "call.wav")
+    assert [label for _, label, _ in lanes_of(result)] == ["agent segments", "customer segments"]
+    done = runner.invoke(app, ["plot", str(tmp_path / "rows.jsonl"), "--file", "call.wav", "-o",
+                               str(tmp_path / "rows.png")])
+    assert done.exit_code == 0, done.output

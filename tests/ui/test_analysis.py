@@ -140,3 +140,35 @@ def test_download_folders_are_removed_once_old(tmp_path):
     (first / "x.json").write_text("{}")
     second = downloads.new()
     assert not first.exists() and second.exists()
+
+
+@pytest.mark.parametrize("long_file", [False, True])
+def test_split_gives_a_lane_per_channel_equal_to_the_library(tiny_model, tmp_path, long_file):
+    from emoserve.audio import decode_channels
+    from emoserve.ui.analysis import analyze_channels, export_call_files
+
+    stereo = np.stack([noise(3 * 16000, seed=1, amplitude=0.3), noise(3 * 16000, seed=2, amplitude=0.05)], axis=1)
+    path = tmp_path / "call.wav"
+    path.write_bytes(wav_bytes(stereo))
+    call = run_with_engine(tiny_model, lambda e: analyze_channels(e, path, "frame", SETTINGS, long_file))
+    assert [name for name, _ in call.channels] == ["left", "right"] and call.is_long == long_file
+    if long_file:
+        want = tiny_model.analyze_long(path, granularity="frame", channels="split")
+        for (_, analysis), entry in zip(call.channels, want.channels, strict=True):
+            np.testing.assert_allclose(analysis.frame_scores, entry.result.frame_scores, rtol=0, atol=1e-5)
+    else:
+        want = tiny_model.analyze(path, granularity="frame", channels="split")
+        for (_, analysis), entry in zip(call.channels, want.channels, strict=True):
+            np.testing.assert_allclose(analysis.frame_scores, entry.result.scores, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(call.channels[1][1].waveform, decode_channels(path)[1])
+    names = sorted(p.name for p in export_call_files(call, tmp_path / "out"))
+    assert "call.json" in names and "call.left.frames.csv" in names and "call.right.embedding.npy" in names
+    assert set(json.loads((tmp_path / "out" / "call.json").read_text())["channels"][0]) >= {"channel", "name"}
+
+
+def test_split_of_a_mono_file_is_refused_in_words(tiny_model, clip):
+    from emoserve.errors import InvalidParameterError
+    from emoserve.ui.analysis import analyze_channels
+
+    with pytest.raises(InvalidParameterError, match="one channel"):
+        run_with_engine(tiny_model, lambda e: analyze_channels(e, clip, "utterance", SETTINGS, False))

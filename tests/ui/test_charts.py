@@ -100,3 +100,30 @@ def test_nothing_a_user_names_becomes_markup(name):
     assert "<script>" not in message_html(f"could not read {name}", "error")
     assert "<img" not in message_html(name)
     assert message_html("the audio is empty").count("The audio is empty") == 1
+
+
+def test_a_split_call_draws_one_named_lane_per_channel_and_sums_up_the_call():
+    from emoserve.inference.results import ChannelLongform, SplitLongformResult
+    from emoserve.timeline.calls import Speaker, analyze_call
+    from emoserve.ui.analysis import CallAnalysis
+    from emoserve.ui.charts import call_summary_html, call_timeline_html
+
+    lanes = {"agent": [Segment(1.0, 3.0, "happy", 0.9, one_hot("happy"))],
+             "customer": [Segment(4.0, 6.0, "angry", 0.8, one_hot("angry")),
+                          Segment(7.0, 8.0, "sad", 0.7, one_hot("sad"))]}
+    entries = [ChannelLongform(k, name, LongformResult(segments, Overall(segments[0].emotion, 0.5, one_hot("happy"),
+                                                                         2.0), LABELS9, 10.0, "m", "utterance"))
+               for k, (name, segments) in enumerate(lanes.items())]
+    turns, overlaps, summary = analyze_call([Speaker(e.channel, e.name, e.result.segments) for e in entries], LABELS9)
+    result = SplitLongformResult(entries, turns, overlaps, summary, LABELS9, 10.0, "m", "utterance")
+    call = CallAnalysis("call", [(e.name, Analysis("call", e.result, noise(160000, seed=e.channel)))
+                                 for e in entries], result)
+    page = call_timeline_html(call)
+    assert re.findall(r'class="emo-lane-name">(\w+)<', page) == ["agent", "customer"]
+    assert page.count('class="emo-track emo-segments"') == 2
+    assert re.findall(r'data-emotion="(\w+)" style="left: ([\d.]+)%', page) == [
+        ("happy", "10.000"), ("angry", "40.000"), ("sad", "70.000")]
+    assert [row[0] for row in timeline_data(page)["segments"]] == [1.0, 4.0, 7.0]
+    text = call_summary_html(call)
+    assert "2 turns" in text and "first angry: customer at 4.0 s" in text  # the customer's segments: one turn
+    assert "started happy, ended angry" in text

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -107,9 +108,9 @@ def test_the_standalone_ui_throttles_wrong_sign_ins_too(tmp_path):
         assert client.post("/login", data={"username": "me", "password": "secret-key"}).status_code == 429
 
 
-def analyze_over_gradio(client: TestClient, path: str) -> str:
+def analyze_over_gradio(client: TestClient, path: str, channels: str = "mix", long_file: bool = False) -> str:
     """The page's Analyze button, through Gradio's HTTP API: the summary it shows."""
-    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "utterance", False]
+    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "utterance", long_file, channels]
     event = client.post("/ui/gradio_api/call/analyze", json={"data": data}).json()["event_id"]
     stream = client.get(f"/ui/gradio_api/call/analyze/{event}").text
     assert "event: complete" in stream, stream
@@ -125,6 +126,17 @@ def test_ui_analyses_spend_the_request_budget_of_api_calls(make_client):
     refused = analyze_over_gradio(client, path)
     assert "Rate limit reached; retry in" in refused and "emo-summary" not in refused
     assert client.get("/v1/models").status_code == 429
+
+
+def test_the_channels_choice_splits_a_stereo_call_into_lanes(make_client):
+    client = make_client()
+    wait_healthy(client)
+    stereo = np.stack([noise(32000, seed=1, amplitude=0.3), noise(32000, seed=2)], axis=1)
+    path = client.post("/ui/gradio_api/upload", files={"files": ("call.wav", wav_bytes(stereo))}).json()[0]
+    shown = analyze_over_gradio(client, path, channels="split", long_file=True)
+    assert shown.count("emo-lane-name") >= 4 and "turns" in shown  # two summaries and two timeline lanes
+    mixed = analyze_over_gradio(client, path)
+    assert "emo-lane-name" not in mixed and "emo-summary" in mixed
 
 
 def test_without_gradio_the_api_serves_and_says_how_to_get_the_ui(make_client, monkeypatch, caplog):

@@ -25,7 +25,16 @@ import numpy as np
 
 from ..config import Settings
 from ..inference.engine import Engine
-from ..inference.results import EmotionResult, LongformResult, Segment
+from ..inference.results import (
+    ChannelResult,
+    EmotionResult,
+    LongformResult,
+    Segment,
+    SplitLongformResult,
+    SplitResult,
+    channel_names,
+)
+from ..model.config import SAMPLE_RATE
 from ..timeline.longform import Progress, analyze_long
 
 
@@ -98,7 +107,59 @@ async def analyze_file(engine: Engine, path: str | Path, granularity: str, setti
     return Analysis(Path(path).stem, result, waveform)
 
 
+@dataclass(frozen=True)
+class CallAnalysis:
+    """A file analysed with channels=split (a stereo call): each channel's `Analysis`, named, and the whole
+    result (`SplitResult`, or `SplitLongformResult` with the call's turns and summary)."""
+
+    name: str
+    channels: list[tuple[str, Analysis]]
+    result: SplitResult | SplitLongformResult
+
+    @property
+    def is_long(self) -> bool:
+        return isinstance(self.result, SplitLongformResult)
+
+    @property
+    def waveform(self) -> np.ndarray:
+        """What a listener hears: the channels mixed."""
+        return np.mean([analysis.waveform for _, analysis in self.channels], axis=0)
+
+
+async def analyze_channels(engine: Engine, path: str | Path, granularity: str, settings: Settings, long_file: bool,
+                           progress: Progress | None = None) -> CallAnalysis:
+    """Each channel on its own, as /v1/analyze (a clip) or a job (`long_file`) with channels=split do it."""
+    ui, limits = settings.ui, settings.server
+    rows = await engine.decode(Path(path), max_seconds=ui.max_long_s if long_file else limits.max_duration_s,
+                               max_bytes=ui.max_upload_bytes if long_file else limits.max_bytes, split=True)
+    stem, model = Path(path).stem, engine.model
+    if long_file:
+        options = settings.longform.model_copy(update={"max_duration_s": ui.max_long_s})
+        predict = functools.partial(engine.submit_blocking, origin="ui")
+        result = await asyncio.to_thread(
+            analyze_long, rows, predict, labels=model.labels, model_name=model.name, granularity=granularity,
+            return_embedding=True, options=options, progress=progress, min_samples=model.config.min_samples,
+            channels="split")
+    else:
+        results = await asyncio.gather(*(engine.submit(row, granularity=granularity, return_embedding=True,
+                                                       origin="ui") for row in rows))
+        named = channel_names(None, len(rows))
+        result = SplitResult([ChannelResult(k, named[k], r) for k, r in enumerate(results)],
+                             round(rows.shape[1] / SAMPLE_RATE, 6), model.name)
+    return CallAnalysis(stem, [(c.name, Analysis(stem, c.result, rows[c.channel])) for c in result.channels], result)
+
+
 # ---- downloads: the result as JSON and CSV, the embedding as .npy ----
+
+
+def export_call_files(call: CallAnalysis, directory: Path) -> list[Path]:
+    """The whole result as <name>.json, then each channel's downloads named <name>.<channel>.*."""
+    directory.mkdir(parents=True, exist_ok=True)
+    whole = directory / f"{safe_stem(call.name)}.json"
+    whole.write_text(json.dumps(call.result.to_dict(), ensure_ascii=False), encoding="utf-8")
+    channel_files = [export_files(Analysis(f"{call.name}.{name}", a.result, a.waveform), directory)
+                     for name, a in call.channels]
+    return [whole, *(path for files in channel_files for path in files[1:])]  # [0] of each: its json, in whole
 
 
 def export_files(analysis: Analysis, directory: Path) -> list[Path]:

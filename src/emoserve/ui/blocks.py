@@ -23,8 +23,17 @@ from ..config import Settings
 from ..errors import EmoserveError
 from ..inference.engine import Engine
 from ..throttle import Throttle, client_address
-from .analysis import Analysis, DownloadDir, analyze_clip, analyze_file, export_files
-from .charts import message_html, summary_html, timeline_html
+from .analysis import (
+    Analysis,
+    CallAnalysis,
+    DownloadDir,
+    analyze_channels,
+    analyze_clip,
+    analyze_file,
+    export_call_files,
+    export_files,
+)
+from .charts import call_summary_html, call_timeline_html, message_html, summary_html, timeline_html
 from .examples import example_clips
 
 error_log = logging.getLogger("emoserve.error")
@@ -33,6 +42,7 @@ HERE = Path(__file__).parent
 PLAYER_JS = (HERE / "player.js").read_text(encoding="utf-8")
 CSS = (HERE / "style.css").read_text(encoding="utf-8")
 GRANULARITIES = [("Whole clip", "utterance"), ("Every 20 ms (timeline)", "frame")]
+CHANNELS = [("Mixed to one voice", "mix"), ("Each channel on its own: a lane per speaker (stereo call)", "split")]
 HINT = "Upload a file or record from the microphone, then press Analyze."
 
 EngineGetter = Callable[[], Engine]  # the running engine, or an EmoserveError saying why there is none
@@ -46,14 +56,17 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttl
     downloads = DownloadDir()
     long_minutes = f"{settings.ui.max_long_s / 60:g}"
 
-    async def analyze(path: str | None, granularity: str, long_file: bool, request: gr.Request,
+    async def analyze(path: str | None, granularity: str, long_file: bool, channels: str, request: gr.Request,
                       progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         if not path:
             return message_html(HINT), hidden(), hidden()
         try:
             throttle.take_request(request.client.host)
             engine = get_engine()
-            if long_file:
+            if channels == "split":
+                analysis = await analyze_channels(engine, path, granularity, settings, long_file,
+                                                  lambda fraction: progress(fraction, desc="analysing"))
+            elif long_file:
                 analysis = await analyze_file(engine, path, granularity, settings,
                                               lambda fraction: progress(fraction, desc="analysing"))
             else:
@@ -95,11 +108,12 @@ def build_blocks(get_engine: EngineGetter, settings: Settings, throttle: Throttl
                 granularity = gr.Radio(GRANULARITIES, value="utterance", label="Scores for", elem_id="granularity")
                 long_file = gr.Checkbox(label=f"Long file: split at pauses into voiced segments (up to {long_minutes}"
                                               " min here; the upload API takes hours)", elem_id="long-file")
+                channels = gr.Radio(CHANNELS, value="mix", label="Channels", elem_id="channels")
                 run = gr.Button("Analyze", variant="primary", elem_id="analyze")
-                inputs = [audio, granularity, long_file]
+                inputs = [audio, granularity, long_file, channels]
                 clips = example_clips(settings.model.cache / "ui-examples") if settings.ui.examples else []
                 if clips:
-                    gr.Examples([[str(path), e.granularity, e.long_file] for e, path in clips], inputs, outputs,
+                    gr.Examples([[str(path), e.granularity, e.long_file, "mix"] for e, path in clips], inputs, outputs,
                                 fn=analyze, run_on_click=True, cache_examples=False,
                                 example_labels=[e.label for e, _ in clips], label="Examples (spoken by espeak-ng)")
             with gr.Column(scale=3, min_width=300):
@@ -166,8 +180,12 @@ def header_html(model: str, api_docs: str | None) -> str:
     return f'<div class="emo-header"><h1>emoserve · speech emotion</h1><p>{html.escape(model)}{link}</p></div>'
 
 
-def present(analysis: Analysis, weights: str, folder: Path) -> tuple[str, str | None, list[str]]:
+def present(analysis: Analysis | CallAnalysis, weights: str, folder: Path) -> tuple[str, str | None, list[str]]:
     """(the summary, the timeline or None, the downloads) of one analysis."""
+    if isinstance(analysis, CallAnalysis):
+        lanes = [a for _, a in analysis.channels]
+        timeline = call_timeline_html(analysis) if analysis.is_long or lanes[0].frame_scores is not None else None
+        return call_summary_html(analysis, weights), timeline, [str(p) for p in export_call_files(analysis, folder)]
     timeline = timeline_html(analysis) if analysis.is_long or analysis.frame_scores is not None else None
     return summary_html(analysis, weights), timeline, [str(p) for p in export_files(analysis, folder)]
 

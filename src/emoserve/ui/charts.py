@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from ..model.config import FRAME_RATE, SAMPLE_RATE
-from .analysis import Analysis
+from .analysis import Analysis, CallAnalysis
 
 # label → (colour, emoji); one colour per emotion everywhere: bars, areas, segments, legend
 STYLE = {
@@ -91,25 +91,58 @@ def bar_row(label: str, score: float) -> str:
 
 def timeline_html(analysis: Analysis) -> str:
     """The player and, under it on one time axis, the voiced segments and/or the stacked frame scores."""
-    duration = len(analysis.waveform) / SAMPLE_RATE
-    labels = list(analysis.labels)
+    return lanes_html(analysis.waveform, [(None, analysis)])
+
+
+def call_timeline_html(call: CallAnalysis) -> str:
+    """A split analysis (a stereo call): the mixed audio's player, then one lane per channel, named."""
+    return lanes_html(call.waveform, call.channels)
+
+
+def call_summary_html(call: CallAnalysis, weights: str = "pretrained") -> str:
+    """Each channel's summary under its name; for a long call, who sounded angry first and how it ended."""
+    parts = []
+    if call.is_long:
+        summary = call.result.summary
+        angry = [f"{html.escape(s.speaker)} at {s.first_angry_s:.1f} s" for s in summary.speakers
+                 if s.first_angry_s is not None]
+        ends = f"started {html.escape(summary.start_emotion or '-')}, ended {html.escape(summary.end_emotion or '-')}"
+        parts.append(f'<p class="emo-meta">{len(call.result.turns)} turns · {summary.overlap_s:.1f} s of overlap · '
+                     f'first angry: {", ".join(angry) or "nobody"} · {ends}</p>')
+    for name, analysis in call.channels:
+        parts.append(f'<h3 class="emo-lane-name">{html.escape(name)}</h3>{summary_html(analysis, weights)}')
+    return f'<div class="emo-call">{"".join(parts)}</div>'
+
+
+def lanes_html(waveform: np.ndarray, lanes: list[tuple[str | None, Analysis]]) -> str:
+    """The player over `waveform`, then each lane's tracks (named when a lane has a name) on one time axis.
+
+    The readout follows the voiced segments of every lane, and the frames of the first."""
+    duration = len(waveform) / SAMPLE_RATE
+    labels = list(lanes[0][1].labels)
     data: dict = {"duration": duration, "labels": labels, "emoji": [emoji(label) for label in labels]}
     tracks = []
-    if analysis.is_long:
-        tracks.append(segments_track(analysis, duration))
-        data["segments"] = [[s.start, s.end, labels.index(s.emotion) if s.emotion in labels else -1,
-                             round(s.confidence or 0.0, 3)] for s in analysis.segments]
-    frames = analysis.frame_scores
-    if frames is not None and frames.size:
-        means, edges = bin_means(frames, MAX_BINS)
-        top = means.argmax(axis=1)
-        data["frames"] = {"top": top.tolist(), "confidence": np.round(means.max(axis=1), 3).tolist(),
-                          "seconds": len(frames) / FRAME_RATE}
-        tracks.append(area_track(means, edges, len(frames), labels, duration))
+    for name, analysis in lanes:
+        if name is not None:
+            tracks.append(f'<div class="emo-lane-name">{html.escape(name)}</div>')
+        if analysis.is_long:
+            tracks.append(segments_track(analysis, duration))
+            data.setdefault("segments", []).extend(
+                [s.start, s.end, labels.index(s.emotion) if s.emotion in labels else -1, round(s.confidence or 0.0, 3)]
+                for s in analysis.segments)
+        frames = analysis.frame_scores
+        if frames is not None and frames.size:
+            means, edges = bin_means(frames, MAX_BINS)
+            top = means.argmax(axis=1)
+            data.setdefault("frames", {"top": top.tolist(), "confidence": np.round(means.max(axis=1), 3).tolist(),
+                                       "seconds": len(frames) / FRAME_RATE})
+            tracks.append(area_track(means, edges, len(frames), labels, duration))
+    if "segments" in data:
+        data["segments"].sort()
     legend = "".join(f'<span class="emo-chip"><i style="background: {colour(label)}"></i>{html.escape(label)}</span>'
                      for label in labels)
     return (f'<div class="emo-timeline" data-timeline="{html.escape(json.dumps(data))}">'
-            f'<audio class="emo-audio" controls preload="auto" data-src="{audio_data_uri(analysis.waveform)}">'
+            f'<audio class="emo-audio" controls preload="auto" data-src="{audio_data_uri(waveform)}">'
             f'</audio><div class="emo-readout" aria-live="off">0.00 s</div>{"".join(tracks)}'
             f'{axis_html(duration)}<div class="emo-legend">{legend}</div></div>')
 
