@@ -194,23 +194,57 @@ async def test_config_flow_checks_the_server_and_the_service_outlives_its_entrie
         await analyze_file(hass, clip, config_entry_id=entry.entry_id)
 
 
+@contextlib.asynccontextmanager
+async def forwarder(target: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A second server on 127.0.0.1 (another port) that forwards every request to `target`, keeping the paths
+    it forwarded: which of two configured servers a call went to."""
+    import aiohttp
+
+    paths: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with aiohttp.ClientSession() as session, \
+                session.request(request.method, target + request.path_qs, headers=headers,
+                                data=await request.read()) as answer:
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}", paths
+    finally:
+        await runner.cleanup()
+
+
 async def test_several_servers_each_added_once_and_chosen_by_entry_id(hass, server, clip, tmp_path):
     hass.config.allowlist_external_dirs = {str(tmp_path)}
-    other = server.replace("127.0.0.1", "localhost")  # the same server under another URL: another entry
-    for url in (server, other):
-        assert (await add_server(hass, url))["type"] == data_entry_flow.FlowResultType.CREATE_ENTRY
-    again = await add_server(hass, server + "/")
-    assert again["type"] == data_entry_flow.FlowResultType.ABORT and again["reason"] == "already_configured"
-    entries = hass.config_entries.async_entries(DOMAIN)
-    assert [e.unique_id for e in entries] == [server, other]
-    assert [e.runtime_data.url for e in entries] == [server, other]  # each entry its own runtime data
-    with pytest.raises(ServiceValidationError, match="2 emoserve servers are set up: choose one with config_entry_id"):
-        await analyze_file(hass, clip)
-    for entry in entries:
-        response = await analyze_file(hass, clip, config_entry_id=entry.entry_id)
-        assert response["config_entry_id"] == entry.entry_id and response["emotion"]
-    with pytest.raises(ServiceValidationError, match="config_entry_id nonsense is not an emoserve server"):
-        await analyze_file(hass, clip, config_entry_id="nonsense")
+    async with forwarder(server) as (other, forwarded):
+        for url in (server, other):
+            assert (await add_server(hass, url))["type"] == data_entry_flow.FlowResultType.CREATE_ENTRY
+        again = await add_server(hass, server + "/")
+        assert again["type"] == data_entry_flow.FlowResultType.ABORT and again["reason"] == "already_configured"
+        first, second = entries = hass.config_entries.async_entries(DOMAIN)
+        assert [e.unique_id for e in entries] == [e.runtime_data.url for e in entries] == [server, other]
+        with pytest.raises(ServiceValidationError, match="2 emoserve servers are set up: choose one with "
+                                                         "config_entry_id"):
+            await analyze_file(hass, clip)
+        forwarded.clear()
+        assert (await analyze_file(hass, clip, config_entry_id=first.entry_id))["config_entry_id"] == first.entry_id
+        assert forwarded == []
+        response = await analyze_file(hass, clip, config_entry_id=second.entry_id)
+        assert response["config_entry_id"] == second.entry_id and forwarded == ["/v1/analyze"]
+        assert response["emotion"] == analyze_directly(server, clip)["emotion"]
+        with pytest.raises(ServiceValidationError, match="config_entry_id nonsense is not an emoserve server"):
+            await analyze_file(hass, clip, config_entry_id="nonsense")
+        for entry in entries:  # before the forwarder goes
+            assert await hass.config_entries.async_unload(entry.entry_id)
 
 
 async def test_a_server_in_configuration_yaml_is_imported_as_an_entry_once(hass, server, tmp_path):
