@@ -44,12 +44,15 @@ if [[ "$(id -u)" != 0 ]] || ! command -v mmdebstrap >/dev/null || ! command -v u
 fi
 if [[ ! -x "$ha_root/opt/ha/bin/pytest" ]]; then
     started=$SECONDS
-    rm -rf "$ha_root.partial"
-    mmdebstrap --quiet --variant=apt --include=python3.13,python3.13-venv,python3.13-dev,gcc,libc6-dev,ca-certificates \
+    # --one-file-system: never into a mount left inside (rm fails there instead, and the build stops).
+    rm -rf --one-file-system "$ha_root.partial"
+    # In a mount namespace of its own, so the /proc, /sys and /dev it mounts inside vanish with it, even if killed.
+    unshare --mount --fork -- mmdebstrap --quiet --variant=apt \
+        --include=python3.13,python3.13-venv,python3.13-dev,gcc,libc6-dev,ca-certificates \
         trixie "$ha_root.partial" "${EMOSERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     tests/integrations/in_root.sh "$ha_root.partial" sh -c \
         "python3.13 -m venv /opt/ha && /opt/ha/bin/pip install --quiet '$ha_current'"
-    rm -rf "$ha_root"
+    rm -rf --one-file-system "$ha_root"
     mv "$ha_root.partial" "$ha_root"  # whole or not at all: an interrupted build is not reused
     echo "built the current Home Assistant's root $ha_root in $((SECONDS - started)) s"
 fi
