@@ -41,6 +41,8 @@ NOT_SETTINGS = {  # EMOSERVE_* names the docs mention that configure something e
     "EMOSERVE_APT_SOURCES": "the apt sources deploy/make-base-image.sh builds the Docker base image from",
     "EMOSERVE_TORCH_INDEX_URL": "the index ./run.sh installs torch from",
     "EMOSERVE_CONFIG": "the settings file (read by Settings, not a field of it)",
+    "EMOSERVE_HA_ROOT": "where tests/integrations/run_isolated.sh builds the current Home Assistant's Debian root",
+    "EMOSERVE_TEST_SERVER": "the live server the Home Assistant tests use when they cannot start one",
 }
 LIBRARY_PACKAGES = ("audio", "model", "inference", "timeline", "jobs", "client")
 

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from pydantic import SecretStr
 
-from emoserve import webhooks
+from emoserve import egress
 from emoserve.config import JobsConfig, LongformConfig, StoreConfig
 from emoserve.errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError, UploadIncompleteError
 from emoserve.jobs.runner import JobRunner, ProgressWriter
@@ -363,7 +363,7 @@ def test_callbacks_are_signed_with_the_secret_kept_in_the_data_dir(store, runner
 
 
 def test_a_callback_goes_to_the_vetted_address_with_its_own_host_name(store, tiny_model, monkeypatch):
-    monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+    monkeypatch.setattr(egress, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
     secret = "any text works as a secret"
     runner = make_runner(store, tiny_model, config=FAST.model_copy(update={"callback_secret": SecretStr(secret)}))
     server = CallbackServer(failures=0)
@@ -382,7 +382,7 @@ def test_a_callback_goes_to_the_vetted_address_with_its_own_host_name(store, tin
 
 def test_a_callback_host_that_turns_to_a_refused_address_is_not_sent_to(store, tiny_model, monkeypatch):
     answers = {"address": "127.0.0.2"}
-    monkeypatch.setattr(webhooks, "resolve", lambda host, port: [ipaddress.ip_address(answers["address"])])
+    monkeypatch.setattr(egress, "resolve", lambda host, port: [ipaddress.ip_address(answers["address"])])
     config = FAST.model_copy(update={"callback_allow_networks": (ipaddress.ip_network("127.0.0.2/32"),)})
     runner = make_runner(store, tiny_model, config=config)
     server = CallbackServer(failures=0)

@@ -12,7 +12,9 @@ PACKAGE = SRC / "emoserve"
 
 # Lowest first: a module may import its own layer and those below. Names are the first part under emoserve.
 LAYERS = [
-    {"", "errors", "labels", "files", "auth", "wire"},  # "": the package's __init__; wire: the bodies on the wire
+    # "": the package's __init__; wire: the bodies on the wire; egress: the address policy of requests to URLs
+    # that callers choose (job callbacks, chat audio)
+    {"", "errors", "labels", "files", "auth", "wire", "egress"},
     {"model", "config", "testing", "logs", "throttle"},  # config reads model constants; logs, throttle read config
     {"audio"},
     {"inference"},
@@ -26,7 +28,7 @@ LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 
 # The client and the integrations stand beside the server's stack (their layer says who may import them);
 # what they may import, by dotted prefix:
-FOUNDATION = ("errors", "labels", "files", "config", "")
+FOUNDATION = ("errors", "labels", "files", "config", "egress", "")
 CLIENT = (*FOUNDATION, "wire", "model.config", "inference.results", "client")
 CLIENT_LAZY = ("audio", "inference")  # inside functions: `LocalClient` runs a local model; preconvert decodes
 INTEGRATIONS = (*FOUNDATION, "client", "integrations")

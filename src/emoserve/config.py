@@ -44,6 +44,12 @@ PREFIX = "EMOSERVE_"
 CONFIG_FILE_VARIABLE = PREFIX + "CONFIG"  # the settings file; not a setting itself
 
 
+def parse_networks(cls: type, value: Any) -> Any:
+    """Comma-separated CIDRs (a bare address is its /32 or /128); host bits are ignored."""
+    parts = value.split(",") if isinstance(value, str) else value
+    return tuple(ipaddress.ip_network(str(part).strip(), strict=False) for part in parts if str(part).strip())
+
+
 class Section(BaseModel):
     """A group of settings: frozen, unknown names refused; `env_prefix` + a field's name is its variable."""
 
@@ -215,12 +221,7 @@ class JobsConfig(Section):
         SecretStr(""), description="key that signs callbacks (whsec_<base64>, or any text); empty: one made on the "
                                    "first start and kept in DATA_DIR/callback_secret (mode 0600)")
 
-    @field_validator("callback_allow_networks", mode="before")
-    @classmethod
-    def networks_parse(cls, value: Any) -> Any:
-        """Comma-separated CIDRs (a bare address is its /32 or /128); host bits are ignored."""
-        parts = value.split(",") if isinstance(value, str) else value
-        return tuple(ipaddress.ip_network(str(part).strip(), strict=False) for part in parts if str(part).strip())
+    networks_parse = field_validator("callback_allow_networks", mode="before")(parse_networks)
 
 
 class ServerConfig(Section):
@@ -282,8 +283,13 @@ class RasaConfig(Section):
     max_audio_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest voice message the action reads, "
                                                                      "downloads or decodes, in bytes")
     download_timeout_s: float = Field(30.0, gt=0, description="longest download of an audio URL, start to end")
+    download_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
+        (), description="comma-separated CIDRs that audio URL hosts may resolve to besides public addresses (e.g. "
+                        "192.168.0.0/16 for a NAS on the LAN); empty: public addresses only")
     escalate: str = Field("", description="hand-off rules, e.g. angry:0.7,fearful:0.8; empty: the action's own "
                                           "(`escalate`, by default angry above 0.7)")
+
+    networks_parse = field_validator("download_allow_networks", mode="before")(parse_networks)
 
 
 class RayConfig(Section):

@@ -118,3 +118,14 @@ def analyze_directly(base: str, path: Path) -> dict:
     """The server's own answer for a file: what an integration must report."""
     with open(path, "rb") as f:
         return httpx.post(base + "/v1/analyze", files={"audio_file": f}, timeout=60).json()
+
+
+def main(command: list[str]) -> int:
+    """`python tests/integrations/live.py COMMAND...`: COMMAND's exit status, run with $EMOSERVE_TEST_SERVER set
+    to a live server started with this interpreter, for tests where the project cannot run (another Python)."""
+    with serve_in_subprocess(sys.executable) as base:
+        return subprocess.run(command, env={**os.environ, "EMOSERVE_TEST_SERVER": base}).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

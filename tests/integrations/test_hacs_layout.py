@@ -3,6 +3,10 @@
 import json
 from pathlib import Path
 
+import yaml
+
+import emoserve
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENT = ROOT / "custom_components" / "emoserve"
 
@@ -13,7 +17,20 @@ def test_hacs_finds_one_integration_at_the_root_of_the_repository():
     assert [p.name for p in (ROOT / "custom_components").iterdir() if p.is_dir()] == ["emoserve"]
     manifest = json.loads((COMPONENT / "manifest.json").read_text())
     assert manifest["domain"] == COMPONENT.name
-    assert {"name", "version", "documentation", "issue_tracker", "codeowners"} <= manifest.keys()
+    assert {"name", "version", "documentation", "issue_tracker", "codeowners", "iot_class",
+            "integration_type"} <= manifest.keys()
+    assert manifest["codeowners"] and manifest["config_flow"] is True
+    assert manifest["version"] == emoserve.__version__  # HACS shows it; it moves with the package's
+
+
+def test_every_config_field_and_service_field_is_described_and_translated():
+    strings = json.loads((COMPONENT / "strings.json").read_text())
+    assert json.loads((COMPONENT / "translations" / "en.json").read_text()) == strings
+    user = strings["config"]["step"]["user"]
+    assert user["data"].keys() == user["data_description"].keys() == {"url", "api_key"}
+    fields = yaml.safe_load((COMPONENT / "services.yaml").read_text())["analyze"]["fields"]
+    assert fields.keys() == strings["services"]["analyze"]["fields"].keys() == {"config_entry_id", "file", "url"}
+    assert fields["config_entry_id"]["selector"] == {"config_entry": {"integration": "emoserve"}}
 
 
 def test_the_component_keeps_its_service_and_event_names():

@@ -48,8 +48,10 @@ def run(action, tracker_):
     return events, dispatcher.messages
 
 
-def action_for(server, monkeypatch, **rules) -> ActionAnalyzeEmotion:
+def action_for(server, monkeypatch, allow_networks: str = "127.0.0.0/8", **rules) -> ActionAnalyzeEmotion:
+    """The action for `server`; audio URLs may lead to `allow_networks` (the test file servers are on loopback)."""
     monkeypatch.setenv("EMOSERVE_SERVER", server)
+    monkeypatch.setenv("EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS", allow_networks)
     return type("Configured", (ActionAnalyzeEmotion,), rules)()
 
 
@@ -117,6 +119,16 @@ def test_a_url_in_the_message_metadata_and_the_handoff_rule(server, clip, monkey
         stays = action_for(server, monkeypatch, escalate={want["emotion"]: want["confidence"] + 0.01})
         events, messages = run(stays, tracker(metadata={"audio_url": url}))
         assert messages == [] and not any(isinstance(e, dict) and e.get("event") == "followup" for e in events)
+
+
+def test_an_audio_url_on_this_machine_is_refused_unless_its_network_is_allowed(server, clip, monkeypatch):
+    with serve_directory(clip.parent) as files:
+        url = files.replace("127.0.0.1", "localhost") + f"/{clip.name}"
+        text = refusal(*run(action_for(server, monkeypatch, allow_networks=""), tracker(metadata={"audio_url": url})))
+        assert "EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS" in text
+        events, _ = run(action_for(server, monkeypatch, allow_networks="127.0.0.0/8,::1"),
+                        tracker(metadata={"audio_url": url}))
+        assert SlotSet("emotion", analyze_directly(server, clip)["emotion"]) in events
 
 
 def test_no_audio_is_silent_and_every_failure_is_a_reply(server, monkeypatch):

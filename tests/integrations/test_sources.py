@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from emoserve import egress
 from emoserve.config import Settings
 from emoserve.errors import InvalidParameterError, PayloadTooLargeError
 from emoserve.integrations.sources import AudioPolicy, load_audio
@@ -21,10 +23,12 @@ from emoserve.integrations.sources import AudioPolicy, load_audio
 from .live import serve_directory
 
 LIMIT = 64 * 1024
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))  # localhost may be either
 
 
-def policy(*folders: Path, timeout_s: float = 10.0) -> AudioPolicy:
-    return AudioPolicy(tuple(folders), LIMIT, timeout_s)
+def policy(*folders: Path, timeout_s: float = 10.0, allow: tuple = LOOPBACK) -> AudioPolicy:
+    """The test servers listen on loopback, which a deployment must allow explicitly, as here by default."""
+    return AudioPolicy(tuple(folders), LIMIT, timeout_s, allow)
 
 
 def load(value: str, policy_: AudioPolicy, inline: bool = False) -> tuple[bytes, str]:
@@ -115,9 +119,24 @@ def test_only_http_and_https_urls():
 
 class Streams(BaseHTTPRequestHandler):
     """/endless: 1000 times the cap, no Content-Length; /announced: a Content-Length over the cap, then
-    nothing until the client hangs up; /drip: a byte every 50 ms, for 10 s."""
+    nothing until the client hangs up; /drip: a byte every 50 ms, for 10 s; /to?<url>: a redirect to <url>;
+    /host: the Host header it was sent. Every request's path is kept in `server.paths`."""
 
     def do_GET(self):  # noqa: N802 — the name http.server calls
+        self.server.paths.append(self.path)
+        if self.path.startswith("/to?"):
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/to?"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/host":
+            body = self.headers["Host"].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(200)
         if self.path == "/announced":
             self.send_header("Content-Length", str(100 * LIMIT))
@@ -141,14 +160,15 @@ class Streams(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_streams() -> Iterator[tuple[str, threading.Event]]:
-    """The Streams server on 127.0.0.1: its base URL, and an event set when a client hangs up mid-stream."""
+def serve_streams() -> Iterator[tuple[str, ThreadingHTTPServer]]:
+    """The Streams server on 127.0.0.1: its base URL, and the server, whose `hung_up` is set when a client
+    hangs up mid-stream and whose `paths` lists the requests it answered."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Streams)
-    httpd.hung_up = threading.Event()
+    httpd.hung_up, httpd.paths = threading.Event(), []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.hung_up
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -164,14 +184,52 @@ def test_a_url_is_downloaded_whole(folder):
 
 
 def test_a_download_is_refused_by_its_announced_size_or_at_the_cap_while_streaming():
-    with serve_streams() as (base, hung_up):
+    with serve_streams() as (base, httpd):
         with pytest.raises(PayloadTooLargeError, match=f"over {LIMIT} bytes"):
             load(base + "/announced", policy(timeout_s=5))  # refused at once, not after waiting for the body
         with pytest.raises(PayloadTooLargeError, match=f"over {LIMIT} bytes"):
             load(base + "/endless", policy())
-        assert hung_up.wait(10)  # the client stopped reading at the cap, long before the end
+        assert httpd.hung_up.wait(10)  # the client stopped reading at the cap, long before the end
 
 
 def test_a_download_is_timed_out_as_a_whole():
     with serve_streams() as (base, _), pytest.raises(InvalidParameterError, match="took more than 0.3 s"):
         load(base + "/drip", policy(timeout_s=0.3))  # every byte within the read timeout, the whole not
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
+def test_a_url_at_an_internal_address_is_refused_by_default_without_a_request(host, monkeypatch):
+    monkeypatch.delenv("EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS", raising=False)
+    default = AudioPolicy.for_rasa(Settings().rasa)
+    assert default.allow_networks == ()
+    with serve_streams() as (base, httpd):
+        port = base.rsplit(":", 1)[1]
+        with pytest.raises(InvalidParameterError, match="EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS"):
+            load(f"http://{host}:{port}/host", default)
+        assert httpd.paths == []
+
+
+def test_the_setting_admits_internal_networks(folder, monkeypatch):
+    monkeypatch.setenv("EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS", "127.0.0.0/8, ::1")
+    configured = AudioPolicy.for_rasa(Settings().rasa)
+    with serve_directory(folder) as base:
+        assert load(f"{base}/hello.wav", configured) == (b"RIFF hello", "hello.wav")
+
+
+def test_a_redirect_is_vetted_like_the_url():
+    only_127_0_0_1 = policy(allow=(ipaddress.ip_network("127.0.0.1/32"),))
+    with serve_streams() as (base, httpd):
+        port = base.rsplit(":", 1)[1]
+        assert load(f"{base}/to?{base}/host", only_127_0_0_1)[0] == f"127.0.0.1:{port}".encode()
+        with pytest.raises(InvalidParameterError, match="127.0.0.2"):
+            load(f"{base}/to?http://127.0.0.2:{port}/host", only_127_0_0_1)
+        assert httpd.paths == ["/to?" + f"{base}/host", "/host", f"/to?http://127.0.0.2:{port}/host"]
+        with pytest.raises(InvalidParameterError, match="redirects more than 5 times"):
+            load(f"{base}/to?/to?/to?/to?/to?/to?/host", only_127_0_0_1)
+
+
+def test_the_download_connects_to_the_vetted_address_with_the_urls_host_name(monkeypatch):
+    monkeypatch.setattr(egress, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+    with serve_streams() as (base, _):
+        port = base.rsplit(":", 1)[1]  # no resolver knows the name: only the vetted address leads there
+        assert load(f"http://audio.invalid:{port}/host", policy()) == (f"audio.invalid:{port}".encode(), "host")

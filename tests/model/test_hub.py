@@ -1,4 +1,5 @@
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,17 @@ def test_downloads_ask_the_library_for_the_pinned_revision_or_the_one_given(tmp_
     assert model.name == spec.name
     assert calls == [(spec.repo(source), spec.revision(source)), (spec.repo(source), "0f1e2d3c"),
                      (spec.repo(source), "v2")]
+
+
+def test_each_pin_is_a_commit_hash_the_docs_cite_or_the_default_branch():
+    """A moving branch stays only where no hash is known, and the docs' table names every hash pinned."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    default_branch = {"hf": "main", "modelscope": "master"}
+    for spec in hub.MODELS.values():
+        for source in hub.SOURCES:
+            revision = spec.revision(source)
+            if revision is not None and not re.fullmatch(r"[0-9a-f]{40}", revision):
+                assert revision == default_branch[source], (spec.name, source)
+            elif revision is not None:
+                assert f"`{spec.name}` | commit `{revision}`" in docs, (spec.name, source)
+    assert re.fullmatch(r"[0-9a-f]{40}", hub.MODELS["emotion2vec_plus_large"].hf_revision)  # the default model

@@ -1,6 +1,8 @@
 """The audio of a chat message, fetched within limits: whoever talks to the bot writes the message.
 
-A message may name its audio as an http(s) URL (downloaded with a size cap and a deadline), carry it
+A message may name its audio as an http(s) URL (downloaded with a size cap and a deadline, from public
+addresses only unless EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS lists internal networks: `emoserve.egress`,
+the policy job callbacks follow too; each redirect is vetted again), carry it
 inline as base64 (size checked before decoding), or — only where the operator lists folders — name a
 local file inside one of them (resolved, regular files only, size capped before and while reading).
 Anything else is refused with an error whose message the sender may read.
@@ -20,10 +22,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .. import egress
 from ..config import RasaConfig
 from ..errors import InvalidParameterError, PayloadTooLargeError
 
 URL_SCHEMES = ("http", "https")
+MAX_REDIRECTS = 5
+ALLOW_SETTING = "EMOSERVE_RASA_DOWNLOAD_ALLOW_NETWORKS"
 
 
 @dataclass(frozen=True)
@@ -33,18 +38,20 @@ class AudioPolicy:
     folders: tuple[Path, ...]  # local files only inside these; empty: local paths are refused
     max_bytes: int
     timeout_s: float  # a whole URL download, start to end
+    allow_networks: tuple[egress.IPNetwork, ...] = ()  # URLs may lead here besides public addresses
 
     @classmethod
     def for_rasa(cls, config: RasaConfig) -> AudioPolicy:
         folders = (part.strip() for part in config.audio_dirs.split(os.pathsep))
-        return cls(tuple(Path(f) for f in folders if f), config.max_audio_bytes, config.download_timeout_s)
+        return cls(tuple(Path(f) for f in folders if f), config.max_audio_bytes, config.download_timeout_s,
+                   config.download_allow_networks)
 
 
 async def load_audio(value: str, policy: AudioPolicy, inline: bool = False) -> tuple[bytes, str]:
     """(audio, file name) of `value`: an http(s) URL, a data: URI, base64 when `inline`, else a local path."""
     scheme = urlsplit(value).scheme.lower()
     if scheme in URL_SCHEMES:
-        return await download(value, policy.max_bytes, policy.timeout_s), Path(urlsplit(value).path).name or "audio"
+        return await download(value, policy), Path(urlsplit(value).path).name or "audio"
     if scheme == "data" or inline:
         return decode_base64_audio(value, policy.max_bytes), "audio"
     if len(scheme) > 1:  # one letter is a Windows drive
@@ -112,29 +119,43 @@ def decode_base64_audio(text: str, limit: int) -> bytes:
     return audio
 
 
-async def download(url: str, limit: int, timeout_s: float) -> bytes:
-    """The body of an http(s) URL; refused when it announces or sends more than `limit` bytes or takes too long."""
+async def download(url: str, policy: AudioPolicy) -> bytes:
+    """The body of an http(s) URL at an allowed address; refused when it announces or sends more than the
+    policy's limit or takes too long."""
     try:
-        return await asyncio.wait_for(read_url(url, limit, timeout_s), timeout_s)
+        return await asyncio.wait_for(read_url(url, policy), policy.timeout_s)
     except asyncio.TimeoutError as e:
-        raise InvalidParameterError(f"downloading {url} took more than {timeout_s:g} s") from e
+        raise InvalidParameterError(f"downloading {url} took more than {policy.timeout_s:g} s") from e
     except httpx.HTTPStatusError as e:
         raise InvalidParameterError(f"could not download {url}: HTTP {e.response.status_code}") from e
     except httpx.HTTPError as e:
         raise InvalidParameterError(f"could not download {url}: {str(e) or type(e).__name__}") from e
 
 
-async def read_url(url: str, limit: int, timeout_s: float) -> bytes:
-    # Raw bytes, no content-encoding asked for: a small compressed body cannot inflate past the cap in one piece.
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as http, \
-            http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
-        response.raise_for_status()
-        announced = response.headers.get("content-length", "")
-        if announced.isdigit() and int(announced) > limit:
+async def read_url(url: str, policy: AudioPolicy) -> bytes:
+    """Each hop (the URL, then every redirect) vetted and connected to at its vetted address."""
+    async with httpx.AsyncClient(timeout=policy.timeout_s) as http:
+        for _ in range(MAX_REDIRECTS + 1):
+            target = await asyncio.to_thread(egress.vet_url, url, policy.allow_networks, "the audio URL",
+                                             ALLOW_SETTING)
+            pinned, host_headers, extensions = target.connection()
+            # Raw bytes, no content-encoding asked for: a small compressed body cannot inflate past the cap.
+            async with http.stream("GET", pinned, headers={"Accept-Encoding": "identity", **host_headers},
+                                   extensions=extensions) as response:
+                if not response.is_redirect:
+                    response.raise_for_status()
+                    return await read_body(response, url, policy.max_bytes)
+                url = str(target.url.join(response.headers["location"]))
+    raise InvalidParameterError(f"the audio URL redirects more than {MAX_REDIRECTS} times")
+
+
+async def read_body(response: httpx.Response, url: str, limit: int) -> bytes:
+    announced = response.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise too_large(url, limit)
+    data = bytearray()
+    async for piece in response.aiter_raw():
+        data += piece
+        if len(data) > limit:
             raise too_large(url, limit)
-        data = bytearray()
-        async for piece in response.aiter_raw():
-            data += piece
-            if len(data) > limit:
-                raise too_large(url, limit)
-        return bytes(data)
+    return bytes(data)

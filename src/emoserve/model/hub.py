@@ -4,10 +4,11 @@
 model.pt, tokens.txt) into `$EMOSERVE_CACHE/models/<name>/`, with a progress bar. Offline, it
 fails with a message that says what to do instead.
 
-Each known model is downloaded at the revision `MODELS` pins for its source, so a release of emoserve
-always fetches the same files; `EMOSERVE_REVISION` (or `models pull --revision`) overrides it. The pins
-are the repositories' default branches (Hugging Face `main`, ModelScope `master`) until a maintainer
-replaces each with the commit hash of a download they checked (docs/configuration.md says how).
+Each known model is downloaded at the revision `MODELS` pins for its source; `EMOSERVE_REVISION` (or
+`models pull --revision`) overrides it. A pin is a commit hash where one was found in a public source
+(docs/configuration.md cites it), so those downloads are always the same files; the others name the
+repository's default branch (Hugging Face `main`, ModelScope `master`), which follows the publisher's
+updates, until a maintainer checks a download and pins its hash.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        # name, Hugging Face repo and revision, ModelScope repo and revision, about
-        ModelSpec("emotion2vec_plus_large", "emotion2vec/emotion2vec_plus_large", "main",
+        # name, Hugging Face repo and revision, ModelScope repo and revision (a commit hash, or the default
+        # branch where no hash is known: docs/configuration.md "Model revisions"), about
+        ModelSpec("emotion2vec_plus_large", "emotion2vec/emotion2vec_plus_large",
+                  "6c303ba987b86b93193de93e34bb2b077a6bedc4",
                   "iic/emotion2vec_plus_large", "master", "9 emotions, 1024-d, best accuracy (default)"),
         ModelSpec("emotion2vec_plus_base", "emotion2vec/emotion2vec_plus_base", "main",
                   "iic/emotion2vec_plus_base", "master", "9 emotions, 768-d, faster"),
         ModelSpec("emotion2vec_plus_seed", "emotion2vec/emotion2vec_plus_seed", "main",
                   "iic/emotion2vec_plus_seed", "master", "9 emotions, 768-d, trained on the seed data only"),
-        ModelSpec("emotion2vec_base", "emotion2vec/emotion2vec_base", "main",
+        ModelSpec("emotion2vec_base", "emotion2vec/emotion2vec_base", "0c9a3152734f9d7a7a05b4ee6bfb3c109d288664",
                   "iic/emotion2vec_base", "master", "pre-trained encoder, 768-d embeddings only (no emotion head)"),
         ModelSpec("emotion2vec_base_finetuned", None, None,
                   "iic/emotion2vec_base_finetuned", "master", "9 emotions, 768-d, the first fine-tuned release"),

@@ -1,9 +1,14 @@
-"""The custom integration inside a real Home Assistant (its test harness) against a live emoserve."""
+"""The custom integration inside a real Home Assistant (its test harness) against a live emoserve.
+
+The same tests run against Home Assistant 2024.3 (the oldest the component supports) and a current
+release (tests/integrations/run_isolated.sh), so they use only what both harnesses offer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,7 +26,12 @@ DOMAIN = "emoserve"
 
 @pytest.fixture(scope="module")
 def server():
+    """$EMOSERVE_TEST_SERVER when set (a server outside this root: the current Home Assistant runs in a
+    Debian root without the project's venv), else one started here."""
     pytest_socket.enable_socket()  # module fixtures set up before the tests' own `socket_enabled`
+    if os.environ.get("EMOSERVE_TEST_SERVER"):
+        yield os.environ["EMOSERVE_TEST_SERVER"]
+        return
     with serve_in_subprocess() as base:
         yield base
 
@@ -149,19 +159,101 @@ async def test_refusals(hass, server, clip, tmp_path, file_server):
         await hass.services.async_call(DOMAIN, "analyze", {}, blocking=True)
 
 
-async def test_config_flow_checks_the_server_and_sets_up_the_service(hass, server, clip, tmp_path):
+async def add_server(hass, url: str) -> dict:
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
     assert result["type"] == data_entry_flow.FlowResultType.FORM and result["step_id"] == "user"
-    result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": "http://127.0.0.1:9"})
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": url})
+    await hass.async_block_till_done()
+    return result
+
+
+async def analyze_file(hass, clip, **target) -> dict:
+    return await hass.services.async_call(DOMAIN, "analyze", {"file": str(clip), **target}, blocking=True,
+                                          return_response=True)
+
+
+async def test_config_flow_checks_the_server_and_the_service_outlives_its_entries(hass, server, clip, tmp_path):
+    result = await add_server(hass, "http://127.0.0.1:9")
     assert result["type"] == data_entry_flow.FlowResultType.FORM and result["errors"] == {"base": "cannot_connect"}
     result = await hass.config_entries.flow.async_configure(result["flow_id"], {"url": server + "/"})
     assert result["type"] == data_entry_flow.FlowResultType.CREATE_ENTRY
-    assert result["title"] == "emoserve (random:tiny)" and result["data"] == {"url": server}
+    assert result["title"] == f"emoserve {server.removeprefix('http://')} (random:tiny)"
+    assert result["data"] == {"url": server}
     await hass.async_block_till_done()
     hass.config.allowlist_external_dirs = {str(tmp_path)}
-    response = await hass.services.async_call(DOMAIN, "analyze", {"file": str(clip)}, blocking=True,
-                                              return_response=True)
-    assert response["emotion"] == analyze_directly(server, clip)["emotion"]
     entry = hass.config_entries.async_entries(DOMAIN)[0]
+    assert entry.unique_id == server and entry.runtime_data.model == "random:tiny"
+    response = await analyze_file(hass, clip)
+    assert response["emotion"] == analyze_directly(server, clip)["emotion"]
+    assert response["config_entry_id"] == entry.entry_id
     assert await hass.config_entries.async_unload(entry.entry_id)
-    assert not hass.services.has_service(DOMAIN, "analyze")
+    assert hass.services.has_service(DOMAIN, "analyze")  # registered once, for every entry
+    with pytest.raises(ServiceValidationError, match="no emoserve server is loaded"):
+        await analyze_file(hass, clip)
+    with pytest.raises(ServiceValidationError, match="is not loaded"):
+        await analyze_file(hass, clip, config_entry_id=entry.entry_id)
+
+
+@contextlib.asynccontextmanager
+async def forwarder(target: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A second server on 127.0.0.1 (another port) that forwards every request to `target`, keeping the paths
+    it forwarded: which of two configured servers a call went to."""
+    import aiohttp
+
+    paths: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with aiohttp.ClientSession() as session, \
+                session.request(request.method, target + request.path_qs, headers=headers,
+                                data=await request.read()) as answer:
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}", paths
+    finally:
+        await runner.cleanup()
+
+
+async def test_several_servers_each_added_once_and_chosen_by_entry_id(hass, server, clip, tmp_path):
+    hass.config.allowlist_external_dirs = {str(tmp_path)}
+    async with forwarder(server) as (other, forwarded):
+        for url in (server, other):
+            assert (await add_server(hass, url))["type"] == data_entry_flow.FlowResultType.CREATE_ENTRY
+        again = await add_server(hass, server + "/")
+        assert again["type"] == data_entry_flow.FlowResultType.ABORT and again["reason"] == "already_configured"
+        first, second = entries = hass.config_entries.async_entries(DOMAIN)
+        assert [e.unique_id for e in entries] == [e.runtime_data.url for e in entries] == [server, other]
+        with pytest.raises(ServiceValidationError, match="2 emoserve servers are set up: choose one with "
+                                                         "config_entry_id"):
+            await analyze_file(hass, clip)
+        forwarded.clear()
+        assert (await analyze_file(hass, clip, config_entry_id=first.entry_id))["config_entry_id"] == first.entry_id
+        assert forwarded == []
+        response = await analyze_file(hass, clip, config_entry_id=second.entry_id)
+        assert response["config_entry_id"] == second.entry_id and forwarded == ["/v1/analyze"]
+        assert response["emotion"] == analyze_directly(server, clip)["emotion"]
+        with pytest.raises(ServiceValidationError, match="config_entry_id nonsense is not an emoserve server"):
+            await analyze_file(hass, clip, config_entry_id="nonsense")
+        for entry in entries:  # before the forwarder goes
+            assert await hass.config_entries.async_unload(entry.entry_id)
+
+
+async def test_a_server_in_configuration_yaml_is_imported_as_an_entry_once(hass, server, tmp_path):
+    await setup_yaml(hass, server, tmp_path)
+    entries = hass.config_entries.async_entries(DOMAIN)
+    assert [(e.source, e.unique_id) for e in entries] == [(config_entries.SOURCE_IMPORT, server)]
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_IMPORT},
+                                                       data={"url": server})
+    assert result["type"] == data_entry_flow.FlowResultType.ABORT and result["reason"] == "already_configured"
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_IMPORT},
+                                                       data={"url": "http://127.0.0.1:9"})
+    assert result["type"] == data_entry_flow.FlowResultType.ABORT and result["reason"] == "cannot_connect"
