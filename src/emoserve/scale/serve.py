@@ -123,7 +123,24 @@ class Ingress:
         self.emoserve_app.add_middleware(ForwardToOwner, owner=store, prefixes=FORWARDED)
 
     def __serve_build_asgi_app__(self):
-        return self.emoserve_app
+        return WithoutRequestIdHeader(self.emoserve_app)
+
+
+class WithoutRequestIdHeader:
+    """Serve's proxy adds X-Request-ID to every answer (the client's, or its own, which it also hands the app as
+    the request's): the app's would make the header appear twice."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def send_without(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [(k, v) for k, v in message.get("headers", [])
+                                                  if k.lower() != b"x-request-id"]}
+            await send(message)
+
+        await self.app(scope, receive, send_without if scope["type"] == "http" else send)
 
 
 def missing_replicas(app_name: str, deployment: str) -> str | None:
