@@ -28,7 +28,7 @@ from ..config import Settings
 from ..inference.emotion_model import EmotionModel
 from ..inference.engine import Engine
 from ..runtime import Service
-from .engine import Answer, RemoteEngine, Refusal
+from .engine import Answer, Refusal, RemoteEngine
 from .forward import ForwardedRequest, ForwardedResponse, ForwardToOwner, call_app
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,8 @@ def missing_replicas(app_name: str, deployment: str) -> str | None:
     running = states.get("RUNNING", 0)
     coming = sum(n for state, n in states.items() if state in ("STARTING", "RECOVERING", "UPDATING"))
     if overview.status == "UNHEALTHY" or (coming and overview.status != "UPSCALING"):
-        return f"{deployment}: {running} replicas running, {coming} being replaced ({overview.message or 'a replica died'})"
+        why = overview.message or "a replica died"
+        return f"{deployment}: {running} replicas running, {coming} being replaced ({why})"
     return None
 
 
