@@ -67,7 +67,7 @@ def serve(
         from ..scale.serve import run
 
         with clean_errors():
-            run(ray, settings)
+            run(ray, settings, console.print)
         return
     import uvicorn
 

@@ -21,6 +21,7 @@ import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..api.app import create_app
@@ -231,7 +232,7 @@ def deploy(settings: Settings, *, proxy_location: str = "EveryNode") -> None:
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
 
 
-def run(address: str, settings: Settings) -> None:
+def run(address: str, settings: Settings, say: Callable[[str], None] = print) -> None:
     """`emoserve serve --ray ADDRESS`: deploy, serve until SIGTERM or Ctrl-C, then take the application down."""
     from ray import serve
 
@@ -242,7 +243,7 @@ def run(address: str, settings: Settings) -> None:
     try:
         with ray_connection(address):
             deploy(settings)
-            log.info("emoserve on Ray Serve at http://%s:%d", settings.server.host, settings.server.port)
+            say(f"emoserve on Ray Serve at http://{settings.server.host}:{settings.server.port} (Ctrl-C stops it)")
             stopped.wait()
             serve.delete(APP_NAME)
     finally:
