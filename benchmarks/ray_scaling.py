@@ -3,10 +3,11 @@ the single-process server at equal resources, all measured in the same run, on a
 
     PYTHONPATH=src python benchmarks/ray_scaling.py --model random:base --seconds 15 --concurrency 16
 
-Rows: `single, 1 thread` (uvicorn, one engine of 1 thread: the resources of one Ray model replica), `single,
-2 threads` (the resources of two), `ray, 1 replica`, `ray, 2 replicas`. Each runs `--concurrency` clients that
-send one clip after another for `--seconds` (after a warm-up; requests wholly inside the window count); 503s are counted, not retried. Prints a table
-with the CPU's name and writes JSON under benchmarks/results/.
+Rows: `single, 1 thread` (uvicorn, one engine of 1 thread: the resources of one Ray model replica),
+`single, 2 threads` (the resources of two), `ray, 1 replica`, `ray, 2 replicas`. Each runs `--concurrency`
+clients that send one clip after another for `--seconds` after a warm-up (requests wholly inside the
+window count); 503s are counted, not retried. Prints a table with the CPU's name and writes JSON under
+benchmarks/results/.
 """
 
 from __future__ import annotations
