@@ -293,7 +293,7 @@ class RasaConfig(Section):
 
 
 class RayConfig(Section):
-    """Model replicas on a Ray cluster (`analyze --ray`: src/emoserve/scale/, docs/scaling.md)."""
+    """Model replicas on a Ray cluster (`analyze --ray`, `serve --ray`: src/emoserve/scale/, docs/scaling.md)."""
 
     env_prefix: ClassVar[str] = PREFIX + "RAY_"
 
@@ -302,6 +302,13 @@ class RayConfig(Section):
                                                              "cluster's CPUs and GPUs fit")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved for each model replica (its torch threads)")
     replica_gpus: float = Field(0.0, ge=0, description="GPUs for each model replica: 1 on GPU nodes, 0 on CPU")
+    ingress_replicas: int = Field(1, ge=1, description="HTTP replicas of `serve --ray` (parsing, decoding, auth)")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="clips in flight per model replica that "
+                                                                  "autoscaling keeps (queue length)")
+    max_ongoing_requests: int = Field(16, ge=1, description="clips sent to one model replica at once (its engine "
+                                                            "batches them); more wait at the caller")
+    max_queued_requests: int = Field(64, ge=1, description="clips waiting at each caller for a model replica; "
+                                                           "more are answered 503 overloaded")
 
     @model_validator(mode="after")
     def replicas_ordered(self) -> RayConfig:

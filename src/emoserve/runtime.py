@@ -5,6 +5,10 @@ through `Service.running`, their app's lifespan. The port answers at once; `/hea
 `loading` until the model is loaded and warmed up. The upload store opens first, so uploads (and
 status reads) are taken while the model loads; the job runner starts once the model is ready and
 sends its work through the engine's queue.
+
+On a Ray cluster (`scale/serve.py`) the same `Service` runs with a remote engine (`connect_engine`:
+an object with the engine's interface whose work runs on the model replicas) and, on the ingress
+replicas, without the store (`holds_store=False`: one replica owns it and the others forward to it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
@@ -43,6 +47,9 @@ class Service:
     runner: JobRunner | None = None
     open_streams: int = 0  # WebSocket streams being served, against settings.stream.max_concurrent
     on_load_failure: Callable[[], None] | None = None  # `emoserve serve` exits then, so a supervisor restarts it
+    connect_engine: Callable[[], Awaitable[Engine]] | None = None  # else the model loads here, in a local engine
+    holds_store: bool = True  # opens the upload store and runs the jobs
+    health_checks: list[Callable[[], str | None]] = field(default_factory=list)  # a reason to say degraded, or None
     metrics: ServiceMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,24 +75,30 @@ class Service:
         Never raises: a failure is reported by /health (and `on_load_failure` is called).
         """
         s = self.settings
-        engine = None
+        engine = runner = None
         try:
-            store = await asyncio.to_thread(Store, s.store)
-            await asyncio.to_thread(sweep_at_start, store)
-            self.store = store
+            if self.holds_store:
+                store = await asyncio.to_thread(Store, s.store)
+                await asyncio.to_thread(sweep_at_start, store)
+                self.store = store
             started = time.perf_counter()
-            if model is None:
-                model = await asyncio.to_thread(EmotionModel.from_config, s.model)
-            engine = Engine.from_config(s.engine, model)
+            if self.connect_engine is not None:
+                engine = await self.connect_engine()
+                model = engine.model
+            else:
+                if model is None:
+                    model = await asyncio.to_thread(EmotionModel.from_config, s.model)
+                engine = Engine.from_config(s.engine, model)
             loaded = time.perf_counter()
             engine.observers.append(self.metrics.observe_batch)
             await engine.start()  # includes the warm-up of the common batch shapes
             warm = time.perf_counter()
-            # the job's segments and windows queue and batch with live requests, waiting for room when it is full
-            predict = functools.partial(engine.submit_blocking, origin="job")
-            runner = JobRunner(self.store, predict, labels=model.labels, model_name=model.name,
-                               min_samples=model.config.min_samples, options=s.longform, config=s.jobs)
-            await asyncio.to_thread(runner.start)  # re-queues the jobs a crash left running
+            if self.store is not None:
+                # the job's segments and windows queue and batch with live requests, waiting for room when full
+                predict = functools.partial(engine.submit_blocking, origin="job")
+                runner = JobRunner(self.store, predict, labels=model.labels, model_name=model.name,
+                                   min_samples=model.config.min_samples, options=s.longform, config=s.jobs)
+                await asyncio.to_thread(runner.start)  # re-queues the jobs a crash left running
         except Exception as e:  # a model that cannot load is reported by /health, not a crash loop
             if engine is not None and engine.is_running:
                 await engine.stop(drain=False)
@@ -119,6 +132,17 @@ class Service:
     def ready(self) -> bool:
         """Loaded, warmed up and taking work: what /readyz answers (false again once a stop has begun)."""
         return self.status == "healthy" and self.engine is not None and self.engine.is_running
+
+    def degraded_reason(self) -> str | None:
+        """Why the service answers with less than it should (a full disk, missing model replicas), or None.
+
+        Blocking (it may look at the disk or ask a cluster): call it from a thread."""
+        checks = [self.store.storage_problem] if self.store is not None else []
+        for check in checks + self.health_checks:
+            reason = check()
+            if reason:
+                return reason
+        return None
 
     def ready_engine(self) -> Engine:
         """The engine, or a 503 that says why there is none yet."""

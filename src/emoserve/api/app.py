@@ -32,12 +32,15 @@ Send a clip to `POST /v1/analyze`; send long audio with `/v1/upload/*` (chunked,
 (see docs/API.md)."""
 
 
-def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
-    """The service. `model` skips loading (tests, embedding in another app); else `settings.model` loads."""
-    settings = settings or Settings()
+def create_app(settings: Settings | None = None, model: EmotionModel | None = None, *,
+               service: Service | None = None) -> FastAPI:
+    """The service. `model` skips loading (tests, embedding in another app); else `settings.model` loads.
+
+    `service`: the one to run, composed by the caller (on Ray: with a remote engine); its settings then win."""
+    service = service or Service(settings or Settings())
+    settings = service.settings
     server = settings.server
     setup_logging(server)
-    service = Service(settings)
     throttle = Throttle.from_config(server)  # one budget per client, whether it calls the API or the UI
     app = FastAPI(title="emoserve", version=__version__, description=DESCRIPTION,
                   lifespan=lambda app: service.running(model))

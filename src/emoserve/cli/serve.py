@@ -49,10 +49,13 @@ def serve(
     = None,
     forwarded_allow_ips: Annotated[str | None, typer.Option(help=about(ServerConfig, "forwarded_allow_ips"))]
     = None,
+    ray: Annotated[str | None, typer.Option(
+        help="serve on Ray Serve: auto (the running cluster), local (start one here) or its address; model "
+             "replicas from the EMOSERVE_RAY_* settings (docs/scaling.md)")] = None,
 ) -> None:
     """Start the service. Every option is also an EMOSERVE_* variable, and every setting can come from a file
     (EMOSERVE_CONFIG=emoserve.toml; docs/configuration.md). One process serves one model: run more processes
-    (or replicas) to scale out."""
+    (or replicas) to scale out, or serve on a Ray cluster with --ray."""
     with clean_errors():
         require_server("emoserve serve")
         settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device,
@@ -60,6 +63,12 @@ def serve(
                                 max_batch_size=max_batch_size, cache=cache, api_keys_file=api_keys_file,
                                 data_dir=data_dir, log_dir=log_dir, log_json=log_json,
                                 forwarded_allow_ips=forwarded_allow_ips)
+    if ray is not None:
+        from ..scale.serve import run
+
+        with clean_errors():
+            run(ray, settings, console.print)
+        return
     import uvicorn
 
     from ..api.app import create_app

@@ -291,12 +291,8 @@ class Engine:
 
         `split`: keep the channels apart, (channels, samples) (`decode_channels`); else mixed to mono.
         """
-        if self._decode_pool is None:
-            raise EngineNotRunning("the engine is not started")
-        call = functools.partial(decode_channels if split else decode_audio, source, sample_rate=sample_rate,
-                                 max_seconds=max_seconds, max_bytes=max_bytes,
-                                 min_samples=self._model.config.min_samples)
-        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
+        return await decode_on(self._decode_pool, source, min_samples=self._model.config.min_samples,
+                               sample_rate=sample_rate, max_seconds=max_seconds, max_bytes=max_bytes, split=split)
 
     def check_capacity(self) -> None:
         """Raise `EngineOverloaded` (with a retry-after hint) if the queue is full.
@@ -532,6 +528,17 @@ class Engine:
                 observer(stats)
             except Exception:
                 log.exception("a batch observer failed")
+
+
+async def decode_on(pool: concurrent.futures.Executor | None, source: AudioSource, *, min_samples: int,
+                    sample_rate: int | None = None, max_seconds: float | None = None, max_bytes: int | None = None,
+                    split: bool = False) -> np.ndarray:
+    """`Engine.decode` on a decode pool (a remote engine's too): mono, or (channels, samples) when `split`."""
+    if pool is None:
+        raise EngineNotRunning("the engine is not started")
+    call = functools.partial(decode_channels if split else decode_audio, source, sample_rate=sample_rate,
+                             max_seconds=max_seconds, max_bytes=max_bytes, min_samples=min_samples)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 def model_outputs(out: ClipOutput, frames: bool) -> ClipOutput:

@@ -22,12 +22,12 @@ router = APIRouter()
 @router.get("/health", response_model=Health, summary="Is the model loaded?",
             responses={503: {"model": Health, "description": "loading (retry after Retry-After) or failed"}})
 async def health(request: Request) -> JSONResponse:
-    """200 `healthy`, or 200 `degraded` with a `reason` when the disk is (nearly) full: the model still answers,
-    uploads are refused. 503 while loading or after a failed load."""
+    """200 `healthy`, or 200 `degraded` with a `reason` when the disk is (nearly) full (the model still answers,
+    uploads are refused) or, on Ray, while model replicas are missing. 503 while loading or after a failed load."""
     service = service_of(request)
     status, reason = service.status, None
-    if status == "healthy" and service.store is not None:
-        reason = await run_in_threadpool(service.store.storage_problem)
+    if status == "healthy":
+        reason = await run_in_threadpool(service.degraded_reason)
         status = "degraded" if reason else status
     body = Health(status=status, model=service.model.name if service.model else service.settings.model.model,
                   granularity_supported=list(GRANULARITIES),

@@ -1,0 +1,122 @@
+"""Requests for the store's routes (uploads, tus, jobs), sent from any ingress replica to the one store owner.
+
+The ingress replicas share no disk: the SQLite store and the data directory belong to one `Store`
+replica, which runs the same app. `ForwardToOwner` (ASGI middleware on the ingress) reads such a
+request whole (method, path, headers, body bytes), calls the owner through its DeploymentHandle,
+and answers with what the owner's app answered (status, headers, body bytes). `call_app` is the
+owner's side: one HTTP request through an ASGI app in this process, without a socket. Access
+checks, rate limits and error bodies are the owner app's own, so a forwarded answer is the one a
+single-process server gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.errors import error_response
+from ..errors import EmoserveError, retry_headers
+from .engine import RETRY_AFTER_S
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ForwardedRequest:
+    method: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    scheme: str
+    server: tuple[str, int] | None
+    client: tuple[str, int] | None
+    body: bytes
+
+    def scope(self) -> Scope:
+        return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": self.method,
+                "scheme": self.scheme, "path": self.path, "raw_path": self.raw_path, "root_path": "",
+                "query_string": self.query_string, "headers": self.headers, "server": self.server,
+                "client": self.client}
+
+
+@dataclass(frozen=True)
+class ForwardedResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+async def read_request(scope: Scope, receive) -> ForwardedRequest:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return ForwardedRequest(scope["method"], scope["path"], scope.get("raw_path") or scope["path"].encode(),
+                            scope.get("query_string", b""), list(scope["headers"]), scope.get("scheme", "http"),
+                            tuple(scope["server"]) if scope.get("server") else None,
+                            tuple(scope["client"]) if scope.get("client") else None, b"".join(chunks))
+
+
+async def call_app(app, request: ForwardedRequest) -> ForwardedResponse:
+    """One request through `app`, its whole answer collected (the owner's side of forwarding)."""
+    delivered = False
+    start: dict = {}
+    body: list[bytes] = []
+
+    async def receive() -> dict:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await asyncio.get_running_loop().create_future()  # the caller never goes away: wait until cancelled
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await app(request.scope(), receive, send)
+    return ForwardedResponse(start["status"], [tuple(h) for h in start.get("headers", [])], b"".join(body))
+
+
+class ForwardToOwner:
+    """ASGI middleware: requests under `prefixes` go to the owner (a DeploymentHandle with `handle`)."""
+
+    def __init__(self, app, owner: Any, prefixes: Sequence[str]):
+        self.app, self.owner, self.prefixes = app, owner, tuple(prefixes)
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        request = await read_request(scope, receive)
+        try:
+            response = await self.call_owner(request)
+        except EmoserveError as e:
+            await error_response(e.code, e.message, headers=retry_headers(e), details=e.details)(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def call_owner(self, request: ForwardedRequest) -> ForwardedResponse:
+        """The owner's answer; a 503 to retry while the owner is being replaced or is busy."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await self.owner.handle.remote(request)
+        except (RayActorError, BackPressureError) as e:
+            log.warning("the store owner did not answer %s %s: %s", request.method, request.path, type(e).__name__)
+            raise EmoserveError("the upload store is restarting or busy; retry shortly", code="overloaded",
+                                details={"retry_after": RETRY_AFTER_S}) from e

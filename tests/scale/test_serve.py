@@ -1,0 +1,212 @@
+"""`emoserve serve --ray` on a two-node loopback cluster: the single-process API's own tests, results equal to the
+single-process server's, jobs fanned out over both nodes, and a model replica killed under load.
+
+One deployment serves the whole module (Ingress, Store, two EmotionEngine replicas, one per node). The
+API tests imported below are the functions of tests/api, collected again here with this module's
+`client`: an HTTP client of the Ray deployment instead of the in-process app.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from emoserve.api.app import create_app
+from emoserve.config import Settings
+
+from ..api.live_server import free_port
+from ..api.test_app import (  # noqa: F401 (collected here, against the Ray deployment)
+    post,
+    test_bad_input_gets_its_error,
+    test_embedding_and_processed_audio_as_multipart_mixed,
+    test_frame_analysis,
+    test_health_and_models,
+    test_request_shape_errors,
+    test_unknown_routes_and_methods_are_json,
+    test_utterance_analysis_is_the_model_answer,
+)
+from ..api.test_tus import test_the_upload_feeds_a_job  # noqa: F401
+from ..api.test_uploads import (  # noqa: F401
+    finished,
+    recording,
+    send_all,
+    test_chunks_in_any_order_then_complete_give_the_librarys_timeline,
+)
+from ..samples import long_recording, noise, sweep, wav_bytes
+from ..test_streaming import chunks, pcm16
+
+pytestmark = pytest.mark.ray
+
+APP = "emoserve"
+SETTINGS = {"model": "random:tiny", "api_only": True, "ray_min_replicas": 2, "ray_max_replicas": 2}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def health(base: str) -> dict:
+    return httpx.get(base + "/health", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def deployment(ray_cluster, tmp_path_factory):
+    """The application deployed once for the module; Serve and the driver's connection closed after it."""
+    import ray
+    from ray import serve
+
+    from emoserve.scale.serve import deploy
+
+    root = tmp_path_factory.mktemp("serve")
+    settings = Settings.from_flat(**SETTINGS, host="127.0.0.1", port=free_port(), data_dir=root / "data",
+                                  log_dir=root / "logs")
+    ray.init(address=ray_cluster.address)
+    try:
+        deploy(settings, proxy_location="HeadOnly")  # two nodes on one address: one proxy, one port
+        base = f"http://127.0.0.1:{settings.server.port}"
+        wait_for(lambda: health(base).get("status") == "healthy", 60, "a healthy deployment")
+        yield base
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture
+def client(deployment):
+    with httpx.Client(base_url=deployment, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """The single-process server of the same settings, in process."""
+    root = tmp_path_factory.mktemp("single")
+    settings = Settings.from_flat(**SETTINGS, data_dir=root / "data", log_dir=root / "logs")
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/health").status_code == 200, 60, "the single-process server")
+        yield client
+
+
+def engine_replicas() -> dict[str, tuple[int, str]]:
+    """The live EmotionEngine replica actors: name → (pid, node id), from Ray's actor table."""
+    import ray
+
+    return {a["Name"]: (a["Pid"], a["Address"]["NodeID"]) for a in ray._private.state.actors().values()
+            if a["State"] == "ALIVE" and "#EmotionEngine#" in a["Name"]}
+
+
+def test_results_equal_the_single_process_servers(client, single_process):
+    for clip, fields in [(sweep(1.5), {}), (noise(16000), {"granularity": "frame"}),
+                         (sweep(1.0), {"return_embedding": "true"})]:
+        headers = {"Accept": "application/json"}
+        here, there = (post(c, wav_bytes(clip), headers=headers, **fields) for c in (single_process, client))
+        assert here.status_code == there.status_code == 200, there.text
+        want, got = here.json(), there.json()
+        assert got.keys() == want.keys() and got["emotion"] == want["emotion"]
+        scores = [list(b["scores"].values()) if isinstance(b["scores"], dict) else b["scores"] for b in (want, got)]
+        np.testing.assert_allclose(np.array(scores[1]), np.array(scores[0]), atol=1e-5)
+        if "embedding_npy_b64" in want:
+            import base64
+            import io
+
+            vectors = [np.load(io.BytesIO(base64.b64decode(b["embedding_npy_b64"]))) for b in (want, got)]
+            np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-5)
+
+
+def test_the_request_id_is_echoed_once(client):
+    response = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers.get_list("x-request-id") == ["abc-123"]
+    assert len(client.get("/health").headers.get_list("x-request-id")) == 1
+
+
+def test_a_stream_over_the_ray_deployment_equals_the_single_process_stream(deployment, single_process):
+    from websockets.sync.client import connect
+
+    messages = chunks(pcm16(np.concatenate([sweep(2.7), noise(16000 * 2 + 99, seed=2)])), [6_400])
+    with single_process.websocket_connect("/v1/stream") as ws:
+        for message in messages:
+            ws.send_bytes(message)
+        ws.send_text("end")
+        want = [ws.receive_json()]
+        while want[-1]["type"] != "end":
+            want.append(ws.receive_json())
+    import json
+
+    with connect(deployment.replace("http", "ws") + "/v1/stream", subprotocols=["emoserve"]) as ws:
+        for message in messages:
+            ws.send(message)
+        ws.send("end")
+        got = [json.loads(ws.recv(timeout=60))]
+        while got[-1]["type"] != "end":
+            got.append(json.loads(ws.recv(timeout=60)))
+    assert [m["type"] for m in got] == [m["type"] for m in want]
+    for g, w in zip(got, want):
+        if "scores" in w:
+            np.testing.assert_allclose(np.array(g["scores"]), np.array(w["scores"]), atol=1e-5)
+
+
+def test_a_jobs_segments_are_computed_on_both_nodes(client, ray_cluster):
+    """The store owner's remote engine records the node of the replica that answered each clip."""
+    from ray import serve
+
+    data = wav_bytes(long_recording(20.0, seed=7))
+    upload_id = send_all(client, data)
+    job = client.post("/v1/upload/complete", json={"upload_id": upload_id}).json()
+    assert finished(client, job["job_id"])["status"] == "succeeded"
+    computed_by = serve.get_deployment_handle("Store", APP).computed_by.remote().result()
+    nodes = {node for _, node in engine_replicas().values()}
+    assert len(nodes) == 2 and set(computed_by) == nodes, computed_by
+    assert all(count > 0 for count in computed_by.values())
+
+
+def test_a_killed_model_replica_costs_no_5xx_and_comes_back(deployment):
+    """16 clients while one EmotionEngine replica is killed -9: 200s, or 503s with Retry-After; /health degraded
+    until Serve has replaced it, then healthy."""
+    replicas = engine_replicas()
+    assert len(replicas) == 2
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    clip = wav_bytes(sweep(1.0))
+
+    def keep_asking() -> None:
+        with httpx.Client(base_url=deployment, timeout=60) as c:
+            while not stop.is_set():
+                response = post(c, clip)
+                answers.append((response.status_code, response.headers.get("retry-after")))
+
+    clients = [threading.Thread(target=keep_asking) for _ in range(16)]
+    for thread in clients:
+        thread.start()
+    try:
+        wait_for(lambda: len(answers) >= 32, 60, "requests under way")
+        victim, (pid, _) = next(iter(replicas.items()))
+        os.kill(pid, signal.SIGKILL)
+        seen = wait_for(lambda: health(deployment) if health(deployment)["status"] == "degraded" else None, 30,
+                        "/health degraded")
+        assert "EmotionEngine" in seen["reason"]
+        wait_for(lambda: health(deployment)["status"] == "healthy", 90, "/health healthy again")
+        after = len(answers)
+        wait_for(lambda: len(answers) >= after + 16, 60, "requests after the replacement")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    now = engine_replicas()
+    assert len(now) == 2 and victim not in now
+    statuses = {status for status, _ in answers}
+    assert statuses <= {200, 503}, statuses
+    assert all(retry_after for status, retry_after in answers if status == 503)
+
