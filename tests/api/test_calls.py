@@ -92,12 +92,31 @@ def test_a_mixed_jobs_embedding_takes_no_channel(client):
     assert response.status_code == 400 and error_of(response)["code"] == "invalid_parameter"
 
 
-def test_split_job_refusals(client):
+def test_a_mono_upload_is_refused_for_a_split_job_when_the_job_is_asked_for(client):
+    mono = wav_bytes(noise(16_000 * 3))
+    chunked = send_all(client, mono)
+    url = create(client, len(mono))
+    assert patch(client, url, mono, 0).status_code == 204
+    for path, upload_id, headers in (("/v1/upload/complete", chunked, {}), ("/v1/jobs", chunked, {}),
+                                     ("/v1/jobs", url.rsplit("/", 1)[1], TUS)):
+        response = client.post(path, json={"upload_id": upload_id, "channels": "split"}, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert error_of(response)["code"] == "invalid_parameter" and "one channel" in error_of(response)["message"]
+    accepted = client.post("/v1/jobs", json={"upload_id": chunked})  # the upload stays usable, mixed
+    assert finished(client, accepted.json()["job_id"])["status"] == "succeeded"
+
+
+def test_a_header_that_hides_a_mono_file_still_fails_the_split_job(client, monkeypatch):
+    monkeypatch.setattr("emoserve.jobs.runner.check_splittable", lambda path: None)  # as if the header said stereo
     mono = send_all(client, wav_bytes(noise(16_000 * 3)))
     job = finished(client, client.post("/v1/upload/complete", json={"upload_id": mono, "channels": "split"})
                    .json()["job_id"])
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_parameter"
     assert "one channel" in job["error"]["message"]
+
+
+def test_split_job_refusals(client):
+    mono = send_all(client, wav_bytes(noise(16_000 * 3)))
     for body, message in (({"channels": "both"}, "channels"),
                           ({"channels": "split", "channel_names": "a,a"}, "distinct")):
         response = client.post("/v1/jobs", json={"upload_id": mono, **body})

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from .. import webhooks, wire
+from ..audio import check_splittable
 from ..config import JobsConfig, LongformConfig
 from ..errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError
 from ..files import fsync_dir
@@ -111,11 +112,13 @@ class JobRunner:
         A `callback_url` whose host resolves to an address callbacks may not reach is refused here
         (and checked again when the callback is sent: the name may point elsewhere by then).
         `channels="split"` analyses each channel on its own (a stereo call); its options name the channels
-        only then, so a mixed job's options are what they always were.
+        only then, so a mixed job's options are what they always were. A file whose header says it is mono is
+        refused for it here, before any job exists.
         """
         options = {"granularity": check_granularity(granularity), "return_embedding": bool(return_embedding)}
         if check_channel_mode(channels) == "split":
             options |= {"channels": "split", "channel_names": parse_channel_names(channel_names)}
+            check_splittable(self.store.upload_file(upload_id))
         if callback_url is not None:
             webhooks.vet_callback_url(callback_url, self.config.callback_allow_networks)
         job = self.store.create_job(upload_id, options, callback_url)

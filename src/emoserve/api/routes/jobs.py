@@ -20,12 +20,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ...audio import MAX_CHANNELS
 from ...errors import NotFoundError
 from ...jobs.records import Job
 from ...wire import JobAccepted, JobRequest, JobStatus
 from ..deps import service_of
 from ..errors import UPLOAD_ERRORS
-from ...audio import MAX_CHANNELS
 from ..numbers import ascii_decimal, ascii_int
 
 router = APIRouter(tags=["jobs"])
