@@ -17,6 +17,7 @@ from emoserve.audio import (
     MAX_CHANNELS,
     SAMPLE_RATE,
     StreamedAudio,
+    check_splittable,
     decode_audio,
     decode_channels,
     processed_wav,
@@ -858,6 +859,32 @@ def test_splitting_a_mono_file_is_an_invalid_parameter_that_says_it_has_one_chan
     with pytest.raises(InvalidParameterError, match="one channel") as caught:
         decode_channels(wav_bytes(tone(0.5)))
     assert caught.value.code == "invalid_parameter"
+
+
+HEADER_FILES = {**SPLIT_FILES, **{kind: (lambda samples, kind=kind: encode(samples, 44_100, kind))
+                                   for kind in ("mp3", "ogg_opus", "m4a_aac", "wma")}}
+
+
+@pytest.mark.parametrize("kind", list(HEADER_FILES))
+def test_a_mono_file_is_refused_for_splitting_from_its_header_without_decoding(kind, monkeypatch):
+    stereo = stereo_pair(SPLIT_RATES.get(kind, 44_100))
+    make = HEADER_FILES[kind]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the audio was decoded")
+
+    monkeypatch.setattr("emoserve.audio.decode.decode_encoded", no_decoding)
+    with pytest.raises(InvalidParameterError, match="one channel") as caught:
+        check_splittable(make(np.ascontiguousarray(stereo[:, 0])))
+    assert caught.value.code == "invalid_parameter"
+    check_splittable(make(stereo))
+
+
+def test_splitting_checks_what_no_header_describes_only_when_decoding():
+    check_splittable(b"these are my meeting notes, not a recording " * 20)  # the decoder refuses it later
+    check_splittable(np.zeros((1000, 2), np.float32))
+    with pytest.raises(InvalidParameterError, match="one channel"):
+        check_splittable(np.zeros(1000, np.float32))
 
 
 def test_kept_channels_keep_the_duration_limit():

@@ -406,6 +406,21 @@ def test_split_analysis_gives_the_library_split_result_with_parts_per_channel(cl
         assert rate == 16000 and len(heard) == 16000
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_long_split_embeddings_come_per_channel_as_each_channel_alone(client, tiny_model, local):
+    from .samples import long_recording
+
+    samples = np.stack([long_recording(6.0, seed=s) for s in (1, 2)], axis=1)
+    with EmoClient.local(tiny_model) if local else client as runner:
+        got = runner.analyze_long(wav_bytes(samples), granularity="frame", return_embedding=True, channels="split",
+                                  chunk_size=CHUNK)
+    for entry in got.channels:
+        alone = tiny_model.analyze_long(wav_bytes(samples[:, entry.channel]), granularity="frame",
+                                        return_embedding=True)
+        assert entry.result.embedding.shape == alone.embedding.shape
+        np.testing.assert_allclose(entry.result.embedding, alone.embedding, rtol=0, atol=1e-5)
+
+
 # ---- retries: 429, Retry-After dates, calls that must not run twice ----
 
 

@@ -303,10 +303,21 @@ def test_split_long_gives_each_channel_what_it_gives_alone_as_a_mono_file(tiny_m
     assert body["channels"][1]["name"] == "customer" and body["summary"]["speakers"][0]["speaker"] == "agent"
 
 
-def test_split_long_refuses_mono_files_and_a_job_embedding_file(tiny_model, tmp_path):
+def test_split_long_refuses_mono_files(tiny_model):
     with pytest.raises(InvalidParameterError, match="one channel"):
         tiny_model.analyze_long(wav_bytes(noise(SAMPLE_RATE * 2)), channels="split")
-    stereo = wav_bytes(np.stack([noise(SAMPLE_RATE * 2, seed=s) for s in range(2)], axis=1))
-    with pytest.raises(InvalidParameterError, match="return_embedding with channels=split"):
-        analyze_long(stereo, tiny_model.predict, labels=tiny_model.labels, model_name="m", channels="split",
-                     return_embedding=True, embedding_path=tmp_path / "e.npy")
+
+
+@pytest.mark.parametrize("granularity", ["utterance", "frame"])
+def test_split_long_writes_each_channels_embedding_to_its_own_file(tiny_model, tmp_path, granularity):
+    samples = np.stack([noise(SAMPLE_RATE * 4, seed=s) for s in range(2)], axis=1)
+    split = analyze_long(wav_bytes(samples), tiny_model.predict, labels=tiny_model.labels, model_name="m",
+                         channels="split", granularity=granularity, return_embedding=True, regions=[(0.5, 3)],
+                         embedding_path=tmp_path / "e.npy")
+    assert not (tmp_path / "e.npy").exists()
+    for k in (0, 1):
+        alone = tiny_model.analyze_long(wav_bytes(samples[:, k]), granularity=granularity, return_embedding=True,
+                                        regions=[(0.5, 3)]).embedding
+        written = np.load(tmp_path / f"e.ch{k}.npy")
+        np.testing.assert_allclose(written, alone, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(split.channels[k].result.embedding, written)

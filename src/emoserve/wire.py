@@ -233,7 +233,8 @@ class JobRequest(RequestBody):
     upload_id: str = Field(description="a chunked or tus upload")
     granularity: Granularity = Field("utterance", description="segments only, or also one row of scores per 20 ms "
                                                               "over the whole file")
-    return_embedding: bool = Field(False, description="keep the embedding for GET /v1/jobs/{id}/embedding.npy")
+    return_embedding: bool = Field(False, description="keep the embedding for GET /v1/jobs/{id}/embedding.npy "
+                                                      "(channels=split: one per channel, ?channel=K)")
     callback_url: str | None = Field(None, max_length=2048,
                                      description="http(s) URL that receives the final job JSON by POST")
     channels: ChannelMode = Field("mix", description="mix: channels averaged to mono; split: each channel on its "

@@ -236,8 +236,9 @@ def test_split_long_files_give_each_channels_long_rows(where, tmp_path, monkeypa
                                   max_duration_s=3)
     with serve_in_thread(create_app(settings, model=tiny_model)) as base:
         target = ("--server", base) if where == "server" else ("--model", "random:tiny")
-        result = invoke(str(stereo), *target, "--channels", "split", "--format", "json")
-        mono = invoke(*map(str, alone), *target, "--format", "json")
+        result = invoke(str(stereo), *target, "--channels", "split", "--format", "json", "--embeddings-dir",
+                        str(tmp_path / "split"))
+        mono = invoke(*map(str, alone), *target, "--format", "json", "--embeddings-dir", str(tmp_path / "mono"))
     assert result.exit_code == mono.exit_code == 0, result.output
     rows, want = json.loads(result.stdout), {Path(r["file"]).name: r for r in json.loads(mono.stdout)}
     assert [(r["channel"], r["channel_name"]) for r in rows] == [(0, "left"), (1, "right")]
@@ -245,3 +246,5 @@ def test_split_long_files_give_each_channels_long_rows(where, tmp_path, monkeypa
         theirs = want[path.name]
         assert row["overall"] == close_to(theirs["overall"]) and row["segments"] == close_to(theirs["segments"])
         assert row["emotion"] == theirs["emotion"] and row["duration_s"] == theirs["duration_s"]
+        assert Path(row["embedding"]).name == f"call.wav.ch{row['channel']}.npy"
+        np.testing.assert_allclose(np.load(row["embedding"]), np.load(theirs["embedding"]), rtol=0, atol=1e-5)

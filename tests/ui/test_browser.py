@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from ..api.live_server import free_port
-from ..samples import espeak_available, noise, speech, wav_bytes
+from ..samples import espeak_available, noise, speech, sweep, wav_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -109,6 +110,9 @@ class UI:
     def choose_frames(self) -> None:
         self.page.locator("#granularity").get_by_text("Every 20 ms").click()
 
+    def choose_split(self) -> None:
+        self.page.locator("#channels").get_by_text("Each channel on its own").click()
+
     def upload(self, path: Path) -> None:
         """Uploading starts the analysis (as the Analyze button does)."""
         self.page.locator("#audio-input input[type=file]").set_input_files(str(path))
@@ -177,6 +181,24 @@ def test_a_long_file_shows_its_voiced_segments(ui, shots):
     names = {link.get_attribute("download") for link in tab.result("#downloads a[download]").all()}
     assert names == {"story.json", "story.segments.csv", "story.embedding.npy"}
     tab.page.screenshot(path=shots / "long-file.png", full_page=True)
+
+
+def test_a_stereo_call_split_into_channels_shows_a_lane_per_channel(ui, tmp_path, shots):
+    tab = ui(viewport={"width": 1280, "height": 900})
+    tab.choose_frames()
+    tab.choose_split()
+    call = tmp_path / "call.wav"
+    call.write_bytes(wav_bytes(np.stack([sweep(2.0), noise(2 * 16000, seed=3, amplitude=0.3)], axis=1)))
+    tab.upload(call)
+    lanes = tab.result("#timeline .emo-lane-name")
+    assert [lane.inner_text() for lane in lanes.all()] == ["left", "right"]
+    assert tab.page.locator("#timeline .emo-area").count() == 2  # a frame track per lane, on one time axis
+    assert tab.page.locator("#timeline .emo-area path").count() == 2 * 9
+    assert [h.inner_text() for h in tab.page.locator("#summary h3.emo-lane-name").all()] == ["left", "right"]
+    names = {link.get_attribute("download") for link in tab.result("#downloads a[download]").all()}
+    assert {"call.json", "call.left.embedding.npy", "call.right.embedding.npy"} <= names
+    assert "Traceback" not in tab.page.content()
+    tab.page.screenshot(path=shots / "call-lanes.png", full_page=True)
 
 
 def test_bad_input_reads_as_a_message_never_a_traceback(ui, tmp_path, shots):

@@ -12,7 +12,8 @@ resamples with soxr HQ as a stream and passes the 16 kHz blocks on as they are r
 `stream_audio` hands them to its caller (memory bounded by the block size, whatever the length),
 and `decode_audio` is `stream_audio` with a caller that joins them (`decode`). `decode_channels`
 (`stream_channels`) keeps the channels apart (`sink.ChannelSplitter`): each is resampled as it would be
-alone in a mono file. Every refusal is an `AudioError` whose `code` is the API's (`refusals`).
+alone in a mono file; `check_splittable` refuses a mono file for that from its header alone. Every
+refusal is an `AudioError` whose `code` is the API's (`refusals`).
 A file that holds less than its container declares (an upload cut short, a recorder that crashed)
 is refused as `corrupt_audio`, not answered for the part that arrived (`integrity`): PCM containers,
 Ogg and MP4 are checked from their headers before decoding, compressed formats against their declared
@@ -20,7 +21,15 @@ duration and their last packet once decoded.
 """
 
 from ..model.config import SAMPLE_RATE
-from .decode import StreamedAudio, decode_audio, decode_channels, processed_wav, stream_audio, stream_channels
+from .decode import (
+    StreamedAudio,
+    check_splittable,
+    decode_audio,
+    decode_channels,
+    processed_wav,
+    stream_audio,
+    stream_channels,
+)
 from .inputs import AudioSource
 from .refusals import MAX_CHANNELS, MAX_RATE, MIN_RATE, SUPPORTED
 from .sink import BlockConsumer
@@ -34,6 +43,7 @@ __all__ = [
     "AudioSource",
     "BlockConsumer",
     "StreamedAudio",
+    "check_splittable",
     "decode_audio",
     "decode_channels",
     "processed_wav",

@@ -13,7 +13,7 @@ import soundfile as sf
 from ..errors import InvalidParameterError
 from ..model.config import SAMPLE_RATE
 from .inputs import AudioSource, open_input
-from .readers import decode_encoded
+from .readers import declared_channels, decode_encoded
 from .refusals import check_length
 from .sink import BlockConsumer, ChannelSplitter, Resampler, array_channels, to_mono
 
@@ -76,10 +76,28 @@ def stream_channels(source: AudioSource, consumer_for: Callable[[int], BlockCons
             decode_encoded(data, sink)
     sink.finish()
     check_length(sink.num_samples, min_samples)
-    if len(sink.channels) == 1:
-        raise InvalidParameterError("channels=split needs a file with two or more channels; this file has one "
-                                    "channel (mono): analyse it with channels=mix")
+    if len(sink.channels) == 1:  # also where a header claimed more channels than the audio holds
+        raise one_channel()
     return [StreamedAudio(channel.num_samples, channel.gain) for channel in sink.channels]
+
+
+def check_splittable(source: AudioSource, *, max_bytes: int | None = None) -> None:
+    """Refuse channels=split of audio whose header declares one channel, without decoding it: a long-audio job
+    is refused when it is asked for, not minutes later. Audio no header describes passes; decoding checks
+    again (`stream_channels`)."""
+    if isinstance(source, np.ndarray):
+        samples, channel_axis = array_channels(source)
+        declared = samples.shape[channel_axis]
+    else:
+        with open_input(source, max_bytes) as data:
+            declared = declared_channels(data)
+    if declared == 1:
+        raise one_channel()
+
+
+def one_channel() -> InvalidParameterError:
+    return InvalidParameterError("channels=split needs a file with two or more channels; this file has one "
+                                 "channel (mono): analyse it with channels=mix")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,31 @@ def decode_encoded(data: EncodedInput, sink: Sink) -> None:
     check_declared_length(declared, max(sink.seconds, end))
 
 
+def declared_channels(data: EncodedInput) -> int | None:
+    """The channel count the container declares, from its header (and FFmpeg's probe), without decoding the
+    audio; None when no reader can tell."""
+    kind = sniff(data.head)
+    if kind == "wav" and (layout := pcm16_wav_layout(data)) is not None:
+        return layout[2]
+    if kind in SOUNDFILE_KINDS:
+        data.file.seek(0)
+        try:
+            with sf.SoundFile(data.path or CallbackSafeFile(data.file)) as sound:
+                return sound.channels
+        except SOUNDFILE_ERRORS:
+            pass
+    data.file.seek(0)
+    try:
+        with av.open(CallbackSafeFile(data.file), mode="r", options={"format_whitelist": ACCEPTED_DEMUXERS},
+                     metadata_errors="ignore") as container:
+            streams = container.streams.audio
+            if not streams or streams[0].codec_context is None:
+                return None
+            return streams[0].codec_context.channels or None
+    except PYAV_ERRORS:
+        return None
+
+
 def block_frames(channels: int, rate: int) -> int:
     """Frames per read: at most BLOCK_SAMPLES values in, and (8 kHz doubles) at most BLOCK_SAMPLES out."""
     return max(1, min(BLOCK_SAMPLES // channels, BLOCK_SAMPLES * rate // SAMPLE_RATE))

@@ -353,10 +353,14 @@ class Flows:
         timeout = self.timeout + (wait or 0.0)
         response = yield from self.call("GET", f"/v1/jobs/{job_id}", params=params, timeout=timeout)
         body = wire.JobStatus.model_validate_json(response.content)
-        embedding = None
+        embeddings: dict[int | None, bytes] = {}
         if body.status == "succeeded" and body.options.return_embedding:
-            embedding = (yield from self.call("GET", f"/v1/jobs/{job_id}/embedding.npy")).content
-        return job_from_wire(body, embedding)
+            split = isinstance(body.result, wire.SplitLongformResult)
+            for channel in [c.channel for c in body.result.channels] if split else [None]:
+                params = {"channel": str(channel)} if channel is not None else None
+                embeddings[channel] = (yield from self.call("GET", f"/v1/jobs/{job_id}/embedding.npy",
+                                                            params=params)).content
+        return job_from_wire(body, embeddings)
 
     def wait_flow(self, job: Job | str, timeout: float | None) -> Flow[Job]:
         """Long-poll `?wait=` until the job ends; TimeoutError once `timeout` seconds have passed."""

@@ -133,11 +133,13 @@ def longform_from_wire(body: wire.LongformResult, embedding: bytes | None = None
                           load_npy(embedding) if embedding is not None else None)
 
 
-def split_longform_from_wire(body: wire.SplitLongformResult) -> SplitLongformResult:
-    """A finished channels=split job's `result` → `SplitLongformResult`."""
+def split_longform_from_wire(body: wire.SplitLongformResult,
+                             embeddings: dict[int | None, bytes] | None = None) -> SplitLongformResult:
+    """A finished channels=split job's `result` → `SplitLongformResult`; `embeddings` maps a channel to its .npy."""
     summary = body.summary
+    embeddings = embeddings or {}
     return SplitLongformResult(
-        [ChannelLongform(c.channel, c.name, longform_from_wire(c)) for c in body.channels],
+        [ChannelLongform(c.channel, c.name, longform_from_wire(c, embeddings.get(c.channel))) for c in body.channels],
         [Turn(**t.model_dump()) for t in body.turns],
         [Overlap(o.start, o.end, tuple(o.channels), tuple(o.speakers)) for o in body.overlaps],
         CallSummary([SpeakerSummary(**s.model_dump()) for s in summary.speakers], summary.start_emotion,
@@ -233,16 +235,18 @@ class Job:
         return self.status in ("succeeded", "failed")
 
 
-def job_from_wire(body: wire.JobStatus, embedding: bytes | None = None) -> Job:
-    """`GET /v1/jobs/{id}` → `Job`, with the embedding fetched for it, if any."""
+def job_from_wire(body: wire.JobStatus, embeddings: dict[int | None, bytes] | None = None) -> Job:
+    """`GET /v1/jobs/{id}` → `Job`, with the embeddings fetched for it, if any: {None: the job's one} for a mixed
+    job, {K: channel K's} for a channels=split job."""
+    embeddings = embeddings or {}
     error = None
     if body.error is not None:
         details = body.error.details.model_dump(exclude_defaults=True) if body.error.details else {}
         error = error_for(body.error.code, body.error.message, details)
     if isinstance(body.result, wire.SplitLongformResult):
-        result = split_longform_from_wire(body.result)
+        result = split_longform_from_wire(body.result, embeddings)
     else:
-        result = longform_from_wire(body.result, embedding) if body.result is not None else None
+        result = longform_from_wire(body.result, embeddings.get(None)) if body.result is not None else None
     return Job(body.job_id, body.status, body.progress, result, error, body.options.model_dump())
 
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import httpx
 
 from .. import webhooks, wire
+from ..audio import check_splittable
 from ..config import JobsConfig, LongformConfig
 from ..errors import ConflictError, EmoserveError, InvalidParameterError, NotFoundError
 from ..files import fsync_dir
-from ..inference.results import check_channel_mode, check_granularity, parse_channel_names
+from ..inference.results import SplitLongformResult, check_channel_mode, check_granularity, parse_channel_names
 from ..model.config import RECEPTIVE_FIELD
-from ..timeline.longform import BatchPredict, analyze_long
+from ..timeline.longform import BatchPredict, analyze_long, channel_path
 from .records import Job
 from .store import Store
 
@@ -111,14 +112,13 @@ class JobRunner:
         A `callback_url` whose host resolves to an address callbacks may not reach is refused here
         (and checked again when the callback is sent: the name may point elsewhere by then).
         `channels="split"` analyses each channel on its own (a stereo call); its options name the channels
-        only then, so a mixed job's options are what they always were.
+        only then, so a mixed job's options are what they always were. A file whose header says it is mono is
+        refused for it here, before any job exists.
         """
         options = {"granularity": check_granularity(granularity), "return_embedding": bool(return_embedding)}
         if check_channel_mode(channels) == "split":
-            if return_embedding:
-                raise InvalidParameterError("return_embedding with channels=split is not offered for long audio "
-                                            "(one embedding.npy per job): use channels=mix, or /v1/analyze for clips")
             options |= {"channels": "split", "channel_names": parse_channel_names(channel_names)}
+            check_splittable(self.store.upload_file(upload_id))
         if callback_url is not None:
             webhooks.vet_callback_url(callback_url, self.config.callback_allow_networks)
         job = self.store.create_job(upload_id, options, callback_url)
@@ -143,15 +143,26 @@ class JobRunner:
         """Remove a job, its result and its embedding; a running job stops at its next progress step."""
         self.store.delete_job(job_id)
 
-    def embedding_file(self, job_id: str) -> Path:
+    def embedding_file(self, job_id: str, channel: int | None = None) -> Path:
+        """The job's embedding file; a channels=split job keeps one per channel, named by `channel`."""
         job = self.store.get_job(job_id)
         if not job.options.get("return_embedding"):
             raise NotFoundError(f"job {job_id} was not asked for an embedding (return_embedding=true)")
+        split = job.options.get("channels") == "split"
+        if split and channel is None:
+            raise InvalidParameterError(f"job {job_id} analysed each channel on its own (channels=split): ask for "
+                                        "one channel's embedding with ?channel=K (0 for the first)")
+        if not split and channel is not None:
+            raise InvalidParameterError(f"job {job_id} mixed its channels (channels=mix): its one embedding has no "
+                                        "channel; leave out ?channel")
         if not job.finished:
             raise ConflictError(f"job {job_id} is {job.status}: the embedding comes when it succeeds")
-        path = self.store.job_dir(job_id) / EMBEDDING_FILE
-        if job.status != "succeeded" or not path.is_file():
+        path = self.store.job_dir(job_id) / embedding_name(channel)
+        if job.status != "succeeded":
             raise NotFoundError(f"job {job_id} {job.status} without an embedding")
+        if not path.is_file():
+            raise NotFoundError(f"job {job_id} has no channel {channel}" if split else
+                                f"job {job_id} {job.status} without an embedding")
         return path
 
     # ---- workers ----
@@ -202,7 +213,7 @@ class JobRunner:
 
     def analyze(self, job: Job, job_dir: Path) -> bytes:
         """The job's result as its JSON (`wire.LongformResult`, or `SplitLongformResult`), the embedding file
-        written."""
+        (one per channel for channels=split) written."""
         path = self.store.upload_file(job.upload_id)
         want_embedding = bool(job.options.get("return_embedding"))
         partial = job_dir / "embedding.part.npy"
@@ -213,9 +224,11 @@ class JobRunner:
             min_samples=self.min_samples, scratch_dir=job_dir, embedding_path=partial if want_embedding else None,
             channels=job.options.get("channels", "mix"), channel_names=job.options.get("channel_names"))
         if want_embedding:
-            with open(partial, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(partial, job_dir / EMBEDDING_FILE)
+            channels = [entry.channel for entry in result.channels] if isinstance(result, SplitLongformResult) \
+                else [None]
+            for channel in channels:
+                keep_durably(partial if channel is None else channel_path(partial, channel),
+                             job_dir / embedding_name(channel))
             fsync_dir(job_dir)
         return result.to_wire().to_json()
 
@@ -281,6 +294,18 @@ class ProgressWriter:
         self.last_value, self.last_time = fraction, now
         if not self.store.set_progress(self.job_id, fraction):
             raise JobCancelled(self.job_id)
+
+
+def embedding_name(channel: int | None) -> str:
+    """`embedding.npy`, or channel K's `embedding.chK.npy` in a channels=split job."""
+    return EMBEDDING_FILE if channel is None else channel_path(EMBEDDING_FILE, channel).name
+
+
+def keep_durably(written: Path, target: Path) -> None:
+    """Move a finished file into place, its bytes on disk first (the caller fsyncs the directory)."""
+    with open(written, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(written, target)
 
 
 def job_json(job: Job) -> bytes:

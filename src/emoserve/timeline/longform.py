@@ -76,14 +76,11 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
 
     `channels="split"`: each channel on its own (a stereo call), with its own voice activity, its
     segments batched with the other channels'; a `SplitLongformResult` whose channel k is what channel k
-    alone gives as a mono file, plus the call's turns, overlaps and summary (`timeline.calls`).
-    `embedding_path` is for mixed audio only (a job's one .npy).
+    alone gives as a mono file, plus the call's turns, overlaps and summary (`timeline.calls`). Channel k's
+    embedding then goes to `channel_path(embedding_path, k)` (a job's `embedding.chK.npy`).
     """
     check_granularity(granularity)
     split = check_channel_mode(channels) == "split"
-    if split and embedding_path is not None:
-        raise InvalidParameterError("return_embedding with channels=split is not offered for long audio: "
-                                    "analyse each channel's file, or use channels=mix")
     options = options or LongformConfig()
     labels = tuple(labels)
     report = progress or (lambda fraction: None)
@@ -92,6 +89,7 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
         audios, speech_probs = read(source, Path(scratch), sample_rate, options, detect_speech=regions is None,
                                     progress=report, min_samples=min_samples)
         num_samples = len(audios[0])
+        paths = embedding_paths(embedding_path, len(audios) if split else None)
         cuts = [model_cuts(speech_stretches(probs, regions, num_samples, options), options.max_segment_s,
                            min_samples, num_samples) for probs in speech_probs]
         windows = plan_windows(num_samples, options.window_samples, options.overlap_samples) \
@@ -100,17 +98,17 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
                      + len(audios) * sum(min(options.window_samples, num_samples - s) for s in windows), report)
         timelines = analyze_segments(audios, cuts, predict, labels, options, work)
         frames = analyze_frames(audios, windows, predict, options, work, return_embedding,
-                                embedding_path) if windows else [None] * len(audios)
+                                paths) if windows else [None] * len(audios)
     duration_s = to_seconds(num_samples)
     results = []
-    for (segments, segment_embeddings), channel_frames in zip(timelines, frames, strict=True):
+    for (segments, segment_embeddings), channel_frames, path in zip(timelines, frames, paths, strict=True):
         embedding = None
         if return_embedding:
             embedding = channel_frames.embedding if channel_frames is not None else segment_embeddings
-            if embedding_path is not None and channel_frames is None:
-                np.save(embedding_path, embedding)
-            if embedding_path is not None:
-                embedding = np.load(embedding_path, mmap_mode="r")
+            if path is not None and channel_frames is None:
+                np.save(path, embedding)
+            if path is not None:
+                embedding = np.load(path, mmap_mode="r")
         results.append(LongformResult(
             segments, overall_of(segments, labels), labels, duration_s, model_name, granularity,
             frame_scores=channel_frames.scores if channel_frames is not None else None,
@@ -123,6 +121,19 @@ def analyze_long(source: AudioSource, predict: BatchPredict, *, labels: Sequence
     entries = [ChannelLongform(k, name, result) for k, (name, result) in enumerate(zip(named, results, strict=True))]
     turns, overlaps, summary = analyze_call([Speaker(e.channel, e.name, e.result.segments) for e in entries], labels)
     return SplitLongformResult(entries, turns, overlaps, summary, labels, duration_s, model_name, granularity)
+
+
+def channel_path(path: str | Path, channel: int) -> Path:
+    """Where channel `channel`'s copy of a per-file output goes: `embedding.npy` → `embedding.ch0.npy`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.ch{channel}{path.suffix}")
+
+
+def embedding_paths(path: str | Path | None, channels: int | None) -> list[Path | None]:
+    """The .npy each timeline's embedding streams into: `path` for mixed audio, one `channel_path` per channel."""
+    if channels is None:
+        return [Path(path) if path is not None else None]
+    return [channel_path(path, k) if path is not None else None for k in range(channels)]
 
 
 def speech_stretches(speech_probs: np.ndarray | None, regions: Sequence[tuple[float, float]] | None,
@@ -255,12 +266,12 @@ class Frames:
 
 
 def analyze_frames(audios: list[np.ndarray], starts: list[int], predict: BatchPredict, options: LongformConfig,
-                   work: Tally, keep_embedding: bool, embedding_path: str | Path | None) -> list[Frames]:
+                   work: Tally, keep_embedding: bool, embedding_paths: list[Path | None]) -> list[Frames]:
     """Per-frame scores (and features) over the whole file, per channel, one window batch at a time (the
     channels' windows batched together).
 
     Only the result grows with the file: each window's outputs are copied into the rows it owns
-    and dropped. With `embedding_path` (one channel), the (T, D) features stream into that .npy, not memory.
+    and dropped. A channel with a path in `embedding_paths` streams its (T, D) features into that .npy, not memory.
     """
     num_samples = len(audios[0])
     window = options.window_samples
@@ -286,7 +297,7 @@ def analyze_frames(audios: list[np.ndarray], starts: list[int], predict: BatchPr
                 scores[k][first:last] = out.frame_probs[first - offset: last - offset]
             if keep_embedding:
                 if embeddings[k] is None:
-                    embeddings[k] = new_embedding((total, out.frame_features.shape[1]), embedding_path)
+                    embeddings[k] = new_embedding((total, out.frame_features.shape[1]), embedding_paths[k])
                 embeddings[k][first:last] = out.frame_features[first - offset: last - offset]
         work.add(sum(lengths[i] for i in group))
     for embedding in embeddings:

@@ -1,4 +1,5 @@
-"""Long-audio jobs: POST /v1/jobs, GET /v1/jobs/{id}[?wait=S], GET /v1/jobs/{id}/embedding.npy, DELETE /v1/jobs/{id}.
+"""Long-audio jobs: POST /v1/jobs, GET /v1/jobs/{id}[?wait=S], GET /v1/jobs/{id}/embedding.npy[?channel=K],
+DELETE /v1/jobs/{id}.
 
 Store and runner calls block (SQLite, fsync), so they run in the threadpool. `?wait` polls the
 store from the event loop instead of parking a threadpool thread per waiting client. A job's
@@ -19,18 +20,20 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ...audio import MAX_CHANNELS
 from ...errors import NotFoundError
 from ...jobs.records import Job
 from ...wire import JobAccepted, JobRequest, JobStatus
 from ..deps import service_of
 from ..errors import UPLOAD_ERRORS
-from ..numbers import ascii_decimal
+from ..numbers import ascii_decimal, ascii_int
 
 router = APIRouter(tags=["jobs"])
 
 POLL_FIRST_S, POLL_MAX_S = 0.05, 0.5
 READ_BLOCK = 1024 * 1024
 WaitSeconds = ascii_decimal("wait")
+ChannelIndex = ascii_int("channel", 0, MAX_CHANNELS - 1)
 
 
 def job_accepted(request: Request, job: Job) -> JSONResponse:
@@ -114,16 +117,20 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
             responses={200: {"content": {"application/x-npy": {}},
                              "description": "float32 .npy: (segments, D) for utterance, (frames, D) for frame"},
                        **UPLOAD_ERRORS})
-async def get_embedding(job_id: str, request: Request) -> StreamingResponse:
+async def get_embedding(job_id: str, request: Request,
+                        channel: Annotated[ChannelIndex | None, Query(
+                            description="channels=split jobs: the channel whose embedding to send (required "
+                                        "there, refused for mixed jobs); 404 past the file's channels")] = None,
+                        ) -> StreamingResponse:
     runner = service_of(request).ready_runner()
-    path = await run_in_threadpool(runner.embedding_file, job_id)
+    path = await run_in_threadpool(runner.embedding_file, job_id, channel)
     try:
         file = await run_in_threadpool(open, path, "rb")  # open now: a DELETE meanwhile cannot pull it away
     except FileNotFoundError as e:
         raise NotFoundError(f"job {job_id} was deleted") from e
     size = os.fstat(file.fileno()).st_size
     return StreamingResponse(blocks(file), media_type="application/x-npy", headers={
-        "Content-Length": str(size), "Content-Disposition": 'attachment; filename="embedding.npy"'})
+        "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
 def blocks(file: BinaryIO) -> Iterator[bytes]:
