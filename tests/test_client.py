@@ -421,6 +421,28 @@ def test_long_split_embeddings_come_per_channel_as_each_channel_alone(client, ti
         np.testing.assert_allclose(entry.result.embedding, alone.embedding, rtol=0, atol=1e-5)
 
 
+def test_the_async_client_takes_every_option_the_client_takes():
+    import inspect
+
+    for name in ("analyze", "analyze_long", "submit_long", "job", "wait", "delete_job"):
+        sync, sent = (inspect.signature(getattr(cls, name)) for cls in (EmoClient, AsyncEmoClient))
+        assert list(sent.parameters) == list(sync.parameters), name
+
+
+def test_the_async_client_splits_channels(server, tiny_model):
+    stereo = wav_bytes(np.stack([sweep(1.0, rate=16000), noise(16000, seed=5, amplitude=0.3)], axis=1))
+
+    async def main():
+        async with AsyncEmoClient(server) as client:
+            return await client.analyze(stereo, granularity="frame", channels="split", channel_names="agent,customer")
+
+    got = asyncio.run(main())
+    want = tiny_model.analyze(stereo, granularity="frame", channels="split", channel_names="agent,customer")
+    assert [(c.channel, c.name) for c in got.channels] == [(0, "agent"), (1, "customer")]
+    for mine, theirs in zip(got.channels, want.channels, strict=True):
+        assert_same_result(mine.result, theirs.result)
+
+
 # ---- retries: 429, Retry-After dates, calls that must not run twice ----
 
 

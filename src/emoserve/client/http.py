@@ -151,10 +151,12 @@ class AsyncEmoClient(Flows):
 
     async def analyze(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False,
                       return_processed_audio: bool = False, *, sample_rate: int | None = None,
-                      preconvert: bool | None = None, filename: str | None = None) -> ClientResult:
+                      preconvert: bool | None = None, filename: str | None = None, channels: str = "mix",
+                      channel_names: str | Sequence[str] | None = None) -> ClientResult | SplitResult:
         # encoding (and pre-conversion) is CPU work: off the event loop
         flow = await asyncio.to_thread(self.started, self.analyze_flow(
-            audio, granularity, return_embedding, return_processed_audio, sample_rate, preconvert, filename))
+            audio, granularity, return_embedding, return_processed_audio, sample_rate, preconvert, filename,
+            channels, channel_names))
         return await self.run(flow)
 
     async def analyze_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
@@ -169,9 +171,11 @@ class AsyncEmoClient(Flows):
 
     async def submit_long(self, audio: Any, granularity: str = "utterance", return_embedding: bool = False, *,
                           chunk_size: int | None = None, parallel: int = 4, callback_url: str | None = None,
-                          preconvert: bool | None = None, resume: bool = True) -> Job:
+                          preconvert: bool | None = None, resume: bool = True, channels: str = "mix",
+                          channel_names: str | Sequence[str] | None = None) -> Job:
         flow = await asyncio.to_thread(self.started, self.submit_long_flow(
-            audio, granularity, return_embedding, chunk_size, parallel, callback_url, preconvert, resume))
+            audio, granularity, return_embedding, chunk_size, parallel, callback_url, preconvert, resume,
+            channels, channel_names))
         return await self.run(flow)
 
     async def job(self, job_id: str) -> Job:
