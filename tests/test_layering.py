@@ -14,6 +14,7 @@ PACKAGE = SRC / "emoserve"
 LAYERS = [
     {"", "errors", "labels", "files", "auth", "wire"},  # "": the package's __init__; wire: the bodies on the wire
     {"model", "config", "testing", "logs", "throttle"},  # config reads model constants; logs, throttle read config
+    {"backends"},  # who runs the forward pass: torch, or the exported graph in onnxruntime / openvino
     {"audio"},
     {"inference"},
     {"timeline"},
@@ -35,6 +36,8 @@ INTEGRATIONS = (*FOUNDATION, "client", "integrations")
 FACADES = {
     ("inference.emotion_model", "timeline.longform"): "EmotionModel.analyze_long: the library's call for long audio",
     ("model.export", "inference.emotion_model"): "a type annotation only (TYPE_CHECKING): export takes a loaded model",
+    ("backends.cache", "inference.emotion_model"): "a type annotation only (TYPE_CHECKING): the cache exports a "
+                                                   "loaded model",
 }
 
 

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from ..config import get_settings
+from ..config import ModelConfig, get_settings
 from ..errors import EmoserveError, InvalidParameterError
 from .common import (
+    Backend,
     Granularity,
     OutputFormat,
     Precision,
+    about,
     clean_errors,
     complete_device,
     console,
@@ -94,10 +96,10 @@ def analyze_file(client, path: Path | str, granularity: str, want_embedding: boo
 
 
 def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None,
-                precision: str | None = None):
+                precision: str | None = None, backend: str | None = None):
     if server and model:
         raise InvalidParameterError("use --server URL or --model NAME, not both")
-    settings = get_settings(model=model, device=device, precision=precision)
+    settings = get_settings(model=model, device=device, precision=precision, backend=backend)
     if server:
         from ..client import EmoClient
 
@@ -135,6 +137,7 @@ def analyze(
              "address; --jobs is then files at once per model replica (docs/scaling.md)")] = None,
     precision: Annotated[Precision | None, typer.Option(help="local model: exact (default) or fast (docs/engine.md)")]
     = None,
+    backend: Annotated[Backend | None, typer.Option(help="local model: " + about(ModelConfig, "backend"))] = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     granularity = granularity.value
@@ -150,7 +153,8 @@ def analyze(
             files, failures = list_inputs(paths, recursive)
         writer = Writer(fmt, output, resume)
         todo = [f for f in files if str(f) not in writer.done]
-        client = make_client(server, model, api_key, preconvert, device, value_of(precision)) if ray is None else None
+        client = make_client(server, model, api_key, preconvert, device, value_of(precision),
+                             value_of(backend)) if ray is None else None
         started = time.perf_counter()
         try:
             if client is not None:
