@@ -30,6 +30,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import InvalidParameterError
 from ..model.cpu import CpuFeatures, cpu_features
+from ..model.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,19 @@ def require(backend: str) -> None:
         raise InvalidParameterError(f"backend {backend} needs the {package} package: pip install 'emoserve[{extra}]'")
 
 
-def plan_graph(backend: str, precision: str, device: str, cpu: CpuFeatures | None = None) -> GraphPlan:
-    """What `precision` (exact | fast) runs as on `backend` and `device` ("cpu" or "cuda"), and why."""
+def plan_graph(backend: str, precision: str, device: str, cpu: CpuFeatures | None = None,
+               variant: str | None = None) -> GraphPlan:
+    """What `precision` (exact | fast) runs as on `backend` and `device` ("cpu" or "cuda"), and why; `variant`
+    (one of the backend's `VARIANTS`) overrides the choice."""
+    if precision not in PRECISIONS:
+        raise InvalidParameterError(f"precision must be {' or '.join(PRECISIONS)}; got {precision!r}")
     if backend == "openvino" and device != "cpu":
         raise InvalidParameterError("the openvino backend runs on the CPU here: use device cpu (or backend "
                                     "onnxruntime on CUDA)")
+    if variant is not None:
+        if variant not in VARIANTS[backend]:
+            raise InvalidParameterError(f"{backend} variants are {', '.join(VARIANTS[backend])}; got {variant!r}")
+        return GraphPlan(backend, variant, device, f"variant {variant} asked for")
     if precision == "exact":
         return GraphPlan(backend, "fp32", device, "exact asked for")
     if backend == "onnxruntime":

@@ -114,16 +114,20 @@ class EmotionModel:
                         source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
                         precision: str = DEFAULTS.precision, quantize: bool = DEFAULTS.quantize,
                         compile: bool = DEFAULTS.compile, revision: str | None = DEFAULTS.revision,
-                        backend: str = DEFAULTS.backend) -> EmotionModel:
+                        backend: str = DEFAULTS.backend, variant: str | None = None) -> EmotionModel:
         """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
         `random:tiny|base|large`.
 
         `precision`: "exact" (fp32, FunASR parity) or "fast" (the best path for this hardware; see
         `emoserve.model.precision`, and `emoserve.backends` for the graph backends).
         `quantize` and `compile` apply `quantize_int8` and `compile` below (torch backend only).
-        `backend`: "torch" runs the network; "onnxruntime" and "openvino" run its exported graph (`run_graph`).
+        `backend`: "torch" runs the network; "onnxruntime" and "openvino" run its exported graph (`run_graph`);
+        `variant` names the graph's arithmetic instead of what `precision` picks (`backends.VARIANTS`: fp32, int8,
+        fp16 or bf16; `emoserve bench` measures each).
         """
         started = time.perf_counter()
+        if variant is not None and backend not in GRAPH_BACKENDS:
+            raise InvalidParameterError("variant is for the graph backends (onnxruntime, openvino)")
         if check_backend(backend) in GRAPH_BACKENDS:
             require(backend)  # before any loading: a missing package is the first thing to say
             if quantize or compile or dtype != "auto":
@@ -147,7 +151,7 @@ class EmotionModel:
         network.load_state_dict(state, strict=True, assign=True)
         if backend in GRAPH_BACKENDS:
             model = cls(network, labels, name, weights=weights, device="cpu", precision="exact")
-            model.run_graph(plan_graph(backend, precision, graph_device(backend, device)), cache,
+            model.run_graph(plan_graph(backend, precision, graph_device(backend, device), variant=variant), cache,
                             checkpoint_digest(state, config, labels))
             log.info("loaded %s (%s weights) on %s in %.2fs: %s precision, %s (%s)", name, weights, backend,
                      time.perf_counter() - started, model.graph_plan.precision, model.graph_plan.execution,
