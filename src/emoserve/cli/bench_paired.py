@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import machine_info, synthetic_clip
+from .bench import isolated, machine_info, synthetic_clip
 from .common import console
 
 
@@ -142,8 +142,7 @@ def run_paired(model: str, clips: int, seconds: float, rounds: int, threads: int
         export_s = 0.0
         if graphs:
             console.print(f"exporting {', '.join(graphs)} ONNX graphs into the cache ...")
-            with context.Pool(1) as pool:
-                export_s = pool.apply(export_graphs, (model_dir, cache, graphs))
+            export_s = isolated(export_graphs, model_dir, cache, graphs)
         workers = {}
         for system in systems:  # started one after another: a start-up is timed on an otherwise idle machine
             console.print(f"starting {system.name} ...")
