@@ -149,8 +149,12 @@ def run_paired(model: str, clips: int, seconds: float, rounds: int, threads: int
             mine, theirs = context.Pipe()
             process = context.Process(target=worker, args=(theirs, system, model_dir, cache, threads), daemon=True)
             process.start()
+            theirs.close()  # so that a worker that dies ends our reads (EOFError) instead of hanging them
             mine.send(audio[0])
-            workers[system.name] = (process, mine, mine.recv())
+            try:
+                workers[system.name] = (process, mine, mine.recv())
+            except EOFError:
+                raise RuntimeError(f"{system.name} failed to start: its error is printed above") from None
         times = {name: np.zeros((rounds, clips)) for name in workers}
         scores: dict[str, list[np.ndarray]] = {name: [] for name in workers}
         for r in range(rounds):
