@@ -1,4 +1,5 @@
-"""`emoserve bench`: the engine's throughput and latency against FunASR's own loop, side by side.
+"""`emoserve bench --load`: the engine's throughput and latency against FunASR's own loop, side by side (the
+paired backends × precisions table, `emoserve bench` without --load, is in bench_paired.py).
 
 Both run the same random-weight model (written once in the official format, so FunASR loads
 the very same tensors) on the same clips, on the same machine, in the same run:
