@@ -288,7 +288,7 @@ def test_bench_quick_mode_measures_both_systems_and_writes_json_and_markdown(tmp
 
     from emoserve.cli import app
 
-    result = CliRunner().invoke(app, ["bench", "--quick", "--clips", "3", "--modes", "fp32,int8",
+    result = CliRunner().invoke(app, ["bench", "--load", "--quick", "--clips", "3", "--modes", "fp32,int8",
                                       "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     [report_file] = tmp_path.glob("*.json")

@@ -16,6 +16,7 @@ LAYERS = [
     # that callers choose (job callbacks, chat audio)
     {"", "errors", "labels", "files", "auth", "wire", "egress"},
     {"model", "config", "testing", "logs", "throttle"},  # config reads model constants; logs, throttle read config
+    {"backends"},  # who runs the forward pass: torch, or the exported graph in onnxruntime / openvino
     {"audio"},
     {"inference"},
     {"timeline"},
@@ -37,6 +38,8 @@ INTEGRATIONS = (*FOUNDATION, "client", "integrations")
 FACADES = {
     ("inference.emotion_model", "timeline.longform"): "EmotionModel.analyze_long: the library's call for long audio",
     ("model.export", "inference.emotion_model"): "a type annotation only (TYPE_CHECKING): export takes a loaded model",
+    ("backends.cache", "inference.emotion_model"): "a type annotation only (TYPE_CHECKING): the cache exports a "
+                                                   "loaded model",
 }
 
 

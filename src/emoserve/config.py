@@ -75,6 +75,9 @@ class ModelConfig(Section):
                                               "(faster, not exact; see docs/engine.md)")
     compile: bool = Field(False, description="torch.compile the transformer, weights frozen (~20 s start-up; "
                                              "measured slower than plain fp32 here: see docs/engine.md)")
+    backend: Literal["torch", "onnxruntime", "openvino"] = Field(
+        "torch", description="who runs the forward pass: torch, or the exported ONNX graph (exported once into the "
+                             "cache) in onnxruntime or openvino (the `openvino` extra); see docs/engine.md")
 
 
 class EngineConfig(Section):

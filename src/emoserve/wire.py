@@ -125,6 +125,8 @@ class ModelDescription(Body):
         None, description="exact: fp32 with FunASR parity; fast: a faster close path (docs/engine.md)")
     execution: str | None = Field(None, description="what precision resolved to on this hardware, e.g. "
                                                     "'fp32, MKL matmuls'")
+    backend: Literal["torch", "onnxruntime", "openvino"] | None = Field(
+        None, description="who runs the forward pass: torch, or the exported ONNX graph in onnxruntime or openvino")
 
 
 class ModelsList(Body):

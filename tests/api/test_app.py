@@ -42,6 +42,7 @@ def test_health_and_models(client, tiny_model):
     assert models[0]["sample_rate"] == 16000 and models[0]["frame_rate"] == 50
     assert models[0]["embedding_dim"] == tiny_model.info.embedding_dim and models[0]["weights"] == "random"
     assert models[0]["precision"] == "exact" and models[0]["execution"].startswith("fp32")
+    assert models[0]["backend"] == "torch"
 
 
 def test_utterance_analysis_is_the_model_answer(client, tiny_model):

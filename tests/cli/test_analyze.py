@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -57,6 +58,17 @@ def test_folder_recursive_to_jsonl_with_embeddings_and_a_failure_list(folder, tm
     flat = invoke(str(folder), "--model", "random:tiny", "--format", "csv")  # not recursive: no three.mp3
     assert {r["file"] for r in csv.DictReader(io.StringIO(flat.stdout))} == {str(folder / "one.wav"),
                                                                              str(folder / "two.flac")}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+def test_a_local_model_runs_on_the_backend_asked_for(folder, tmp_path, tiny_model):
+    out = tmp_path / "out.json"
+    result = invoke(str(folder / "one.wav"), "--model", "random:tiny", "--backend", "onnxruntime", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())
+    want = tiny_model.analyze(folder / "one.wav")
+    assert row["emotion"] == want.emotion and row["scores"] == pytest.approx(want.utterance_scores, abs=1e-5)
+    assert list((Path(os.environ["EMOSERVE_CACHE"]) / "graphs").glob("*-fp32/model.onnx"))
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "table"])

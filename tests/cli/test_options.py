@@ -49,6 +49,8 @@ def test_help_lists_the_choices():
     assert "<utterance|frame>" in help_of("analyze")
     assert "<table|json|jsonl|csv|parquet>" in help_of("analyze")
     assert "<auto|float32|bfloat16|float16>" in help_of("serve") and "<auto|float32|bfloat16|float16>" in help_of("ui")
+    assert "<torch|onnxruntime|openvino>" in help_of("serve") and "<torch|onnxruntime|openvino>" in help_of("analyze")
+    assert "[EMOSERVE_BACKEND]" in help_of("serve")
 
 
 def test_a_choice_that_does_not_exist_is_refused_before_anything_runs():
@@ -72,11 +74,12 @@ def test_serve_exposes_the_settings_operators_change_most(monkeypatch, tmp_path)
         "serve", "--model", "random:tiny", "--host", "127.0.0.2", "--port", "8124", "--api-only", "--device", "cpu",
         "--dtype", "float32", "--threads", "2", "--max-batch-size", "3", "--cache", str(tmp_path / "cache"),
         "--api-keys-file", str(keys), "--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "logs"),
-        "--log-json", "--forwarded-allow-ips", "127.0.0.1"])
+        "--log-json", "--forwarded-allow-ips", "127.0.0.1", "--backend", "openvino"])
     assert result.exit_code == 0, result.output
     settings: Settings = made[0]
     assert (settings.model.model, settings.model.device, settings.model.dtype, settings.model.cache) == (
         "random:tiny", "cpu", "float32", tmp_path / "cache")
+    assert settings.model.backend == "openvino"
     assert (settings.engine.threads, settings.engine.max_batch_size) == (2, 3)
     server = settings.server
     assert (server.host, server.port, server.api_only, server.keys(), server.log_dir, server.log_json) == (

@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from ..config import get_settings
+from ..config import ModelConfig, get_settings
 from ..errors import EmoserveError, InvalidParameterError
 from ..inference.results import parse_channel_names
 from .common import (
     Channels,
+    Backend,
     Granularity,
     OutputFormat,
     Precision,
+    about,
     clean_errors,
     complete_device,
     console,
@@ -125,10 +127,10 @@ def channel_row(path: Path, channel: int, name: str, body: dict) -> dict:
 
 
 def make_client(server: str | None, model: str | None, api_key: str | None, preconvert: bool, device: str | None,
-                precision: str | None = None):
+                precision: str | None = None, backend: str | None = None):
     if server and model:
         raise InvalidParameterError("use --server URL or --model NAME, not both")
-    settings = get_settings(model=model, device=device, precision=precision)
+    settings = get_settings(model=model, device=device, precision=precision, backend=backend)
     if server:
         from ..client import EmoClient
 
@@ -171,6 +173,7 @@ def analyze(
     = Channels.mix,
     channel_names: Annotated[str | None, typer.Option(help="with --channels split: comma-separated names, one per "
                                                            "channel (default left,right,ch2,...)")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="local model: " + about(ModelConfig, "backend"))] = None,
 ) -> None:
     """Emotion of audio files and folders, with a progress bar, a summary and a list of failures."""
     granularity = granularity.value
@@ -193,7 +196,8 @@ def analyze(
             files, failures = list_inputs(paths, recursive)
         writer = Writer(fmt, output, resume, split=split)
         todo = [f for f in files if str(f) not in writer.done]
-        client = make_client(server, model, api_key, preconvert, device, value_of(precision)) if ray is None else None
+        client = make_client(server, model, api_key, preconvert, device, value_of(precision),
+                             value_of(backend)) if ray is None else None
         started = time.perf_counter()
         try:
             if client is not None:

@@ -1,4 +1,5 @@
-"""`emoserve bench`: the engine's throughput and latency against FunASR's own loop, side by side.
+"""`emoserve bench --load`: the engine's throughput and latency against FunASR's own loop, side by side (the
+paired backends × precisions table, `emoserve bench` without --load, is in bench_paired.py).
 
 Both run the same random-weight model (written once in the official format, so FunASR loads
 the very same tensors) on the same clips, on the same machine, in the same run:
@@ -431,23 +432,47 @@ def run_bench(model: str, device: str, modes: list[str], clips: int, concurrenci
 
 def bench(
     quick: Annotated[bool, typer.Option(help="seconds-long smoke run: tiny model, few short clips")] = False,
-    model: Annotated[str, typer.Option(help="random:large|base|tiny, a model name (cached) or a model dir")]
+    model: Annotated[str, typer.Option(help="random:large|base|tiny; --load also a model name (cached) or a dir")]
     = "random:large",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
-    modes: Annotated[str, typer.Option(help=f"engine modes, comma-separated, of {', '.join(MODES)}")] = "",
-    clips: Annotated[int, typer.Option(help="clips per workload")] = 32,
-    concurrency: Annotated[str, typer.Option(help="client counts, comma-separated")] = "1,8,64",
+    load: Annotated[bool, typer.Option("--load", help="the closed-loop engine run instead: --modes × --concurrency "
+                                                      "on two workloads")] = False,
+    systems: Annotated[str, typer.Option(help="paired rows to run, comma-separated names (e.g. 'torch exact,"
+                                              "onnxruntime int8'); default: all this machine has")] = "",
+    rounds: Annotated[int, typer.Option(help="paired: times every clip goes through every system")] = 3,
+    seconds: Annotated[float, typer.Option(help="paired: clip length")] = 5.0,
+    device: Annotated[str, typer.Option(help="--load: auto, cpu, cuda (the paired run is on the CPU)")] = "auto",
+    modes: Annotated[str, typer.Option(help=f"--load: engine modes, comma-separated, of {', '.join(MODES)}")] = "",
+    clips: Annotated[int | None, typer.Option(help="clips (default 6 paired, 32 per workload with --load)")] = None,
+    concurrency: Annotated[str, typer.Option(help="--load: client counts, comma-separated")] = "1,8,64",
     baseline: Annotated[bool, typer.Option(help="measure FunASR's AutoModel.generate on the same clips")] = True,
-    baseline_ncpu: Annotated[str, typer.Option(help="FunASR ncpu values (its default is 4), comma-separated")]
-    = "4,2",
-    threads: Annotated[int | None, typer.Option(help="engine torch threads (default: the CPUs available)")] = None,
+    baseline_ncpu: Annotated[str, typer.Option(help="FunASR ncpu values (its default is 4), comma-separated; the "
+                                                    "paired run takes the first")] = "4,2",
+    threads: Annotated[int | None, typer.Option(help="compute threads (default: the CPUs available)")] = None,
     output_dir: Annotated[Path, typer.Option(help="where the JSON and markdown go")] = Path("benchmarks/results"),
 ) -> None:
-    """Throughput and latency of the engine against FunASR, side by side; writes JSON + markdown."""
+    """Backends × precisions against FunASR, paired clip by clip (or, with --load, the engine's throughput and
+    latency under concurrent clients); writes JSON + markdown."""
     with clean_errors():
         require_server("emoserve bench")
+    ncpu = [int(n) if n.strip() != "default" else None for n in baseline_ncpu.split(",") if n.strip()]
+    if not load:
+        from .bench_paired import markdown as paired_markdown
+        from .bench_paired import run_paired
+
+        if quick:
+            model, clips, seconds, rounds = ("random:tiny" if model == "random:large" else model), clips or 3, 1.0, 1
+        if not model.startswith("random:"):
+            raise typer.BadParameter("the paired run takes random:large|base|tiny (FunASR loads the same files)")
+        with clean_errors():
+            report = run_paired(model, clips or 6, seconds, rounds, threads or len(os.sched_getaffinity(0)),
+                                (ncpu[0] or 4) if baseline else 0,
+                                [s.strip() for s in systems.split(",") if s.strip()] or None, output_dir)
+        typer.echo(paired_markdown(report))
+        console.print(f"written: {', '.join(report['files'])}")
+        return
     import torch
 
+    clips = clips or 32
     if not modes:
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         modes = "fp32,int8" if quick else ("bf16,fp32" if cuda else "fp32,compile,int8,bf16")

@@ -8,12 +8,13 @@ import importlib.util
 import sys
 from collections.abc import Iterator
 from enum import Enum
+from typing import get_args
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import Section, ServerConfig
+from ..config import ModelConfig, Section, ServerConfig
 from ..errors import EmoserveError, InvalidParameterError
 from ..inference.results import CHANNEL_MODES, GRANULARITIES
 from ..logs import uvicorn_log_config
@@ -23,6 +24,7 @@ console = Console(stderr=True)
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1")  # completions; any cuda:N is accepted
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the names EmotionModel takes (tests/cli check it)
 PRECISIONS = ("exact", "fast")  # config.ModelConfig.precision
+BACKENDS: tuple[str, ...] = get_args(ModelConfig.model_fields["backend"].annotation)
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -35,6 +37,7 @@ OutputFormat = choices("OutputFormat", FORMATS)
 Dtype = choices("Dtype", DTYPES)
 Precision = choices("Precision", PRECISIONS)
 Channels = choices("Channels", CHANNEL_MODES)
+Backend = choices("Backend", BACKENDS)
 
 
 def value_of(choice: Enum | None) -> str | None:

@@ -17,6 +17,7 @@ import typer
 
 from ..config import EngineConfig, ModelConfig, ServerConfig, StoreConfig, get_settings
 from .common import (
+    Backend,
     Dtype,
     Precision,
     about,
@@ -39,6 +40,7 @@ def serve(
     = None,
     precision: Annotated[Precision | None, typer.Option(help=about(ModelConfig, "precision"))] = None,
     dtype: Annotated[Dtype | None, typer.Option(help=about(ModelConfig, "dtype"))] = None,
+    backend: Annotated[Backend | None, typer.Option(help=about(ModelConfig, "backend"))] = None,
     threads: Annotated[int | None, typer.Option(help=about(EngineConfig, "threads"))] = None,
     max_batch_size: Annotated[int | None, typer.Option(help=about(EngineConfig, "max_batch_size"))] = None,
     cache: Annotated[Path | None, typer.Option(help=about(ModelConfig, "cache"))] = None,
@@ -59,7 +61,8 @@ def serve(
     with clean_errors():
         require_server("emoserve serve")
         settings = get_settings(model=model, host=host, port=port, api_only=api_only, device=device,
-                                precision=value_of(precision), dtype=value_of(dtype), threads=threads,
+                                precision=value_of(precision), dtype=value_of(dtype), backend=value_of(backend),
+                                threads=threads,
                                 max_batch_size=max_batch_size, cache=cache, api_keys_file=api_keys_file,
                                 data_dir=data_dir, log_dir=log_dir, log_json=log_json,
                                 forwarded_allow_ips=forwarded_allow_ips)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from ..audio import AudioSource, decode_audio, decode_channels
+from ..backends import GRAPH_BACKENDS, Graph, GraphPlan, check_backend, graph_device, open_graph, plan_graph, require
+from ..backends.cache import checkpoint_digest, exported_graph
 from ..config import LongformConfig, ModelConfig
 from ..errors import AudioError, InvalidParameterError
 from ..labels import LABELS, UNUSED_PREFIX
@@ -94,6 +96,9 @@ class EmotionModel:
         self.num_parameters = sum(p.numel() for p in self.network.parameters())  # before int8 packs some
         apply_plan(self.plan, self.network)
         self.compiled = False
+        self.backend = "torch"
+        self.graph: Graph | None = None  # the exported graph that runs the forward pass (backend not torch)
+        self.graph_plan: GraphPlan | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -101,22 +106,34 @@ class EmotionModel:
 
     @property
     def quantization(self) -> str | None:
-        return "int8-dynamic" if self.plan.compute == "int8" else None
+        compute = self.graph_plan.variant if self.graph_plan is not None else self.plan.compute
+        return "int8-dynamic" if compute == "int8" else None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULTS.model, *, device: str = DEFAULTS.device,
                         dtype: str = DEFAULTS.dtype, cache_dir: str | Path = DEFAULTS.cache,
                         source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
                         precision: str = DEFAULTS.precision, quantize: bool = DEFAULTS.quantize,
-                        compile: bool = DEFAULTS.compile, revision: str | None = DEFAULTS.revision) -> EmotionModel:
+                        compile: bool = DEFAULTS.compile, revision: str | None = DEFAULTS.revision,
+                        backend: str = DEFAULTS.backend, variant: str | None = None) -> EmotionModel:
         """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
         `random:tiny|base|large`.
 
         `precision`: "exact" (fp32, FunASR parity) or "fast" (the best path for this hardware; see
-        `emoserve.model.precision`).
-        `quantize` and `compile` apply `quantize_int8` and `compile` below.
+        `emoserve.model.precision`, and `emoserve.backends` for the graph backends).
+        `quantize` and `compile` apply `quantize_int8` and `compile` below (torch backend only).
+        `backend`: "torch" runs the network; "onnxruntime" and "openvino" run its exported graph (`run_graph`);
+        `variant` names the graph's arithmetic instead of what `precision` picks (`backends.VARIANTS`: fp32, int8,
+        fp16 or bf16; `emoserve bench` measures each).
         """
         started = time.perf_counter()
+        if variant is not None and backend not in GRAPH_BACKENDS:
+            raise InvalidParameterError("variant is for the graph backends (onnxruntime, openvino)")
+        if check_backend(backend) in GRAPH_BACKENDS:
+            require(backend)  # before any loading: a missing package is the first thing to say
+            if quantize or compile or dtype != "auto":
+                raise InvalidParameterError(f"quantize, compile and dtype are torch options; backend {backend} "
+                                            "takes precision exact or fast")
         cache = Path(cache_dir)
         name = str(name_or_path)
         if name.startswith("random:"):
@@ -133,6 +150,14 @@ class EmotionModel:
         with torch.device("meta"):
             network = Emotion2vec(config)
         network.load_state_dict(state, strict=True, assign=True)
+        if backend in GRAPH_BACKENDS:
+            model = cls(network, labels, name, weights=weights, device="cpu", precision="exact")
+            model.run_graph(plan_graph(backend, precision, graph_device(backend, device), variant=variant), cache,
+                            checkpoint_digest(state, config, labels))
+            log.info("loaded %s (%s weights) on %s in %.2fs: %s precision, %s (%s)", name, weights, backend,
+                     time.perf_counter() - started, model.graph_plan.precision, model.graph_plan.execution,
+                     model.graph_plan.reason)
+            return model
         model = cls(network, labels, name, weights=weights, device=device, dtype=dtype,
                     precision=precision)
         if quantize:
@@ -148,16 +173,35 @@ class EmotionModel:
         """The model its settings section names, loaded as it says (`Settings().model`)."""
         return cls.from_pretrained(config.model, device=config.device, dtype=config.dtype, cache_dir=config.cache,
                                    source=config.source, precision=config.precision, quantize=config.quantize,
-                                   compile=config.compile, revision=config.revision)
+                                   compile=config.compile, revision=config.revision, backend=config.backend)
 
     @property
     def info(self) -> ModelInfo:
+        plan = self.graph_plan or self.plan
         return ModelInfo(
             name=self.name, labels=self.labels, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
             embedding_dim=self.config.embed_dim, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
             quantization=self.quantization, weights=self.weights, parameters=self.num_parameters,
-            min_samples=self.config.min_samples, precision=self.plan.precision, execution=self.plan.execution,
+            min_samples=self.config.min_samples, precision=plan.precision, execution=plan.execution,
+            backend=self.backend,
         )
+
+    # ---- graph backends ----
+
+    def run_graph(self, plan: GraphPlan, cache: Path, digest: str) -> EmotionModel:
+        """Run the forward pass on the exported graph in `plan.backend` from now on (an exact fp32 CPU model).
+
+        The graph is exported once into `cache` (keyed by `digest`, `backends.cache.checkpoint_digest`) and
+        read from there on the next start. The network's weights are then released: the graph holds its own.
+        """
+        if self.graph is not None or self.compiled or self.plan.compute != "fp32" or self.device.type != "cpu":
+            raise InvalidParameterError("a graph backend starts from the exact fp32 torch model on CPU")
+        path = exported_graph(self, cache, digest, plan.graph)
+        self.graph = open_graph(plan, path)
+        self.graph_plan, self.backend = plan, plan.backend
+        self.device = torch.device(plan.device)
+        self.network.to("meta")
+        return self
 
     # ---- opt-in speed paths ----
 
@@ -172,6 +216,7 @@ class EmotionModel:
         """
         if self.compiled:
             raise InvalidParameterError("quantize before compiling, or not at all: they do not combine")
+        self.require_torch("quantize_int8")
         if self.plan.compute != "int8":
             self.plan = plan_execution(self.plan.precision, self.device, self.dtype, quantize=True)
             apply_plan(self.plan, self.network)
@@ -185,6 +230,7 @@ class EmotionModel:
         first calls compile (~20 s for plus_large on 2 cores); results stay within fp32 rounding.
         Freezing is inductor's process-wide setting: other graphs compiled in this process get it too.
         """
+        self.require_torch("compile")
         if self.plan.compute != "fp32":
             raise InvalidParameterError("compile the exact fp32 model; fast paths and compile do not combine")
         if not self.compiled:
@@ -195,6 +241,10 @@ class EmotionModel:
             self.network.transformer = torch.compile(self.network.transformer, dynamic=True)
             self.compiled = True
         return self
+
+    def require_torch(self, what: str) -> None:
+        if self.graph is not None:
+            raise InvalidParameterError(f"{what} is for the torch backend; this model runs on {self.backend}")
 
     # ---- the forward pass ----
 
@@ -214,6 +264,8 @@ class EmotionModel:
         lengths = [len(w) for w in waveforms]
         for n in lengths:
             self.check_length(n)
+        if self.graph is not None:
+            return self.clip_outputs(lengths, *self.run_graph_batch(waveforms, lengths, frames))
         batch = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32)
         for row, wav in enumerate(waveforms):
             batch[row, : len(wav)] = torch.from_numpy(np.asarray(wav, dtype=np.float32))
@@ -232,7 +284,26 @@ class EmotionModel:
         probs = probs.cpu().numpy() if probs is not None else None
         features = out.features.cpu().numpy() if frames else None
         frame_probs = frame_probs.cpu().numpy() if frame_probs is not None else None
-        frame_lengths = out.frame_lengths.tolist()
+        return self.clip_outputs(lengths, embeddings, probs, features, frame_probs, out.frame_lengths.tolist())
+
+    def run_graph_batch(self, waveforms: Sequence[np.ndarray], lengths: list[int], frames: bool
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None, list[int]]:
+        """The padded batch through the exported graph: the same arrays the torch path makes."""
+        batch = np.zeros((len(waveforms), max(lengths)), dtype=np.float32)
+        for row, wav in enumerate(waveforms):
+            batch[row, : len(wav)] = wav
+        head = "scores" in self.graph.outputs
+        names = ("embedding", "frame_lengths", *(("scores",) if head else ()),
+                 *(("frame_features", *(("frame_scores",) if head else ())) if frames else ()))
+        out = self.graph.run(batch, np.asarray(lengths, dtype=np.int64), names)
+        return (out["embedding"], out.get("scores"), out.get("frame_features"), out.get("frame_scores"),
+                out["frame_lengths"].tolist())
+
+    @staticmethod
+    def clip_outputs(lengths: list[int], embeddings: np.ndarray, probs: np.ndarray | None,
+                     features: np.ndarray | None, frame_probs: np.ndarray | None,
+                     frame_lengths: list[int]) -> list[ClipOutput]:
+        """Each clip's rows of the batch's arrays, its frames cut to its own length."""
         results = []
         for i, n in enumerate(lengths):
             t = frame_lengths[i]

@@ -373,6 +373,7 @@ class ModelInfo:
     min_samples: int
     precision: str | None = None  # "exact" (fp32, FunASR parity) or "fast"; None when a server did not say
     execution: str | None = None  # what the precision resolved to here, e.g. "fp32, MKL matmuls"
+    backend: str | None = None  # "torch", "onnxruntime" or "openvino"; None when a server did not say
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -85,15 +85,23 @@ def export_onnx(model: EmotionModel, directory: str | Path, precision: str = "fp
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         fp32 = Path(tmp) / "fp32.onnx" if precision != "fp32" else path
         trace(ExportGraph(model.network, model.label_index).eval(), fp32)
-        if precision == "int8":
-            quantize_int8(fp32, path)
-        elif precision == "fp16":
-            to_fp16(fp32, path)
-        elif precision == "bf16":
-            to_bf16_weights(fp32, path)
+        if precision != "fp32":
+            convert(fp32, path, precision)
     add_metadata(path, model, precision)
     log.info("exported %s (%s) to %s", model.name, precision, path)
     return path
+
+
+def convert(fp32: Path, target: Path, precision: str) -> None:
+    """The exported fp32 graph at `fp32` as `precision` (see PRECISIONS) at `target`; metadata is copied."""
+    import onnx
+
+    {"int8": quantize_int8, "fp16": to_fp16, "bf16": to_bf16_weights}[precision](fp32, target)
+    metadata = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    if metadata:
+        proto = onnx.load(str(target))
+        onnx.helper.set_model_props(proto, metadata | {"precision": precision})
+        onnx.save(proto, str(target))
 
 
 def trace(graph: ExportGraph, path: Path) -> None:
