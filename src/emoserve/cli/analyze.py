@@ -24,8 +24,8 @@ from ..config import ModelConfig, get_settings
 from ..errors import EmoserveError, InvalidParameterError
 from ..inference.results import parse_channel_names
 from .common import (
-    Channels,
     Backend,
+    Channels,
     Granularity,
     OutputFormat,
     Precision,
