@@ -90,7 +90,8 @@ class EngineConfig(Section):
     max_wait_ms: float = Field(5.0, ge=0, description="how long the oldest queued clip waits for others to batch with")
     max_queue: int = Field(256, ge=1, description="clips waiting for the model; more get 503 overloaded")
     decode_workers: int = Field(2, ge=1, description="threads that decode and resample audio beside the model")
-    threads: int | None = Field(None, ge=1, description="torch compute threads; default: the CPUs this process has")
+    threads: int | None = Field(None, ge=1, description="compute threads (torch, or the onnxruntime/openvino "
+                                                        "graph); default: the CPUs this process has")
 
 
 class VadConfig(Section):

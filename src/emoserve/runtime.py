@@ -87,7 +87,7 @@ class Service:
                 model = engine.model
             else:
                 if model is None:
-                    model = await asyncio.to_thread(EmotionModel.from_config, s.model)
+                    model = await asyncio.to_thread(EmotionModel.from_config, s.model, s.engine.threads)
                 engine = Engine.from_config(s.engine, model)
             loaded = time.perf_counter()
             engine.observers.append(self.metrics.observe_batch)

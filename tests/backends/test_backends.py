@@ -94,6 +94,24 @@ def test_the_model_reports_its_backend_and_what_fast_chose(backend, graph_cache)
     assert fast.info.execution == fast.graph_plan.execution
 
 
+
+def graph_threads(model: EmotionModel) -> int:
+    """The compute threads the backend itself says it was given."""
+    if model.backend == "onnxruntime":
+        return model.graph.session.get_session_options().intra_op_num_threads
+    return int(model.graph.model.get_property("INFERENCE_NUM_THREADS"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_threads_setting_reaches_the_graph_backend(backend, graph_cache, monkeypatch):
+    from emoserve.config import get_settings
+    from emoserve.model.cpu import usable_cpus
+
+    monkeypatch.setenv("EMOSERVE_THREADS", "1")
+    settings = get_settings(model="random:tiny", backend=backend, cache=str(graph_cache), device="cpu")
+    assert graph_threads(EmotionModel.from_config(settings.model, settings.engine.threads)) == 1
+    assert graph_threads(load("random:tiny", backend, graph_cache)) == usable_cpus()
+
 # Accuracy of the quantized variants against torch exact fp32 on random:tiny, 12 clips of 0.5-3 s of noise:
 # the bounds docs/engine.md states (label agreement at least, max score error at most). Measured: onnxruntime
 # int8 83% and 0.027, openvino int8 100% and 0.0045 (random weights give near-uniform scores, so labels flip

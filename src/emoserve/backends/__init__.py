@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, get_args
@@ -29,7 +28,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import InvalidParameterError
-from ..model.cpu import CpuFeatures, cpu_features
+from ..model.cpu import CpuFeatures, cpu_features, usable_cpus
 from ..model.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -136,11 +135,11 @@ def cuda_providers() -> list[str]:
     return onnxruntime.get_available_providers()
 
 
-def open_graph(plan: GraphPlan, path: Path) -> Graph:
-    """The exported file at `path`, loaded by the plan's backend with a compute thread per CPU this process may
-    use (as the engine gives torch)."""
+def open_graph(plan: GraphPlan, path: Path, threads: int | None = None) -> Graph:
+    """The exported file at `path`, loaded by the plan's backend with `threads` compute threads (the engine's
+    `EMOSERVE_THREADS`; default: one per CPU this process may use, as the engine gives torch)."""
     require(plan.backend)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = threads or usable_cpus()
     if plan.backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeGraph
 

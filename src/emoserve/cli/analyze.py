@@ -139,7 +139,7 @@ def make_client(server: str | None, model: str | None, api_key: str | None, prec
     from ..client import LocalClient
     from ..inference.emotion_model import EmotionModel  # torch loads here, not for `emoserve --help`
 
-    loaded = EmotionModel.from_config(settings.model)
+    loaded = EmotionModel.from_config(settings.model, settings.engine.threads)
     return LocalClient(loaded, max_duration_s=settings.server.max_duration_s)
 
 

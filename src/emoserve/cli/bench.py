@@ -305,14 +305,11 @@ def funasr_agreement(funasr_scores: dict[str, list], reference: dict) -> dict:
 def machine_info(device: str) -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from ..model.cpu import cpu_features, usable_cpus
+
+    cpu = cpu_features().model_name or platform.processor() or platform.machine()
     info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus": usable_cpus(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "python": platform.python_version(), "device": device,
             "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None}
@@ -456,6 +453,7 @@ def bench(
         require_server("emoserve bench")
     ncpu = [int(n) if n.strip() != "default" else None for n in baseline_ncpu.split(",") if n.strip()]
     if not load:
+        from ..model.cpu import usable_cpus
         from .bench_paired import markdown as paired_markdown
         from .bench_paired import run_paired
 
@@ -464,7 +462,7 @@ def bench(
         if not model.startswith("random:"):
             raise typer.BadParameter("the paired run takes random:large|base|tiny (FunASR loads the same files)")
         with clean_errors():
-            report = run_paired(model, clips or 6, seconds, rounds, threads or len(os.sched_getaffinity(0)),
+            report = run_paired(model, clips or 6, seconds, rounds, threads or usable_cpus(),
                                 (ncpu[0] or 4) if baseline else 0,
                                 [s.strip() for s in systems.split(",") if s.strip()] or None, output_dir)
         typer.echo(paired_markdown(report))

@@ -115,7 +115,8 @@ class EmotionModel:
                         source: str = DEFAULTS.source, download: bool = True, seed: int = 0,
                         precision: str = DEFAULTS.precision, quantize: bool = DEFAULTS.quantize,
                         compile: bool = DEFAULTS.compile, revision: str | None = DEFAULTS.revision,
-                        backend: str = DEFAULTS.backend, variant: str | None = None) -> EmotionModel:
+                        backend: str = DEFAULTS.backend, variant: str | None = None,
+                        threads: int | None = None) -> EmotionModel:
         """Load a model by name (downloading it once into `cache_dir`), from a local directory, or
         `random:tiny|base|large`.
 
@@ -124,7 +125,8 @@ class EmotionModel:
         `quantize` and `compile` apply `quantize_int8` and `compile` below (torch backend only).
         `backend`: "torch" runs the network; "onnxruntime" and "openvino" run its exported graph (`run_graph`);
         `variant` names the graph's arithmetic instead of what `precision` picks (`backends.VARIANTS`: fp32, int8,
-        fp16 or bf16; `emoserve bench` measures each).
+        fp16 or bf16; `emoserve bench` measures each); `threads`: the graph backends' compute threads (the engine's
+        `threads` setting; default one per usable CPU). Torch's threads are set by the engine that runs the model.
         """
         started = time.perf_counter()
         if variant is not None and backend not in GRAPH_BACKENDS:
@@ -153,7 +155,7 @@ class EmotionModel:
         if backend in GRAPH_BACKENDS:
             model = cls(network, labels, name, weights=weights, device="cpu", precision="exact")
             model.run_graph(plan_graph(backend, precision, graph_device(backend, device), variant=variant), cache,
-                            checkpoint_digest(state, config, labels))
+                            checkpoint_digest(state, config, labels), threads)
             log.info("loaded %s (%s weights) on %s in %.2fs: %s precision, %s (%s)", name, weights, backend,
                      time.perf_counter() - started, model.graph_plan.precision, model.graph_plan.execution,
                      model.graph_plan.reason)
@@ -169,11 +171,13 @@ class EmotionModel:
         return model
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> EmotionModel:
-        """The model its settings section names, loaded as it says (`Settings().model`)."""
+    def from_config(cls, config: ModelConfig, threads: int | None = None) -> EmotionModel:
+        """The model its settings section names, loaded as it says (`Settings().model`), its graph backend (if any)
+        on `threads` compute threads (`Settings().engine.threads`)."""
         return cls.from_pretrained(config.model, device=config.device, dtype=config.dtype, cache_dir=config.cache,
                                    source=config.source, precision=config.precision, quantize=config.quantize,
-                                   compile=config.compile, revision=config.revision, backend=config.backend)
+                                   compile=config.compile, revision=config.revision, backend=config.backend,
+                                   threads=threads)
 
     @property
     def info(self) -> ModelInfo:
@@ -188,7 +192,7 @@ class EmotionModel:
 
     # ---- graph backends ----
 
-    def run_graph(self, plan: GraphPlan, cache: Path, digest: str) -> EmotionModel:
+    def run_graph(self, plan: GraphPlan, cache: Path, digest: str, threads: int | None = None) -> EmotionModel:
         """Run the forward pass on the exported graph in `plan.backend` from now on (an exact fp32 CPU model).
 
         The graph is exported once into `cache` (keyed by `digest`, `backends.cache.checkpoint_digest`) and
@@ -197,7 +201,7 @@ class EmotionModel:
         if self.graph is not None or self.compiled or self.plan.compute != "fp32" or self.device.type != "cpu":
             raise InvalidParameterError("a graph backend starts from the exact fp32 torch model on CPU")
         path = exported_graph(self, cache, digest, plan.graph)
-        self.graph = open_graph(plan, path)
+        self.graph = open_graph(plan, path, threads)
         self.graph_plan, self.backend = plan, plan.backend
         self.device = torch.device(plan.device)
         self.network.to("meta")

@@ -35,7 +35,6 @@ import concurrent.futures
 import functools
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -50,6 +49,7 @@ from ..audio import AudioSource, decode_audio, decode_channels
 from ..config import EngineConfig
 from ..errors import EmoserveError, InvalidParameterError
 from ..model.config import SAMPLE_RATE
+from ..model.cpu import usable_cpus
 from .batching import select_batch
 from .emotion_model import EmotionModel
 from .results import ClipOutput, EmotionResult, check_granularity, make_result
@@ -150,11 +150,6 @@ class Request:
         return len(self.waveform)
 
 
-def default_threads() -> int:
-    """One compute thread per CPU this process may use (more only adds contention)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
@@ -178,7 +173,7 @@ class Engine:
         self.max_padding = defaults["max_padding"]
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue = max_queue
-        self.threads = threads or default_threads()
+        self.threads = threads or usable_cpus()  # one per CPU: more only adds contention
         self.warmup = warmup
         self.stats = EngineStats()
         self.observers: list[BatchObserver] = list(observers)

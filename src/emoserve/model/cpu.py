@@ -20,6 +20,7 @@ Features come from /proc/cpuinfo (vendor and ISA flags, as the kernel reports th
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ def parse_cpuinfo(text: str) -> tuple[str, str, frozenset[str]]:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     return fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split())
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; a container's or Ray's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache

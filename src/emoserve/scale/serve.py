@@ -48,10 +48,10 @@ class EmotionEngine:
     async def __init__(self, settings: Settings):
         from ray import get_runtime_context, serve
 
-        model = await asyncio.to_thread(EmotionModel.from_config, settings.model)
         config = settings.engine
-        if config.threads is None:  # as many torch threads as the CPUs Ray reserved for this replica
+        if config.threads is None:  # as many compute threads as the CPUs Ray reserved for this replica
             config = config.model_copy(update={"threads": max(1, round(settings.ray.replica_cpus))})
+        model = await asyncio.to_thread(EmotionModel.from_config, settings.model, config.threads)
         self.engine = Engine.from_config(config, model)
         await self.engine.start()
         self.node = get_runtime_context().get_node_id()
