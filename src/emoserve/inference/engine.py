@@ -157,7 +157,20 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-class Engine:
+class DecodeThenSubmit:
+    """`analyze` for every engine (local, or `scale.engine.RemoteEngine`): its `decode`, then its `submit`."""
+
+    async def analyze(self, source: AudioSource, *, granularity: str = "utterance", return_embedding: bool = False,
+                      sample_rate: int | None = None, max_seconds: float | None = None,
+                      max_bytes: int | None = None, origin: str = "request") -> tuple[np.ndarray, EmotionResult]:
+        """decode → submit: the audio the model heard (16 kHz mono float32) and its result."""
+        check_granularity(granularity)
+        waveform = await self.decode(source, sample_rate=sample_rate, max_seconds=max_seconds, max_bytes=max_bytes)
+        return waveform, await self.submit(waveform, granularity=granularity, return_embedding=return_embedding,
+                                           origin=origin)
+
+
+class Engine(DecodeThenSubmit):
     """Owns a model and its request queue; batches concurrent callers into padded forward passes."""
 
     def __init__(self, model: EmotionModel, *, max_batch_size: int | None = DEFAULTS.max_batch_size,
@@ -313,15 +326,6 @@ class Engine:
                                    granularity=granularity, return_embedding=return_embedding)
         # a cancelled caller cancels the future: the batch loop then skips the clip
         return await self._enqueue(waveform, granularity == "frame", finish, origin)
-
-    async def analyze(self, source: AudioSource, *, granularity: str = "utterance", return_embedding: bool = False,
-                      sample_rate: int | None = None, max_seconds: float | None = None,
-                      max_bytes: int | None = None, origin: str = "request") -> tuple[np.ndarray, EmotionResult]:
-        """decode → submit: the audio the model heard (16 kHz mono float32) and its result."""
-        check_granularity(granularity)
-        waveform = await self.decode(source, sample_rate=sample_rate, max_seconds=max_seconds, max_bytes=max_bytes)
-        return waveform, await self.submit(waveform, granularity=granularity, return_embedding=return_embedding,
-                                           origin=origin)
 
     def submit_blocking(self, waveforms: Sequence[np.ndarray], frames: bool = False, *,
                         origin: str = "thread") -> list[ClipOutput]:

@@ -32,7 +32,14 @@ import numpy as np
 from ..audio import AudioSource
 from ..config import EngineConfig
 from ..errors import EmoserveError
-from ..inference.engine import BatchObserver, EngineNotRunning, EngineOverloaded, EngineStats, decode_on
+from ..inference.engine import (
+    BatchObserver,
+    DecodeThenSubmit,
+    EngineNotRunning,
+    EngineOverloaded,
+    EngineStats,
+    decode_on,
+)
 from ..inference.results import ClipOutput, EmotionResult, ModelInfo, check_granularity
 from ..model.config import Emotion2vecConfig
 
@@ -89,7 +96,7 @@ class Answer:
     node: str
 
 
-class RemoteEngine:
+class RemoteEngine(DecodeThenSubmit):
     """`Engine`'s interface (decode, submit, analyze, submit_blocking, start/stop, stats) over a DeploymentHandle."""
 
     def __init__(self, handle: Any, model: RemoteModel, *, decode_workers: int = EngineConfig().decode_workers):
@@ -143,14 +150,6 @@ class RemoteEngine:
         self._check_running()
         return await self._call("submit", np.ascontiguousarray(waveform, dtype=np.float32), granularity=granularity,
                                 return_embedding=return_embedding, origin=origin)
-
-    async def analyze(self, source: AudioSource, *, granularity: str = "utterance", return_embedding: bool = False,
-                      sample_rate: int | None = None, max_seconds: float | None = None,
-                      max_bytes: int | None = None, origin: str = "request") -> tuple[np.ndarray, EmotionResult]:
-        check_granularity(granularity)
-        waveform = await self.decode(source, sample_rate=sample_rate, max_seconds=max_seconds, max_bytes=max_bytes)
-        return waveform, await self.submit(waveform, granularity=granularity, return_embedding=return_embedding,
-                                           origin=origin)
 
     def submit_blocking(self, waveforms: Sequence[np.ndarray], frames: bool = False, *,
                         origin: str = "thread") -> list[ClipOutput]:
