@@ -307,12 +307,22 @@ class RayConfig(Section):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved for each model replica (its torch threads)")
     replica_gpus: float = Field(0.0, ge=0, description="GPUs for each model replica: 1 on GPU nodes, 0 on CPU")
     ingress_replicas: int = Field(1, ge=1, description="HTTP replicas of `serve --ray` (parsing, decoding, auth)")
+    ingress_max_ongoing_requests: int = Field(5, ge=1, description="HTTP requests one ingress replica handles at "
+                                                                   "once; more wait in Serve's proxy (Serve's default)")
     target_ongoing_requests: float = Field(4.0, gt=0, description="clips in flight per model replica that "
                                                                   "autoscaling keeps (queue length)")
     max_ongoing_requests: int = Field(16, ge=1, description="clips sent to one model replica at once (its engine "
                                                             "batches them); more wait at the caller")
     max_queued_requests: int = Field(64, ge=1, description="clips waiting at each caller for a model replica; "
                                                            "more are answered 503 overloaded")
+    upscale_delay_s: float = Field(30.0, ge=0, description="how long the load must stay above the target before "
+                                                          "Serve adds a model replica (Serve's default)")
+    downscale_delay_s: float = Field(600.0, ge=0, description="how long the load must stay below the target before "
+                                                              "Serve removes a model replica (Serve's default)")
+    look_back_period_s: float = Field(30.0, gt=0, description="the window over which Serve averages the queue "
+                                                              "length it scales on (Serve's default)")
+    metrics_interval_s: float = Field(10.0, gt=0, description="how often replicas and callers report their queue "
+                                                              "length to Serve's controller (Serve's default)")
 
     @model_validator(mode="after")
     def replicas_ordered(self) -> RayConfig:

@@ -1,5 +1,6 @@
 """`emoserve serve --ray` on a two-node loopback cluster: the single-process API's own tests, results equal to the
-single-process server's, jobs fanned out over both nodes, and a model replica killed under load.
+single-process server's, jobs fanned out over both nodes, a model replica killed under load, and the Store replica
+killed between an upload's chunks and in the middle of a job.
 
 One deployment serves the whole module (Ingress, Store, two EmotionEngine replicas, one per node). The
 API tests imported below are the functions of tests/api, collected again here with this module's
@@ -8,6 +9,7 @@ API tests imported below are the functions of tests/api, collected again here wi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -19,7 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from emoserve.api.app import create_app
-from emoserve.config import Settings
+from emoserve.config import Settings, StoreConfig
+from emoserve.jobs.store import Store
 
 from ..api.live_server import free_port
 from ..api.test_app import (  # noqa: F401 (collected here, against the Ray deployment)
@@ -34,7 +37,10 @@ from ..api.test_app import (  # noqa: F401 (collected here, against the Ray depl
 )
 from ..api.test_tus import test_the_upload_feeds_a_job  # noqa: F401
 from ..api.test_uploads import (  # noqa: F401
+    CHUNK,
+    close_to,
     finished,
+    init,
     recording,
     send_all,
     test_chunks_in_any_order_then_complete_give_the_librarys_timeline,
@@ -63,16 +69,20 @@ def health(base: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def deployment(ray_cluster, tmp_path_factory):
+def settings(tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp("serve")
+    return Settings.from_flat(**SETTINGS, host="127.0.0.1", port=free_port(), data_dir=root / "data",
+                              log_dir=root / "logs")
+
+
+@pytest.fixture(scope="module")
+def deployment(ray_cluster, settings):
     """The application deployed once for the module; Serve and the driver's connection closed after it."""
     import ray
     from ray import serve
 
     from emoserve.scale.serve import deploy
 
-    root = tmp_path_factory.mktemp("serve")
-    settings = Settings.from_flat(**SETTINGS, host="127.0.0.1", port=free_port(), data_dir=root / "data",
-                                  log_dir=root / "logs")
     ray.init(address=ray_cluster.address)
     try:
         deploy(settings, proxy_location="HeadOnly")  # two nodes on one address: one proxy, one port
@@ -100,12 +110,12 @@ def single_process(tmp_path_factory):
         yield client
 
 
-def engine_replicas() -> dict[str, tuple[int, str]]:
-    """The live EmotionEngine replica actors: name → (pid, node id), from Ray's actor table."""
+def replicas(deployment: str = "EmotionEngine") -> dict[str, tuple[int, str]]:
+    """The deployment's live replica actors: name → (pid, node id), from Ray's actor table."""
     import ray
 
     return {a["Name"]: (a["Pid"], a["Address"]["NodeID"]) for a in ray._private.state.actors().values()
-            if a["State"] == "ALIVE" and "#EmotionEngine#" in a["Name"]}
+            if a["State"] == "ALIVE" and f"#{deployment}#" in a["Name"]}
 
 
 def test_results_equal_the_single_process_servers(client, single_process):
@@ -167,7 +177,7 @@ def test_a_jobs_segments_are_computed_on_both_nodes(client, ray_cluster):
     job = client.post("/v1/upload/complete", json={"upload_id": upload_id}).json()
     assert finished(client, job["job_id"])["status"] == "succeeded"
     computed_by = serve.get_deployment_handle("Store", APP).computed_by.remote().result()
-    nodes = {node for _, node in engine_replicas().values()}
+    nodes = {node for _, node in replicas().values()}
     assert len(nodes) == 2 and set(computed_by) == nodes, computed_by
     assert all(count > 0 for count in computed_by.values())
 
@@ -175,8 +185,8 @@ def test_a_jobs_segments_are_computed_on_both_nodes(client, ray_cluster):
 def test_a_killed_model_replica_costs_no_5xx_and_comes_back(deployment):
     """16 clients while one EmotionEngine replica is killed -9: 200s, or 503s with Retry-After; /health degraded
     until Serve has replaced it, then healthy."""
-    replicas = engine_replicas()
-    assert len(replicas) == 2
+    before = replicas()
+    assert len(before) == 2
     answers: list[tuple[int, str | None]] = []
     stop = threading.Event()
     clip = wav_bytes(sweep(1.0))
@@ -192,7 +202,7 @@ def test_a_killed_model_replica_costs_no_5xx_and_comes_back(deployment):
         thread.start()
     try:
         wait_for(lambda: len(answers) >= 32, 60, "requests under way")
-        victim, (pid, _) = next(iter(replicas.items()))
+        victim, (pid, _) = next(iter(before.items()))
         os.kill(pid, signal.SIGKILL)
         seen = wait_for(lambda: health(deployment) if health(deployment)["status"] == "degraded" else None, 30,
                         "/health degraded")
@@ -204,9 +214,109 @@ def test_a_killed_model_replica_costs_no_5xx_and_comes_back(deployment):
         stop.set()
         for thread in clients:
             thread.join(60)
-    now = engine_replicas()
+    now = replicas()
     assert len(now) == 2 and victim not in now
     statuses = {status for status, _ in answers}
     assert statuses <= {200, 503}, statuses
     assert all(retry_after for status, retry_after in answers if status == 503)
 
+
+
+def kill_the_store() -> str:
+    (name, (pid, _)), = replicas("Store").items()
+    os.kill(pid, signal.SIGKILL)
+    return name
+
+
+def answered(client, method: str, url: str, answers: list[tuple[int, str | None]], **kwargs) -> httpx.Response:
+    """The request, sent until it is answered 2xx; every other answer is recorded (status, Retry-After) and waited
+    out, as a client that honours Retry-After does."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        response = client.request(method, url, **kwargs)
+        if response.status_code < 300:
+            return response
+        answers.append((response.status_code, response.headers.get("retry-after")))
+        time.sleep(float(response.headers.get("retry-after") or 0.2))
+    raise AssertionError(f"no 2xx answer in 90 s: {answers[-3:]}")
+
+
+@contextlib.contextmanager
+def asking_meanwhile(base: str, path: str):
+    """A client asking for `path` again and again in the background: its answers (status, Retry-After)."""
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while not stop.is_set():
+                response = c.get(path)
+                answers.append((response.status_code, response.headers.get("retry-after")))
+                time.sleep(0.05)
+
+    asking = threading.Thread(target=keep_asking)
+    asking.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        asking.join(60)
+
+
+def single_process_job(client, data: bytes, **fields) -> dict:
+    upload_id = send_all(client, data)
+    job = client.post("/v1/upload/complete", json={"upload_id": upload_id, **fields}).json()
+    return finished(client, job["job_id"])
+
+
+def test_a_killed_store_replica_between_chunks_costs_no_5xx_and_the_upload_resumes(client, single_process):
+    """kill -9 of the Store after half the chunks: meanwhile the store routes answer 503 + Retry-After (or wait for
+    the new replica) and /health says degraded with the Store's reason; the resumed upload completes and its job
+    gives the single-process server's result."""
+    data = wav_bytes(long_recording(20.0, seed=11))
+    upload = init(client, data).json()
+    half = upload["chunk_count"] // 2
+    for index in range(half):
+        assert client.put(upload["chunk_urls"][index], content=data[index * CHUNK:(index + 1) * CHUNK]).is_success
+    with asking_meanwhile(str(client.base_url), f"/v1/upload/{upload['upload_id']}") as answers:
+        killed = kill_the_store()
+        seen = wait_for(lambda: (h := health(str(client.base_url)))["status"] == "degraded" and h, 30,
+                        "/health degraded")
+        assert "store" in seen["reason"].lower()
+        wait_for(lambda: health(str(client.base_url))["status"] == "healthy", 60, "/health healthy again")
+    status = answered(client, "GET", f"/v1/upload/{upload['upload_id']}", answers).json()
+    assert status["received"] == list(range(half)) and status["missing"] == list(range(half, upload["chunk_count"]))
+    for index in status["missing"]:
+        answered(client, "PUT", upload["chunk_urls"][index], answers, content=data[index * CHUNK:(index + 1) * CHUNK])
+    job = answered(client, "POST", "/v1/upload/complete", answers, json={"upload_id": upload["upload_id"]})
+    done = finished(client, job.json()["job_id"])
+    assert done["status"] == "succeeded"
+    assert done["result"] == close_to(single_process_job(single_process, data)["result"])
+    assert killed not in replicas("Store") and len(replicas("Store")) == 1
+    assert all(status in (200, 503) and (status == 200 or retry_after) for status, retry_after in answers), answers
+
+
+def test_a_killed_store_replica_mid_job_reruns_the_job_to_the_same_result(client, single_process, settings):
+    """kill -9 of the Store while a job runs: its replacement re-queues the job left running (the single-process
+    server's recovery after a crash), which then succeeds with the single-process server's result."""
+    data = wav_bytes(long_recording(120.0, seed=12))
+    upload_id = send_all(client, data)
+    job_id = client.post("/v1/upload/complete", json={"upload_id": upload_id, "granularity": "frame"}).json()["job_id"]
+    running = wait_for(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["status"] == "running"
+                       and j["progress"] > 0 and j, 60, "the job under way")
+    assert running["progress"] < 1
+    kill_the_store()
+    answers: list[tuple[int, str | None]] = []
+    deadline = time.monotonic() + 120
+    while (job := answered(client, "GET", f"/v1/jobs/{job_id}", answers, params={"wait": 5}).json())["status"] in (
+            "queued", "running"):
+        assert time.monotonic() < deadline, job
+    assert job["status"] == "succeeded", job
+    want = single_process_job(single_process, data, granularity="frame")
+    assert job["result"] == close_to(want["result"])
+    store = Store(StoreConfig(data_dir=settings.store.data_dir))
+    try:
+        assert store.get_job(job_id).attempts == 2  # re-queued by the new replica and run again
+    finally:
+        store.close()
+    assert all(status == 503 and retry_after for status, retry_after in answers), answers

@@ -112,11 +112,11 @@ class ForwardToOwner:
     async def call_owner(self, request: ForwardedRequest) -> ForwardedResponse:
         """The owner's answer; a 503 to retry while the owner is being replaced or is busy."""
         from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
         try:
             return await self.owner.handle.remote(request)
-        except (RayActorError, BackPressureError) as e:
+        except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError) as e:
             log.warning("the store owner did not answer %s %s: %s", request.method, request.path, type(e).__name__)
             raise EmoserveError("the upload store is restarting or busy; retry shortly", code="overloaded",
                                 details={"retry_after": RETRY_AFTER_S}) from e

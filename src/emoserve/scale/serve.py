@@ -39,6 +39,7 @@ ENGINE, STORE, INGRESS = "EmotionEngine", "Store", "Ingress"
 FORWARDED = ("/v1/upload", "/v1/tus", "/v1/jobs")  # the store's routes
 HEAD_NODE = "node:__internal_head__"  # a resource only the head node has: the store owner lives there
 HEALTH_CHECK_PERIOD_S = 2.0  # how soon Serve notices a dead replica and starts another (its default: 10 s)
+STORE_CHECK_TIMEOUT_S = 2.0  # /health waits no longer for the store (a call waits while Serve replaces the replica)
 STORE_MAX_ONGOING = 256  # the owner's app bounds its work itself (upload bodies at once, jobs one by one)
 
 
@@ -117,7 +118,8 @@ class Ingress:
         from ray import serve
 
         app_name = serve.get_replica_context().app_name
-        checks = [functools.partial(missing_replicas, app_name, ENGINE), functools.partial(store_problem, store)]
+        checks = [functools.partial(missing_replicas, app_name, ENGINE),
+                  functools.partial(missing_replicas, app_name, STORE), functools.partial(store_problem, store)]
         service = Service(settings, connect_engine=functools.partial(RemoteEngine.connect, engine, settings.engine),
                           holds_store=False, health_checks=checks)
         self.emoserve_app = create_app(service=service)  # `app` is Serve's
@@ -166,7 +168,7 @@ def store_problem(store: Any) -> str | None:
     from ray.exceptions import RayActorError
 
     try:
-        return store.storage_problem.remote().result(timeout_s=5)
+        return store.storage_problem.remote().result(timeout_s=STORE_CHECK_TIMEOUT_S)
     except (RayActorError, TimeoutError) as e:
         return f"the upload store does not answer ({type(e).__name__}); it is being replaced"
 
@@ -184,23 +186,33 @@ def build(settings: Settings):
 
     ray_settings = settings.ray
     runtime_env = {"env_vars": emoserve_environment()}
-    engine = serve.deployment(EmotionEngine, name=ENGINE, max_ongoing_requests=ray_settings.max_ongoing_requests,
-                              max_queued_requests=ray_settings.max_queued_requests,
-                              health_check_period_s=HEALTH_CHECK_PERIOD_S,
-                              autoscaling_config={"min_replicas": ray_settings.min_replicas,
-                                                  "initial_replicas": ray_settings.min_replicas,
-                                                  "max_replicas": max_replicas(settings),
-                                                  "target_ongoing_requests": ray_settings.target_ongoing_requests},
-                              ray_actor_options={"num_cpus": ray_settings.replica_cpus,
-                                                 "num_gpus": ray_settings.replica_gpus, "runtime_env": runtime_env})
     store = serve.deployment(StoreOwner, name=STORE, num_replicas=1, max_ongoing_requests=STORE_MAX_ONGOING,
                              health_check_period_s=HEALTH_CHECK_PERIOD_S,
                              ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001},
                                                 "runtime_env": runtime_env})
     ingress = serve.deployment(serve.ingress()(Ingress), name=INGRESS, num_replicas=ray_settings.ingress_replicas,
+                               max_ongoing_requests=ray_settings.ingress_max_ongoing_requests,
                                ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env})
-    model = engine.bind(settings)
+    model = engine_deployment(settings).bind(settings)
     return ingress.bind(settings, model, store.bind(settings, model))
+
+
+def engine_deployment(settings: Settings):
+    """EmotionEngine, autoscaled on the clips in flight per replica between the settings' min and max replicas."""
+    from ray import serve
+
+    ray_settings = settings.ray
+    autoscaling = {"min_replicas": ray_settings.min_replicas, "initial_replicas": ray_settings.min_replicas,
+                   "max_replicas": max_replicas(settings),
+                   **ray_settings.model_dump(include={"target_ongoing_requests", "upscale_delay_s",
+                                                      "downscale_delay_s", "look_back_period_s",
+                                                      "metrics_interval_s"})}
+    return serve.deployment(EmotionEngine, name=ENGINE, max_ongoing_requests=ray_settings.max_ongoing_requests,
+                            max_queued_requests=ray_settings.max_queued_requests,
+                            health_check_period_s=HEALTH_CHECK_PERIOD_S, autoscaling_config=autoscaling,
+                            ray_actor_options={"num_cpus": ray_settings.replica_cpus,
+                                               "num_gpus": ray_settings.replica_gpus,
+                                               "runtime_env": {"env_vars": emoserve_environment()}})
 
 
 def max_replicas(settings: Settings) -> int:
