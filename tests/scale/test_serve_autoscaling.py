@@ -25,8 +25,8 @@ SETTINGS = {"model": "random:tiny", "ray_min_replicas": 1, "ray_max_replicas": 2
 
 
 @pytest.fixture
-def engine(ray_cluster):
-    """The EmotionEngine deployment alone; Serve and the driver's connection closed after the test."""
+def submit(ray_cluster):
+    """EmotionEngine.submit of the deployment alone; Serve and the driver's connection closed after the test."""
     import ray
     from ray import serve
 
@@ -34,10 +34,14 @@ def engine(ray_cluster):
 
     settings = Settings.from_flat(**SETTINGS)
     ray.init(address=ray_cluster.address)
+    submit = None
     try:
         serve.start(proxy_location="Disabled")
-        yield serve.run(engine_deployment(settings).bind(settings), name=APP, route_prefix=None)
+        submit = serve.run(engine_deployment(settings).bind(settings), name=APP, route_prefix=None).submit
+        yield submit
     finally:
+        if submit is not None:
+            submit.shutdown()  # else its router's metrics thread connects the driver to Ray again
         serve.shutdown()
         ray.shutdown()
 
@@ -48,14 +52,14 @@ def running_replicas() -> int:
     return serve.status().applications[APP].deployments["EmotionEngine"].replica_states.get("RUNNING", 0)
 
 
-def test_sustained_load_adds_a_model_replica_and_its_end_removes_it(engine):
+def test_sustained_load_adds_a_model_replica_and_its_end_removes_it(submit):
     assert running_replicas() == 1
     clip = sweep(1.0)
     stop = threading.Event()
 
     def keep_asking() -> None:
         while not stop.is_set():
-            engine.submit.remote(clip, granularity="utterance", return_embedding=False, origin="test").result()
+            submit.remote(clip, granularity="utterance", return_embedding=False, origin="test").result()
 
     callers = [threading.Thread(target=keep_asking) for _ in range(8)]  # 8 in flight against a target of 1
     for thread in callers:
