@@ -135,6 +135,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     clip = clip_bytes(args.clip_s)
+    load_before = os.getloadavg()[0]
     root = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray_scaling-{os.getpid()}"
     root.mkdir(parents=True)
     rows = {"single, 1 thread": single_process(args.model, 1, args, clip, root),
@@ -150,14 +151,15 @@ def main() -> None:
         cluster.shutdown()
     cpu = cpu_model()
     print(f"{args.model}, {args.clip_s:g} s clips, c={args.concurrency}, {args.seconds:g} s each, CPU: {cpu} "
-          f"({os.cpu_count()} cores)")
+          f"({os.cpu_count()} cores), load average {load_before:.1f} before the run")
     print(f"{'server':<20}{'req/s':>8}{'p50 s':>8}{'503':>6}{'other':>7}")
     for name, row in rows.items():
         p50 = f"{row['p50_s']:.3f}" if row["p50_s"] is not None else "-"
         print(f"{name:<20}{row['requests_per_s']:>8.2f}{p50:>8}{row['overloaded']:>6}{row['other']:>7}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "model": args.model, "clip_s": args.clip_s,
-                                    "concurrency": args.concurrency, "seconds": args.seconds, "rows": rows},
+                                    "concurrency": args.concurrency, "seconds": args.seconds,
+                                    "load_average_before": load_before, "rows": rows},
                                    indent=2) + "\n")
     print(f"wrote {args.out}")
 

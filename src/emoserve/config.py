@@ -307,8 +307,10 @@ class RayConfig(Section):
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved for each model replica (its torch threads)")
     replica_gpus: float = Field(0.0, ge=0, description="GPUs for each model replica: 1 on GPU nodes, 0 on CPU")
     ingress_replicas: int = Field(1, ge=1, description="HTTP replicas of `serve --ray` (parsing, decoding, auth)")
-    ingress_max_ongoing_requests: int = Field(5, ge=1, description="HTTP requests one ingress replica handles at "
-                                                                   "once; more wait in Serve's proxy (Serve's default)")
+    ingress_max_ongoing_requests: int = Field(64, ge=1, description="HTTP requests one ingress replica handles at "
+                                                                    "once; more wait in Serve's proxy, which retries "
+                                                                    "them with backoff (Serve's default, 5, caps "
+                                                                    "throughput at a third)")
     target_ongoing_requests: float = Field(4.0, gt=0, description="clips in flight per model replica that "
                                                                   "autoscaling keeps (queue length)")
     max_ongoing_requests: int = Field(16, ge=1, description="clips sent to one model replica at once (its engine "
