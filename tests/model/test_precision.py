@@ -3,14 +3,15 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from emoserve import EmotionModel, InvalidParameterError
 from emoserve.model.checkpoint import random_state_dict
 from emoserve.model.config import TINY
 from emoserve.model.cpu import cpu_features
-from emoserve.model.emotion2vec import Emotion2vec
-from emoserve.model.kernels import Int8Linear, OneDNNLinear, replace_linears, to_onednn
+from emoserve.model.emotion2vec import Emotion2vec, TimeMajorConv1d
+from emoserve.model.kernels import Int8Conv, Int8Linear, OneDNNLinear, quantize_activations, replace_modules, to_onednn
 from emoserve.model.precision import apply_plan, plan_execution
 
 from .test_cpu import ALDER_LAKE, ICE_LAKE, OLD_X86, SAPPHIRE_RAPIDS, ZEN3, ZEN5
@@ -86,6 +87,38 @@ def test_int8_linear_is_close_to_fp32_and_exact_on_zeros(levels, rng):
         assert torch.allclose(int8(torch.zeros(1, 3, 256)), linear.bias.expand(1, 3, 64), atol=1e-6)
 
 
+@pytest.mark.parametrize("levels", [127, 255])
+def test_int8_conv_is_close_to_fp32_and_pads_with_real_zeros(levels, rng):
+    if levels == 255 and not cpu_features().vnni:
+        pytest.skip("full-range int8 activations saturate without VNNI (the plan uses 7 bits there)")
+    conv = nn.Conv1d(64, 64, 7, padding=3, groups=4)
+    int8 = Int8Conv(conv, levels)
+    # time-major in memory, as the network holds it; mostly positive (after a GELU), so the zero point is not 0
+    x = torch.from_numpy((rng.standard_normal((2, 90, 64)) + 1.5).astype(np.float32)).transpose(1, 2)
+    with torch.inference_mode():
+        out = int8(x)
+        expected = conv(x)
+        error = ((out - expected).norm() / expected.norm()).item()
+        assert 0 < error <= (0.03 if levels == 127 else 0.015)
+        # the same arithmetic in fp32 on the quantized values: equal, the padded edges included
+        codes, scale, zero_point = quantize_activations(x, levels)
+        weight_codes = torch.round(conv.weight / int8.weight_scale[:, None, None])
+        dequantized = F.conv1d((codes.float() - zero_point) * scale, weight_codes * int8.weight_scale[:, None, None],
+                               conv.bias, padding=3, groups=4)
+        assert (out - dequantized).abs().max().item() <= 1e-4 * dequantized.abs().max().item()
+        assert out.transpose(1, 2).is_contiguous()  # time-major in, time-major out
+
+
+def test_quantized_activations_keep_zeros_exact_and_span_the_levels(rng):
+    x = torch.from_numpy(rng.standard_normal((3, 50)).astype(np.float32))
+    x[0] = 0
+    for levels in (127, 255):
+        codes, scale, zero_point = quantize_activations(x, levels)
+        assert codes.dtype == torch.uint8 and int(codes.min()) == 0 and int(codes.max()) == levels
+        assert torch.all(codes[0].long() == zero_point)
+        assert ((codes.float() - zero_point) * scale - x).abs().max().item() <= scale.item() / 2 + 1e-6
+
+
 def tiny_network() -> Emotion2vec:
     network = Emotion2vec(TINY).eval().requires_grad_(False)
     network.load_state_dict(random_state_dict(TINY, 4))
@@ -98,6 +131,10 @@ def test_the_plans_swap_the_transformer_linears_and_leave_the_head(rng):
     assert all(isinstance(m, Int8Linear) for n, m in int8.named_modules() if n.startswith("blocks.") and
                n.rsplit(".", 1)[-1] in ("qkv", "out", "fc1", "fc2"))
     assert type(int8.feature_proj) is nn.Linear and type(int8.proj) is nn.Linear
+    first, *others = int8.feature_extractor.layers
+    assert type(first.conv) is TimeMajorConv1d  # one input channel: left in fp32
+    assert all(isinstance(layer.conv, Int8Conv) for layer in others)
+    assert all(isinstance(conv, Int8Conv) for conv in int8.pos_conv.convs)
 
     onednn = tiny_network()
     apply_plan(plan_execution("exact", CPU, cpu=ZEN5), onednn)
@@ -112,9 +149,9 @@ def test_the_plans_swap_the_transformer_linears_and_leave_the_head(rng):
     assert (swapped.features - expected.features).abs().max().item() <= 1e-5 * scale
 
 
-def test_replace_linears_swaps_by_name():
+def test_replace_modules_swaps_by_name():
     network = tiny_network()
-    replace_linears(network, ["blocks.1.attn.qkv"], to_onednn)
+    replace_modules(network, ["blocks.1.attn.qkv"], to_onednn)
     assert isinstance(network.blocks[1].attn.qkv, OneDNNLinear)
     assert type(network.blocks[0].attn.qkv) is nn.Linear
 

@@ -214,9 +214,10 @@ class EmotionModel:
 
         The transformer's Linear layers become `kernels.Int8Linear`: int8 weights per output
         channel, activations quantized per call, oneDNN's int8 matmul (VNNI where the CPU has
-        it). About 70% of the fp32 time is in these matmuls; the conv extractor, norms, attention
-        and the emotion head stay fp32. Not exact: benchmarks/engine_paired.py reports label
-        agreement and score error against fp32.
+        it). About 70% of the fp32 time is in these matmuls. The convolutions but the extractor's
+        first (one input channel) become `kernels.Int8Conv`, the same for oneDNN's int8 convolution;
+        the first conv, norms, attention and the emotion head stay fp32. Not exact:
+        benchmarks/engine_paired.py reports label agreement and score error against fp32.
         """
         if self.compiled:
             raise InvalidParameterError("quantize before compiling, or not at all: they do not combine")

@@ -55,17 +55,25 @@ def alibi_slopes(num_heads: int) -> list[float]:
     return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
 
 
-class ConvLayer(nn.Module):
-    """Conv1d (no bias) → norm over channels (fp32) → GELU, on time-major (B, L, C) tensors.
+class TimeMajorConv1d(nn.Conv1d):
+    """nn.Conv1d (unpadded) on (B, C, L) views of time-major (B, L, C) tensors, giving the same kind of view.
 
-    The conv runs as a 2-D convolution over a (B, C, 1, L) channels-last view, which oneDNN
-    computes in place of layout: the channel norm and the next conv need no transposes, and the
+    It runs as a 2-D convolution over a (B, C, 1, L) channels-last view, which oneDNN computes
+    in place of layout: the channel norm and the next conv need no transposes, and the
     extractor runs ~1.7× faster on CPU than with channel-first tensors and a copy per norm.
     """
 
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.conv2d(x.unsqueeze(2), self.weight.unsqueeze(2), self.bias, stride=(1, self.stride[0]))
+        return out.squeeze(2)
+
+
+class ConvLayer(nn.Module):
+    """Conv1d (no bias) → norm over channels (fp32) → GELU, on time-major (B, L, C) tensors."""
+
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, norm: str | None):
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=False)
+        self.conv = TimeMajorConv1d(in_channels, out_channels, kernel, stride=stride, bias=False)
         self.norm: nn.Module | None = None
         if norm == "layer":
             self.norm = nn.LayerNorm(out_channels)
@@ -74,9 +82,7 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, L, C), lengths: (B,) valid steps per clip → (B, L', C') and the valid steps of that."""
-        channels_last = x.transpose(1, 2).unsqueeze(2)  # (B, C, 1, L), memory still (B, L, C)
-        x = F.conv2d(channels_last, self.conv.weight.unsqueeze(2), stride=(1, self.conv.stride[0]))
-        x = x.squeeze(2).transpose(1, 2)  # (B, L', C'), contiguous: oneDNN kept the layout
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, L', C'), contiguous: oneDNN kept the layout
         lengths = conv_lengths(lengths, self.conv.kernel_size[0], self.conv.stride[0])
         if isinstance(self.norm, nn.LayerNorm):
             x = F.layer_norm(x.float(), self.norm.normalized_shape, self.norm.weight.float(),

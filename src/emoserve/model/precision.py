@@ -6,7 +6,8 @@
 - **fast**: the fastest path this hardware has that stays close to exact fp32 (label agreement
   and score error are measured by `benchmarks/engine_paired.py`):
   bf16 autocast on GPUs and on CPUs with AMX (Intel Sapphire Rapids and later);
-  int8 matmuls (`kernels.Int8Linear`) on other x86 CPUs with AVX2 or better: with VNNI (Zen 4/5,
+  int8 matmuls and convolutions (`kernels.Int8Linear`, `kernels.Int8Conv`) on other x86 CPUs with
+  AVX2 or better: with VNNI (Zen 4/5,
   Ice Lake) int8 beat bf16 (0.154 vs 0.206 s per 5 s clip on an EPYC Zen 5, paired), and on AVX2
   alone it runs the matmuls ~2× faster than fp32; bf16 on CPUs with native bf16 but no int8
   kernels; fp32 where none of these exists (nothing faster to offer).
@@ -27,7 +28,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 from .cpu import CpuFeatures, cpu_features
-from .kernels import Int8Linear, replace_linears, to_onednn
+from .kernels import Int8Conv, Int8Linear, replace_modules, to_onednn
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ExecutionPlan:
     def execution(self) -> str:
         if self.compute == "int8":
             bits = "8" if self.int8_levels == 255 else "7"
-            return f"int8 matmuls (oneDNN, {bits}-bit dynamic activations), fp32 elsewhere"
+            return f"int8 matmuls and convolutions (oneDNN, {bits}-bit dynamic activations), fp32 elsewhere"
         if self.compute == "fp32":
             return f"fp32, {LINEAR_KERNELS[self.linear]}"
         return f"{self.compute} autocast" + (" on CUDA" if self.linear == "cuda" else "")
@@ -127,11 +128,18 @@ def gpu_plan(precision: str, forced: torch.dtype | None, quantize: bool) -> Exec
 
 
 def apply_plan(plan: ExecutionPlan, network: nn.Module) -> None:
-    """Swap the network's linears for the plan's kernels (in place; the head is left alone)."""
+    """Swap the network's linears (and for int8 its convolutions) for the plan's kernels, in place.
+
+    The head stays as it is. int8 takes the transformer's linears, the extractor's convolutions
+    but the first (one input channel: too little work to gain), and the positional convolutions.
+    """
     linears = [name for name, module in network.named_modules() if isinstance(module, nn.Linear) and name != "proj"]
     if plan.compute == "int8":
         blocks = [name for name in linears if name.startswith("blocks.")]
-        replace_linears(network, blocks, lambda linear: Int8Linear(linear, plan.int8_levels))
+        replace_modules(network, blocks, lambda linear: Int8Linear(linear, plan.int8_levels))
         linears = [name for name in linears if name not in blocks]
+        convs = [name for name, module in network.named_modules()
+                 if isinstance(module, nn.Conv1d) and module.in_channels > 1]
+        replace_modules(network, convs, lambda conv: Int8Conv(conv, plan.int8_levels))
     if plan.linear == "onednn" and plan.dtype == torch.float32:
-        replace_linears(network, linears, to_onednn)
+        replace_modules(network, linears, to_onednn)
