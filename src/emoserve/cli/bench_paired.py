@@ -86,9 +86,9 @@ def load_system(system: System, model_dir: Path, cache: Path, threads: int):
 
     from ..inference.emotion_model import EmotionModel
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # and the same count for a graph backend: every system gets `threads`
     model = EmotionModel.from_pretrained(str(model_dir), device="cpu", cache_dir=cache, precision=system.precision,
-                                         backend=system.backend, variant=system.variant)
+                                         backend=system.backend, variant=system.variant, threads=threads)
     return (lambda clip: model.predict([clip])[0].probs), model.info.execution
 
 
