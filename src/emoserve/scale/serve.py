@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "emoserve"
 ENGINE, STORE, INGRESS = "EmotionEngine", "Store", "Ingress"
 FORWARDED = ("/v1/upload", "/v1/tus", "/v1/jobs")  # the store's routes
+FORWARD_HEADROOM_BYTES = 64 * 1024  # a forwarded body may exceed one chunk by this much (JSON bodies, framing)
 HEAD_NODE = "node:__internal_head__"  # a resource only the head node has: the store owner lives there
 HEALTH_CHECK_PERIOD_S = 2.0  # how soon Serve notices a dead replica and starts another (its default: 10 s)
 STORE_CHECK_TIMEOUT_S = 2.0  # /health waits no longer for the store (a call waits while Serve replaces the replica)
@@ -123,7 +124,9 @@ class Ingress:
         service = Service(settings, connect_engine=functools.partial(RemoteEngine.connect, engine, settings.engine),
                           holds_store=False, health_checks=checks)
         self.emoserve_app = create_app(service=service)  # `app` is Serve's
-        self.emoserve_app.add_middleware(ForwardToOwner, owner=store, prefixes=FORWARDED)
+        self.emoserve_app.add_middleware(ForwardToOwner, owner=store, prefixes=FORWARDED,
+                                         max_body_bytes=settings.store.upload_max_chunk_bytes + FORWARD_HEADROOM_BYTES,
+                                         idle_timeout_s=settings.store.upload_body_timeout_s)
 
     def __serve_build_asgi_app__(self):
         return WithoutRequestIdHeader(self.emoserve_app)
