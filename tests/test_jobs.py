@@ -25,6 +25,7 @@ from emoserve.errors import ConflictError, EmoserveError, InvalidParameterError,
 from emoserve.jobs.runner import JobRunner, ProgressWriter
 from emoserve.jobs.store import Store
 
+from .polling import wait_for
 from .samples import SAMPLE_RATE, conversation, espeak_available, noise, wav_bytes
 from .test_store import looking_slowly
 
@@ -77,13 +78,6 @@ def runner(store, tiny_model):
     r = make_runner(store, tiny_model)
     yield r
     r.stop()
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_job_goes_from_queued_to_succeeded_with_the_library_result(store, runner, tiny_model):

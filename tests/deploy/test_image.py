@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from ..api.live_server import free_port
+from ..polling import wait_for
 from ..samples import noise, wav_bytes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -93,15 +94,9 @@ def container(image):
         docker("rm", "--force", "--volumes", name, check=False, timeout=CONTAINER_FS_S)
 
 
-def wait_for(condition, what: str, container_name: str, timeout: float = 180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
+def container_logs(container_name: str) -> str:
     logs = docker("logs", container_name, check=False)
-    raise AssertionError(f"{what} did not happen in {timeout:.0f} s:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+    return logs.stdout[-3000:] + logs.stderr[-3000:]
 
 
 def readyz(base: str) -> bool:
@@ -113,7 +108,7 @@ def readyz(base: str) -> bool:
 
 def test_the_image_serves_as_a_non_root_user_turns_healthy_and_stops_cleanly(container):
     name, base = container
-    wait_for(lambda: readyz(base), "/readyz 200", name)
+    wait_for(lambda: readyz(base), 180, "/readyz 200", interval=0.5, explain=lambda: container_logs(name))
     response = httpx.post(base + "/v1/analyze", files={"audio_file": ("a.wav", wav_bytes(noise(16000)))}, timeout=60)
     assert response.status_code == 200, response.text
     result = response.json()
@@ -121,7 +116,8 @@ def test_the_image_serves_as_a_non_root_user_turns_healthy_and_stops_cleanly(con
     assert result["duration_s"] == pytest.approx(1.0)
 
     assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
-    wait_for(lambda: docker_health(name) == "healthy", "docker's HEALTHCHECK: healthy", name)
+    wait_for(lambda: docker_health(name) == "healthy", 180, "docker's HEALTHCHECK: healthy", interval=0.5,
+             explain=lambda: container_logs(name))
 
     docker("stop", "--time", "60", name, timeout=90)
     state = json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout)

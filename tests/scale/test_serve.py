@@ -45,6 +45,7 @@ from ..api.test_uploads import (  # noqa: F401
     send_all,
     test_chunks_in_any_order_then_complete_give_the_librarys_timeline,
 )
+from ..polling import wait_for
 from ..samples import long_recording, noise, sweep, wav_bytes
 from ..test_streaming import chunks, pcm16
 
@@ -53,15 +54,6 @@ pytestmark = pytest.mark.ray
 APP = "emoserve"
 SETTINGS = {"model": "random:tiny", "api_only": True, "ray_min_replicas": 2, "ray_max_replicas": 2}
 
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def health(base: str) -> dict:

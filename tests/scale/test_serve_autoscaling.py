@@ -13,8 +13,8 @@ import pytest
 
 from emoserve.config import Settings
 
+from ..polling import wait_for
 from ..samples import sweep
-from .test_serve import wait_for
 
 pytestmark = pytest.mark.ray
 
